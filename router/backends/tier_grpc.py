@@ -1,0 +1,91 @@
+"""Adapter for tiers that serve `tiermesh.tier.v1.TierService` (Silver, Bronze)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import grpc
+
+from router.call import Call
+from tiermesh.errors import StatusError
+from tiermesh.tier.v1 import tier_pb2
+from tiermesh.v1 import mesh_pb2
+
+ROLES = {
+    "system": tier_pb2.ROLE_SYSTEM,
+    "user": tier_pb2.ROLE_USER,
+    "assistant": tier_pb2.ROLE_ASSISTANT,
+}
+GENERATE = "/tiermesh.tier.v1.TierService/Generate"
+# The caller's own mistakes (and its clock) pass through; anything else the tier
+# does wrong is the tier being unavailable from the caller's point of view.
+CALLER_CODES = frozenset(
+    {
+        grpc.StatusCode.INVALID_ARGUMENT,
+        grpc.StatusCode.OUT_OF_RANGE,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+    }
+)
+CHANNEL_OPTIONS = [
+    ("grpc.enable_retries", 0),  # retries are the router's policy, not the channel's
+    ("grpc.keepalive_time_ms", 30_000),
+    ("grpc.max_receive_message_length", 4 << 20),
+]
+
+
+def tier_request(call: Call) -> tier_pb2.GenerateRequest:
+    return tier_pb2.GenerateRequest(
+        request_id=call.request_id,
+        messages=[
+            tier_pb2.ChatMessage(role=ROLES[m.role], content=m.content) for m in call.messages
+        ],
+        max_tokens=call.max_tokens,
+        sampling=call.sampling,
+        task=mesh_pb2.Task.Value(f"TASK_{call.task.upper()}"),
+    )
+
+
+class GrpcTier:
+    """One tier replica over one HTTP/2 channel."""
+
+    def __init__(self, name: str, address: str) -> None:
+        self.name = name
+        self.address = address
+        self._channel = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+        # Tier messages are wire-compatible with the public response: decode them as
+        # that type so the router relays them without a field-by-field copy.
+        self._generate = self._channel.unary_stream(
+            GENERATE,
+            request_serializer=tier_pb2.GenerateRequest.SerializeToString,
+            response_deserializer=mesh_pb2.GenerateResponse.FromString,
+        )
+
+    async def generate(self, call: Call) -> AsyncIterator[mesh_pb2.GenerateResponse]:
+        remaining = call.remaining()
+        if remaining <= 0:
+            raise StatusError(
+                grpc.StatusCode.DEADLINE_EXCEEDED, "deadline passed before the tier call"
+            )
+        stream = self._generate(tier_request(call), timeout=remaining)
+        sent = 0
+        try:
+            async for response in stream:
+                sent += 1
+                yield response
+        except grpc.aio.AioRpcError as e:
+            raise self._status(e, sent) from None
+        finally:
+            stream.cancel()  # no-op when finished; otherwise the tier aborts its work
+
+    def _status(self, error: grpc.aio.AioRpcError, sent: int) -> StatusError:
+        code = error.code()
+        if code in CALLER_CODES:
+            return StatusError(code, error.details() or code.name)
+        where = f"after {sent} messages" if sent else "before the first token"
+        return StatusError(
+            grpc.StatusCode.UNAVAILABLE,
+            f"{self.name} tier at {self.address} failed {where}: {code.name}: {error.details()}",
+        )
+
+    async def close(self) -> None:
+        await self._channel.close()

@@ -1,0 +1,29 @@
+"""A request after the edge resolved it: what every policy and backend works on."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from tiermesh.chat import Message
+from tiermesh.config import TaskName
+from tiermesh.v1 import mesh_pb2
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    request_id: str
+    task: TaskName
+    npc_id: str
+    session_id: str
+    # Persona system text first, then the conversation; the last is the user's turn.
+    messages: tuple[Message, ...]
+    max_tokens: int
+    sampling: mesh_pb2.SamplingOptions
+    # Absolute time.monotonic() by which the caller must have its answer.
+    deadline: float
+    received_at: float = field(default_factory=time.monotonic)
+
+    def remaining(self) -> float:
+        """Seconds left in the caller's budget (negative once it has passed)."""
+        return self.deadline - time.monotonic()

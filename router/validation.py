@@ -1,0 +1,92 @@
+"""The router's edge check: a public request becomes a `Call`, or a precise status.
+
+Every rejection names the field and the rule, so a game engineer can fix the call
+from the message alone.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import uuid
+
+import grpc
+
+from router.call import Call
+from tiermesh.chat import Message
+from tiermesh.config import Settings, TaskName
+from tiermesh.errors import StatusError, invalid
+from tiermesh.ids import is_valid_id
+from tiermesh.v1 import mesh_pb2
+
+TASK_NAMES: dict[int, TaskName] = {
+    mesh_pb2.TASK_INTENT: "intent",
+    mesh_pb2.TASK_BARK: "bark",
+    mesh_pb2.TASK_DIALOGUE: "dialogue",
+    mesh_pb2.TASK_LONGFORM: "longform",
+}
+ID_RULE = "letters, digits, '.', '_', ':' or '-', starting with a letter or digit, at most 128"
+
+
+def resolve(
+    request: mesh_pb2.GenerateRequest,
+    settings: Settings,
+    time_remaining: float | None,
+    now: float | None = None,
+) -> Call:
+    """Validate `request` and fill in persona, defaults and the absolute deadline.
+
+    `time_remaining` is the caller's gRPC deadline in seconds (None: no deadline,
+    the task's default budget applies).
+    """
+    now = time.monotonic() if now is None else now
+    router = settings.router
+
+    if not is_valid_id(request.npc_id):
+        raise invalid(f"npc_id {request.npc_id[:40]!r} is not valid: use {ID_RULE} characters")
+    if request.session_id and not is_valid_id(request.session_id):
+        raise invalid(f"session_id {request.session_id[:40]!r} is not valid: use {ID_RULE}")
+    task = TASK_NAMES.get(request.task)
+    if task is None:
+        names = ", ".join(mesh_pb2.Task.Name(mesh_pb2.Task.ValueType(t)) for t in TASK_NAMES)
+        raise invalid(f"task {request.task} is not one of {names}")
+    if not request.prompt.strip():
+        raise invalid("prompt must not be empty")
+    if len(request.prompt) > router.max_prompt_chars:
+        raise invalid(
+            f"prompt is {len(request.prompt)} characters; the limit is {router.max_prompt_chars}"
+        )
+    policy = router.tasks[task]
+    max_tokens = request.max_tokens or policy.default_max_tokens
+    if max_tokens > policy.max_tokens_limit:
+        raise invalid(
+            f"max_tokens {max_tokens} is over the {task} limit of {policy.max_tokens_limit}"
+        )
+    _check_sampling(request.sampling)
+
+    if time_remaining is None:
+        time_remaining = policy.default_deadline_s
+    if time_remaining <= 0:
+        raise StatusError(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline expired before routing")
+
+    system = request.persona or settings.persona_for(request.npc_id).system
+    return Call(
+        request_id=uuid.uuid4().hex,
+        task=task,
+        npc_id=request.npc_id,
+        session_id=request.session_id,
+        messages=(Message("system", system), Message("user", request.prompt)),
+        max_tokens=max_tokens,
+        sampling=request.sampling,
+        deadline=now + time_remaining,
+        received_at=now,
+    )
+
+
+def _check_sampling(s: mesh_pb2.SamplingOptions) -> None:
+    if s.HasField("temperature") and not (math.isfinite(s.temperature) and 0 <= s.temperature <= 2):
+        raise invalid(f"sampling.temperature {s.temperature} is outside [0, 2]")
+    if s.HasField("top_p") and not (math.isfinite(s.top_p) and 0 < s.top_p <= 1):
+        raise invalid(f"sampling.top_p {s.top_p} is outside (0, 1]")
+    if len(s.stop) > 8 or any(not stop or len(stop) > 64 for stop in s.stop):
+        raise invalid("sampling.stop takes at most 8 non-empty sequences of at most 64 characters")

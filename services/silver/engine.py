@@ -1,0 +1,158 @@
+"""vLLM's AsyncLLM, in-process: chat template, context check, streamed deltas, abort.
+
+The engine is built in a worker thread (it spawns its own processes and takes tens
+of seconds) so the gRPC server keeps answering health checks while it loads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+
+from tiermesh.chat import Message
+from tiermesh.config import SilverSettings
+from tiermesh.errors import StatusError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Sampling:
+    max_tokens: int
+    temperature: float
+    top_p: float
+    top_k: int = 0
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Delta:
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    # None until the last delta: "stop" or "length".
+    finish_reason: str | None
+
+
+class SilverEngine:
+    def __init__(self, settings: SilverSettings) -> None:
+        self._settings = settings
+        self._llm: Any = None
+        self._tokenizer: Any = None
+
+    @property
+    def ready(self) -> bool:
+        return self._llm is not None
+
+    @property
+    def max_model_len(self) -> int:
+        return self._settings.max_model_len
+
+    async def start(self) -> None:
+        self._llm = await asyncio.to_thread(self._build)
+        self._tokenizer = self._llm.get_tokenizer()
+        log.info("silver engine ready: %s", self._settings.model)
+
+    def _build(self) -> Any:
+        from vllm.engine.arg_utils import AsyncEngineArgs
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        if self._settings.omp_threads_bind:
+            os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", self._settings.omp_threads_bind)
+        args = AsyncEngineArgs(
+            model=self._settings.model,
+            dtype=self._settings.dtype,
+            max_model_len=self._settings.max_model_len,
+            max_num_seqs=self._settings.max_num_seqs,
+            kv_cache_memory_bytes=int(self._settings.kv_cache_gib * (1 << 30)),
+            enforce_eager=True,
+            disable_log_stats=True,
+        )
+        return AsyncLLM.from_engine_args(args)
+
+    def unfinished_requests(self) -> int:
+        """Requests the engine still holds: 0 once every caller finished or was aborted."""
+        if self._llm is None:
+            return 0
+        return int(self._llm.output_processor.get_num_unfinished_requests())
+
+    async def render(self, messages: Sequence[Message]) -> list[int]:
+        """Token ids of the conversation under the model's chat template.
+
+        Tokenising is CPU work proportional to the prompt: off the event loop.
+        """
+        chat = [{"role": m.role, "content": m.content} for m in messages]
+        # The last assistant message, if any, is a prefix to continue, not a turn to close.
+        continue_final = chat[-1]["role"] == "assistant"
+
+        def tokenize() -> list[int]:
+            text = self._tokenizer.apply_chat_template(
+                chat,
+                tokenize=False,
+                add_generation_prompt=not continue_final,
+                continue_final_message=continue_final,
+            )
+            return list(self._tokenizer.encode(text, add_special_tokens=False))
+
+        return await asyncio.to_thread(tokenize)
+
+    async def generate(
+        self, request_id: str, messages: Sequence[Message], sampling: Sampling
+    ) -> AsyncIterator[Delta]:
+        """Stream deltas. Closing the iterator early (caller cancelled, deadline
+        passed) aborts the engine request."""
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+        from vllm.sampling_params import RequestOutputKind
+
+        if self._llm is None:
+            raise StatusError(grpc.StatusCode.UNAVAILABLE, "silver engine is still loading")
+        prompt_ids = await self.render(messages)
+        limit = self._settings.max_model_len
+        if len(prompt_ids) + sampling.max_tokens > limit:
+            raise StatusError(
+                grpc.StatusCode.OUT_OF_RANGE,
+                f"prompt is {len(prompt_ids)} tokens and max_tokens is {sampling.max_tokens}; "
+                f"together they exceed the model's context of {limit} tokens",
+            )
+        params = SamplingParams(
+            max_tokens=sampling.max_tokens,
+            temperature=sampling.temperature,
+            top_p=sampling.top_p,
+            top_k=sampling.top_k or 0,
+            seed=sampling.seed,
+            stop=list(sampling.stop) or None,
+            output_kind=RequestOutputKind.DELTA,
+        )
+        completion_tokens = 0
+        finished = False
+        stream = self._llm.generate(TokensPrompt(prompt_token_ids=prompt_ids), params, request_id)
+        try:
+            async for output in stream:
+                step = output.outputs[0]
+                completion_tokens += len(step.token_ids)
+                finished = output.finished
+                yield Delta(
+                    text=step.text,
+                    prompt_tokens=len(prompt_ids),
+                    completion_tokens=completion_tokens,
+                    finish_reason=step.finish_reason if finished else None,
+                )
+        finally:
+            if not finished:
+                # vLLM aborts on its generator's cancellation too; closing it here
+                # makes that immediate instead of waiting for garbage collection.
+                await stream.aclose()
+                await self._llm.abort(request_id)
+
+    def shutdown(self) -> None:
+        if self._llm is not None:
+            self._llm.shutdown()
+            self._llm = None

@@ -1,0 +1,197 @@
+"""One typed settings object for the whole mesh: YAML file + TIERMESH_* environment.
+
+Precedence (highest first): constructor arguments, environment variables
+(`TIERMESH_ROUTER__LISTEN=...`), the YAML file, the defaults below. The YAML file
+is `--config`, else `$TIERMESH_CONFIG`, else `config/mesh.yaml` when present.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
+
+TaskName = Literal["intent", "bark", "dialogue", "longform"]
+TierName = Literal["gold", "silver", "bronze"]
+TASKS: tuple[TaskName, ...] = ("intent", "bark", "dialogue", "longform")
+
+DEFAULT_CONFIG = Path("config/mesh.yaml")
+
+
+class Persona(BaseModel):
+    """Who an NPC is: the system text every tier sees, its intents, its voice."""
+
+    system: str
+    intents: list[str] = Field(default_factory=list)
+    voice: str = ""
+
+
+class TaskPolicy(BaseModel):
+    """How the router serves one task."""
+
+    # Tiers in the order they are tried; only the first is used until fallback lands.
+    tiers: list[TierName]
+    default_max_tokens: int = Field(gt=0)
+    max_tokens_limit: int = Field(gt=0)
+    # Budget used when the caller sets no gRPC deadline.
+    default_deadline_s: float = Field(gt=0)
+
+    @model_validator(mode="after")
+    def _defaults_within_limit(self) -> TaskPolicy:
+        if self.default_max_tokens > self.max_tokens_limit:
+            raise ValueError("default_max_tokens exceeds max_tokens_limit")
+        if not self.tiers:
+            raise ValueError("a task needs at least one tier")
+        return self
+
+
+def _default_tasks() -> dict[TaskName, TaskPolicy]:
+    return {
+        "intent": TaskPolicy(
+            tiers=["silver"], default_max_tokens=8, max_tokens_limit=16, default_deadline_s=2.0
+        ),
+        "bark": TaskPolicy(
+            tiers=["silver"], default_max_tokens=16, max_tokens_limit=32, default_deadline_s=5.0
+        ),
+        "dialogue": TaskPolicy(
+            tiers=["silver"], default_max_tokens=64, max_tokens_limit=512, default_deadline_s=30.0
+        ),
+        "longform": TaskPolicy(
+            tiers=["silver"],
+            default_max_tokens=256,
+            max_tokens_limit=1024,
+            default_deadline_s=120.0,
+        ),
+    }
+
+
+class TierEndpoints(BaseModel):
+    """Where a tier's replicas listen (host:port)."""
+
+    endpoints: list[str] = Field(min_length=1)
+
+
+def _default_tiers() -> dict[TierName, TierEndpoints]:
+    return {"silver": TierEndpoints(endpoints=["127.0.0.1:50061"])}
+
+
+class RouterSettings(BaseModel):
+    listen: str = "127.0.0.1:50051"
+    # Prometheus /metrics; 0 turns it off.
+    metrics_port: int = Field(default=9464, ge=0, le=65535)
+    max_prompt_chars: int = Field(default=16_384, gt=0)
+    # Larger requests are refused by gRPC itself with RESOURCE_EXHAUSTED.
+    max_message_bytes: int = Field(default=1 << 20, gt=0)
+    tiers: dict[TierName, TierEndpoints] = Field(default_factory=_default_tiers)
+    tasks: dict[TaskName, TaskPolicy] = Field(default_factory=_default_tasks)
+
+    @model_validator(mode="after")
+    def _routes_name_known_tiers(self) -> RouterSettings:
+        missing = [t for t in TASKS if t not in self.tasks]
+        if missing:
+            raise ValueError(f"no routing policy for tasks {missing}")
+        for task, policy in self.tasks.items():
+            unknown = [tier for tier in policy.tiers if tier not in self.tiers]
+            if unknown:
+                raise ValueError(f"task {task!r} routes to unconfigured tiers {unknown}")
+        return self
+
+
+class SilverSettings(BaseModel):
+    listen: str = "127.0.0.1:50061"
+    metrics_port: int = Field(default=9465, ge=0, le=65535)
+    # An HF model folder (local) or, in production, any model name vLLM accepts.
+    model: str = ".models/smollm2-135m-instruct"
+    dtype: str = "float32"
+    max_model_len: int = Field(default=2048, gt=0)
+    # KV cache size. vLLM's CPU default reserves a share of all RAM; be explicit.
+    kv_cache_gib: float = Field(default=1.0, gt=0)
+    # Concurrent sequences the engine schedules together.
+    max_num_seqs: int = Field(default=16, gt=0)
+    # Empty: vLLM decides. "0-1" binds OpenMP threads to both cores here.
+    omp_threads_bind: str = ""
+    # Sampling defaults when the caller leaves them unset.
+    default_temperature: float = Field(default=0.7, ge=0)
+    default_top_p: float = Field(default=0.9, gt=0, le=1)
+
+
+class MeshSettings(BaseModel):
+    """The local mesh that `tiermesh up` supervises."""
+
+    # Pid file and logs of the components started by `tiermesh up`.
+    run_dir: Path = Path(".run")
+    # Waiting for every component to report SERVING (Silver loads a model).
+    start_timeout_s: float = Field(default=300.0, gt=0)
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="TIERMESH_", env_nested_delimiter="__", extra="forbid"
+    )
+    # Set by `load_settings`; read by the YAML source below.
+    _yaml_file: ClassVar[Path | None] = None
+
+    router: RouterSettings = Field(default_factory=RouterSettings)
+    silver: SilverSettings = Field(default_factory=SilverSettings)
+    mesh: MeshSettings = Field(default_factory=MeshSettings)
+    personas: dict[str, Persona] = Field(default_factory=dict)
+    # The persona of NPCs that have none configured and send none.
+    default_persona: Persona = Persona(
+        system="You are a character in a fantasy video game. Stay in character and answer briefly."
+    )
+
+    @field_validator("personas")
+    @classmethod
+    def _persona_ids_are_npc_ids(cls, personas: dict[str, Persona]) -> dict[str, Persona]:
+        from tiermesh.ids import is_valid_id
+
+        bad = [name for name in personas if not is_valid_id(name)]
+        if bad:
+            raise ValueError(f"persona names must be valid npc ids: {bad}")
+        return personas
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        if cls._yaml_file is not None:
+            sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=cls._yaml_file))
+        return tuple(sources)
+
+    def persona_for(self, npc_id: str) -> Persona:
+        return self.personas.get(npc_id, self.default_persona)
+
+
+def config_path(explicit: str | Path | None = None) -> Path | None:
+    """The YAML file to read: explicit, $TIERMESH_CONFIG, or config/mesh.yaml if present."""
+    if explicit:
+        return Path(explicit)
+    if env := os.environ.get("TIERMESH_CONFIG"):
+        return Path(env)
+    return DEFAULT_CONFIG if DEFAULT_CONFIG.exists() else None
+
+
+def load_settings(path: str | Path | None = None, **overrides: Any) -> Settings:
+    """Settings from the YAML file (see `config_path`), the environment and overrides."""
+    yaml_file = config_path(path)
+    if yaml_file is not None and not yaml_file.exists():
+        raise FileNotFoundError(f"config file not found: {yaml_file}")
+    Settings._yaml_file = yaml_file
+    try:
+        return Settings(**overrides)
+    finally:
+        Settings._yaml_file = None

@@ -1,0 +1,60 @@
+"""The `make run` demo: a short NPC conversation streamed through the router."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.table import Table
+
+from tiermesh import client
+from tiermesh.v1 import mesh_pb2, mesh_pb2_grpc
+
+TURNS = [
+    (
+        "guard-1",
+        "dialogue",
+        "Halt! Who goes there? ...Sorry, I didn't see you. What brings you here?",
+    ),
+    ("guard-1", "dialogue", "Have you seen anything strange near the north gate tonight?"),
+    ("merchant-1", "dialogue", "What do you have for sale, and how much for a healing potion?"),
+    (
+        "innkeeper-1",
+        "dialogue",
+        "I need a room for the night and a hot meal. Any news from the road?",
+    ),
+]
+
+
+async def run_demo(address: str, console: Console | None = None) -> list[client.Reply]:
+    console = console or Console()
+    table = Table(title="tiermesh demo: per-turn timing (client side)")
+    for column in ("npc", "task", "tier", "ttft ms", "total ms", "tokens", "tokens/s"):
+        table.add_column(column, justify="right" if column[0] in "tt" else "left")
+    replies = []
+    async with client.channel(address) as channel:
+        stub = mesh_pb2_grpc.MeshStub(channel)
+        for npc, task, line in TURNS:
+            console.print(f"\n[bold cyan]player → {npc}:[/] {line}")
+            console.print(f"[bold green]{npc}:[/] ", end="")
+            request = mesh_pb2.GenerateRequest(
+                npc_id=npc, session_id="demo", prompt=line, task=client.TASKS[task], max_tokens=64
+            )
+            reply = await client.collect(
+                stub,
+                request,
+                deadline_s=30.0,
+                on_text=lambda text: console.print(text, end="", soft_wrap=True, highlight=False),
+            )
+            console.print()
+            replies.append(reply)
+            table.add_row(
+                npc,
+                task,
+                reply.tier,
+                f"{reply.ttft_s * 1000:.0f}",
+                f"{reply.total_s * 1000:.0f}",
+                str(reply.usage.completion_tokens),
+                f"{reply.tokens_per_s:.1f}",
+            )
+    console.print()
+    console.print(table)
+    return replies

@@ -1,0 +1,90 @@
+"""What every tiermesh gRPC server has: health, reflection, size limits, metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from prometheus_client import start_http_server
+
+log = logging.getLogger(__name__)
+
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+@dataclass
+class Serving:
+    server: grpc.aio.Server
+    health: health.aio.HealthServicer
+    port: int
+    service_names: Sequence[str]
+
+    async def set_serving(self, serving: bool) -> None:
+        """Overall health ("") and every named service move together."""
+        status = SERVING if serving else NOT_SERVING
+        for name in ("", *self.service_names):
+            await self.health.set(name, status)
+
+
+async def start_grpc_server(
+    listen: str,
+    register: Callable[[grpc.aio.Server], None],
+    service_names: Sequence[str],
+    *,
+    max_message_bytes: int = 1 << 20,
+    serving: bool = True,
+) -> Serving:
+    """Start a grpc.aio server with `register`ed services, health and reflection.
+
+    Health starts NOT_SERVING when `serving` is False (an engine still loading).
+    A request larger than `max_message_bytes` fails with RESOURCE_EXHAUSTED in gRPC
+    itself, before any handler runs.
+    """
+    server = grpc.aio.server(
+        options=[
+            ("grpc.max_receive_message_length", max_message_bytes),
+            ("grpc.so_reuseport", 0),
+        ]
+    )
+    register(server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        [*service_names, health.SERVICE_NAME, reflection.SERVICE_NAME], server
+    )
+    port = server.add_insecure_port(listen)
+    if port == 0:
+        raise OSError(f"cannot listen on {listen}")
+    await server.start()
+    serving_state = Serving(server, health_servicer, port, service_names)
+    await serving_state.set_serving(serving)
+    return serving_state
+
+
+def start_metrics(port: int, host: str = "127.0.0.1") -> None:
+    """Expose the process's Prometheus registry on http://host:port/metrics (0: off)."""
+    if port:
+        start_http_server(port, addr=host)
+
+
+async def serve_until_signalled(
+    serving: Serving, on_stop: Callable[[], Awaitable[None]] | None = None
+) -> None:
+    """Run until SIGINT/SIGTERM, then go NOT_SERVING, drain briefly and stop."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("stopping")
+    await serving.set_serving(False)
+    if on_stop is not None:
+        await on_stop()
+    await serving.server.stop(grace=2.0)
