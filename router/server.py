@@ -6,6 +6,7 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 
 import grpc
 
@@ -13,10 +14,10 @@ from router import metrics
 from router.backends.tier_grpc import GrpcTier
 from router.pipeline import Backend
 from router.policies.tier_choice import TierChoice
-from router.validation import resolve
+from router.validation import TASK_NAMES, resolve
 from tiermesh.config import Settings, TierName
 from tiermesh.errors import StatusError
-from tiermesh.serving import serve_until_signalled, start_grpc_server, start_metrics
+from tiermesh.serving import Serving, start_grpc_server, start_metrics, wait_for_signal
 from tiermesh.v1 import mesh_pb2, mesh_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -36,13 +37,13 @@ class MeshServicer(mesh_pb2_grpc.MeshServicer):
         context: grpc.aio.ServicerContext[mesh_pb2.GenerateRequest, mesh_pb2.GenerateResponse],
     ) -> AsyncIterator[mesh_pb2.GenerateResponse]:
         received = time.monotonic()
-        task = tier = "none"
+        task = TASK_NAMES.get(request.task, "unknown")
+        tier = "none"
         code = grpc.StatusCode.OK
         index = 0
         ttft = 0.0
         try:
             call = resolve(request, self._settings, context.time_remaining(), received)
-            task = call.task
             async for response in self._pipeline.generate(call):
                 if index == 0:
                     tier = TIER_LABELS[response.tier]
@@ -78,10 +79,24 @@ def build_pipeline(settings: Settings, tiers: dict[TierName, GrpcTier]) -> Backe
     return TierChoice(routes, tiers)
 
 
-async def serve(settings: Settings) -> None:
+@dataclass
+class Router:
+    serving: Serving
+    tiers: dict[TierName, GrpcTier]
+
+    @property
+    def port(self) -> int:
+        return self.serving.port
+
+    async def close(self, grace: float | None = 1.0) -> None:
+        await self.serving.set_serving(False)
+        await self.serving.server.stop(grace)
+        await asyncio.gather(*(tier.close() for tier in self.tiers.values()))
+
+
+async def start_router(settings: Settings) -> Router:
     tiers = build_tiers(settings)
     pipeline = build_pipeline(settings, tiers)
-    start_metrics(settings.router.metrics_port)
     serving = await start_grpc_server(
         settings.router.listen,
         lambda server: mesh_pb2_grpc.add_MeshServicer_to_server(
@@ -90,9 +105,12 @@ async def serve(settings: Settings) -> None:
         [MESH_SERVICE],
         max_message_bytes=settings.router.max_message_bytes,
     )
-    log.info("router listening on port %d", serving.port)
+    return Router(serving, tiers)
 
-    async def close_tiers() -> None:
-        await asyncio.gather(*(tier.close() for tier in tiers.values()))
 
-    await serve_until_signalled(serving, close_tiers)
+async def serve(settings: Settings) -> None:
+    start_metrics(settings.router.metrics_port)
+    router = await start_router(settings)
+    log.info("router listening on port %d", router.port)
+    await wait_for_signal()
+    await router.close(grace=2.0)

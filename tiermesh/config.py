@@ -93,11 +93,16 @@ class RouterSettings(BaseModel):
     tiers: dict[TierName, TierEndpoints] = Field(default_factory=_default_tiers)
     tasks: dict[TaskName, TaskPolicy] = Field(default_factory=_default_tasks)
 
+    @field_validator("tasks", mode="before")
+    @classmethod
+    def _tasks_merge_over_defaults(cls, tasks: Any) -> Any:
+        # Configuring one task keeps the defaults of the others.
+        if isinstance(tasks, dict):
+            return {**_default_tasks(), **tasks}
+        return tasks
+
     @model_validator(mode="after")
     def _routes_name_known_tiers(self) -> RouterSettings:
-        missing = [t for t in TASKS if t not in self.tasks]
-        if missing:
-            raise ValueError(f"no routing policy for tasks {missing}")
         for task, policy in self.tasks.items():
             unknown = [tier for tier in policy.tiers if tier not in self.tiers]
             if unknown:

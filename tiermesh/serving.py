@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import grpc
@@ -74,17 +74,11 @@ def start_metrics(port: int, host: str = "127.0.0.1") -> None:
         start_http_server(port, addr=host)
 
 
-async def serve_until_signalled(
-    serving: Serving, on_stop: Callable[[], Awaitable[None]] | None = None
-) -> None:
-    """Run until SIGINT/SIGTERM, then go NOT_SERVING, drain briefly and stop."""
+async def wait_for_signal() -> None:
+    """Return on SIGINT or SIGTERM (the process's cue to drain and stop)."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     log.info("stopping")
-    await serving.set_serving(False)
-    if on_stop is not None:
-        await on_stop()
-    await serving.server.stop(grace=2.0)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 
 import grpc
 from prometheus_client import Counter, Gauge
@@ -13,7 +14,7 @@ from services.silver.engine import Sampling, SilverEngine
 from tiermesh.chat import Message, Role
 from tiermesh.config import Settings
 from tiermesh.errors import StatusError
-from tiermesh.serving import Serving, serve_until_signalled, start_grpc_server, start_metrics
+from tiermesh.serving import Serving, start_grpc_server, start_metrics, wait_for_signal
 from tiermesh.tier.v1 import tier_pb2, tier_pb2_grpc
 from tiermesh.v1 import mesh_pb2
 
@@ -104,10 +105,25 @@ class SilverServicer(tier_pb2_grpc.TierServiceServicer):
             REQUESTS.labels(outcome).inc()
 
 
-async def serve(settings: Settings) -> None:
-    engine = SilverEngine(settings.silver)
-    ENGINE_UNFINISHED.set_function(engine.unfinished_requests)
-    start_metrics(settings.silver.metrics_port)
+@dataclass
+class Silver:
+    serving: Serving
+    engine: SilverEngine
+    loading: asyncio.Task[None]
+
+    @property
+    def port(self) -> int:
+        return self.serving.port
+
+    async def close(self, grace: float | None = 2.0) -> None:
+        self.loading.cancel()
+        await self.serving.set_serving(False)
+        await self.serving.server.stop(grace)
+        await asyncio.to_thread(self.engine.shutdown)
+
+
+async def start_silver(settings: Settings, engine: SilverEngine) -> Silver:
+    """Listen at once (health NOT_SERVING, calls UNAVAILABLE) and load the engine behind."""
     serving = await start_grpc_server(
         settings.silver.listen,
         lambda server: tier_pb2_grpc.add_TierServiceServicer_to_server(
@@ -116,16 +132,29 @@ async def serve(settings: Settings) -> None:
         [tier_pb2.DESCRIPTOR.services_by_name["TierService"].full_name],
         serving=False,
     )
-    log.info("silver listening on port %d, loading %s", serving.port, settings.silver.model)
-    load = asyncio.create_task(_load_then_serve(engine, serving))
 
-    async def stop() -> None:
-        load.cancel()
-        await asyncio.to_thread(engine.shutdown)
+    async def load() -> None:
+        await engine.start()
+        await serving.set_serving(True)
 
-    await serve_until_signalled(serving, stop)
+    return Silver(serving, engine, asyncio.create_task(load()))
 
 
-async def _load_then_serve(engine: SilverEngine, serving: Serving) -> None:
-    await engine.start()
-    await serving.set_serving(True)
+async def serve(settings: Settings) -> None:
+    engine = SilverEngine(settings.silver)
+    ENGINE_UNFINISHED.set_function(engine.unfinished_requests)
+    start_metrics(settings.silver.metrics_port)
+    silver = await start_silver(settings, engine)
+    log.info("silver listening on port %d, loading %s", silver.port, settings.silver.model)
+    signalled = asyncio.create_task(wait_for_signal())
+    await asyncio.wait([signalled, silver.loading], return_when=asyncio.FIRST_COMPLETED)
+    failed = silver.loading.done() and silver.loading.exception() is not None
+    if failed:
+        # A tier that cannot load must not sit NOT_SERVING forever: exit so the
+        # supervisor (tiermesh up, Kubernetes) sees it and shows the log.
+        log.error("silver engine failed to load", exc_info=silver.loading.exception())
+    else:
+        await signalled
+    await silver.close()
+    if failed:
+        raise SystemExit(1)

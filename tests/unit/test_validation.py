@@ -1,0 +1,107 @@
+import grpc
+import pytest
+
+from router.validation import resolve
+from tiermesh.config import Persona, Settings
+from tiermesh.errors import StatusError
+from tiermesh.v1 import mesh_pb2
+
+SETTINGS = Settings(
+    personas={"guard-1": Persona(system="You are Brom, a guard.", intents=["GREET", "WARN"])}
+)
+
+
+def request(**fields: object) -> mesh_pb2.GenerateRequest:
+    base: dict[str, object] = {
+        "npc_id": "guard-1",
+        "prompt": "Who goes there?",
+        "task": mesh_pb2.TASK_DIALOGUE,
+    }
+    base.update(fields)
+    return mesh_pb2.GenerateRequest(**base)  # type: ignore[arg-type]
+
+
+def rejection(req: mesh_pb2.GenerateRequest, remaining: float | None = 5.0) -> StatusError:
+    with pytest.raises(StatusError) as caught:
+        resolve(req, SETTINGS, remaining)
+    return caught.value
+
+
+@pytest.mark.parametrize(
+    ("fields", "code", "words"),
+    [
+        ({"prompt": ""}, grpc.StatusCode.INVALID_ARGUMENT, "prompt must not be empty"),
+        ({"prompt": "  \n\t"}, grpc.StatusCode.INVALID_ARGUMENT, "prompt must not be empty"),
+        ({"prompt": "x" * 16_385}, grpc.StatusCode.INVALID_ARGUMENT, "16385 characters"),
+        ({"task": mesh_pb2.TASK_UNSPECIFIED}, grpc.StatusCode.INVALID_ARGUMENT, "TASK_INTENT"),
+        ({"task": 42}, grpc.StatusCode.INVALID_ARGUMENT, "task 42 is not one of"),
+        ({"max_tokens": 513}, grpc.StatusCode.INVALID_ARGUMENT, "over the dialogue limit of 512"),
+        ({"task": mesh_pb2.TASK_BARK, "max_tokens": 33}, grpc.StatusCode.INVALID_ARGUMENT, "bark"),
+        ({"npc_id": ""}, grpc.StatusCode.INVALID_ARGUMENT, "npc_id"),
+        ({"npc_id": "guard 1"}, grpc.StatusCode.INVALID_ARGUMENT, "npc_id 'guard 1'"),
+        ({"npc_id": "-guard"}, grpc.StatusCode.INVALID_ARGUMENT, "npc_id"),
+        ({"npc_id": "g" * 129}, grpc.StatusCode.INVALID_ARGUMENT, "npc_id"),
+        ({"session_id": "a/b"}, grpc.StatusCode.INVALID_ARGUMENT, "session_id"),
+        (
+            {"sampling": mesh_pb2.SamplingOptions(temperature=2.5)},
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "temperature 2.5",
+        ),
+        (
+            {"sampling": mesh_pb2.SamplingOptions(temperature=float("nan"))},
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "temperature",
+        ),
+        (
+            {"sampling": mesh_pb2.SamplingOptions(top_p=0)},
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "top_p",
+        ),
+        (
+            {"sampling": mesh_pb2.SamplingOptions(stop=[""])},
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "sampling.stop",
+        ),
+    ],
+)
+def test_bad_input_gets_a_precise_status(
+    fields: dict[str, object], code: grpc.StatusCode, words: str
+) -> None:
+    error = rejection(request(**fields))
+    assert error.code == code
+    assert words in error.message
+
+
+def test_expired_deadline_is_deadline_exceeded() -> None:
+    error = rejection(request(), remaining=0.0)
+    assert error.code == grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+def test_configured_persona_and_task_defaults_are_resolved() -> None:
+    call = resolve(request(), SETTINGS, time_remaining=2.0, now=100.0)
+    assert call.task == "dialogue"
+    assert call.messages[0].role == "system"
+    assert call.messages[0].content == "You are Brom, a guard."
+    assert call.messages[-1].role == "user"
+    assert call.messages[-1].content == "Who goes there?"
+    assert call.max_tokens == SETTINGS.router.tasks["dialogue"].default_max_tokens
+    assert call.deadline == pytest.approx(102.0)
+
+
+def test_persona_text_in_the_request_overrides_the_configured_one() -> None:
+    call = resolve(request(persona="You are a talking cat."), SETTINGS, 2.0)
+    assert call.messages[0].content == "You are a talking cat."
+
+
+def test_unknown_npc_gets_the_default_persona() -> None:
+    call = resolve(request(npc_id="farmer-7"), SETTINGS, 2.0)
+    assert call.messages[0].content == SETTINGS.default_persona.system
+
+
+def test_no_deadline_uses_the_task_budget() -> None:
+    call = resolve(request(task=mesh_pb2.TASK_INTENT), SETTINGS, None, now=10.0)
+    assert call.deadline == pytest.approx(10.0 + SETTINGS.router.tasks["intent"].default_deadline_s)
+
+
+def test_explicit_max_tokens_within_limit_is_kept() -> None:
+    assert resolve(request(max_tokens=512), SETTINGS, 2.0).max_tokens == 512
