@@ -12,6 +12,8 @@ BUF := .tools/node_modules/.bin/buf
 # The CPU build of torch lies on disk on these machines; pip takes it from here.
 TORCH_WHEELS ?= /opt/wheels
 PIP := $(BIN)/pip install --quiet --disable-pip-version-check $(if $(wildcard $(TORCH_WHEELS)),--find-links $(TORCH_WHEELS))
+# Tools installed in the venv (grpcurl, protoc plugins) come first.
+export PATH := $(abspath $(BIN)):$(PATH)
 PROTOS := $(shell find protos -name '*.proto')
 STUBS := tiermesh/v1/mesh_pb2.py tiermesh/tier/v1/tier_pb2.py
 
@@ -38,7 +40,7 @@ $(STAMPS)/venv: pyproject.toml
 
 protos: $(STUBS)
 $(STUBS) &: $(PROTOS) | $(STAMPS)/venv
-	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python -m grpc_tools.protoc -Iprotos \
+	$(BIN)/python -m grpc_tools.protoc -Iprotos \
 	  --python_out=. --grpc_python_out=. --mypy_out=. --mypy_grpc_out=. $(PROTOS)
 	touch tiermesh/v1/__init__.py tiermesh/tier/__init__.py tiermesh/tier/v1/__init__.py
 	touch $(STUBS)

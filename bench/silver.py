@@ -95,9 +95,7 @@ def report(samples: dict[str, list[Sample]], rounds: int, max_tokens: int) -> st
             for p, runs in samples.items()
         },
     }  # fmt: skip
-    rows = [
-        (path, f"{ttft[path] * 1000:.1f}", f"{rate[path]:.1f}") for path in ("direct", "router")
-    ]
+    rows = [(path, f"{ttft[path] * 1000:.1f}", f"{rate[path]:.1f}") for path in ("direct", "router")]
     rows.append(
         ("router / direct", f"{ttft['router'] / ttft['direct']:.3f}x",
          f"{rate['router'] / rate['direct']:.3f}x")

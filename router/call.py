@@ -23,7 +23,20 @@ class Call:
     # Absolute time.monotonic() by which the caller must have its answer.
     deadline: float
     received_at: float = field(default_factory=time.monotonic)
+    # Who is calling (`x-client-id` metadata), for per-client limits.
+    client_id: str = "anonymous"
+    # Set by fallback: when this tier's first token must have arrived, so that the
+    # next tier still has time. Queues use it to shed early.
+    first_token_by: float | None = None
+    # Replica addresses this call has already used (retries, hedges and resumes
+    # prefer others). Shared by every attempt of the call.
+    tried: set[str] = field(default_factory=set, compare=False)
 
     def remaining(self) -> float:
         """Seconds left in the caller's budget (negative once it has passed)."""
         return self.deadline - time.monotonic()
+
+    def first_token_remaining(self) -> float:
+        """Seconds left for this tier's first token (the whole budget if unset)."""
+        limit = self.deadline if self.first_token_by is None else min(self.deadline, self.first_token_by)
+        return limit - time.monotonic()

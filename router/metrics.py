@@ -1,6 +1,6 @@
 """Router metrics: recorded once per stream, never per token (hot path)."""
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 # Fine below 16 ms for Gold's SLO, coarse up to Bronze's seconds.
 LATENCY_BUCKETS = (
@@ -23,4 +23,46 @@ STREAM_MESSAGES = Counter(
     "tiermesh_router_stream_messages",
     "Response messages relayed to callers",
     ["task", "tier"],
+)
+EJECTIONS = Counter(
+    "tiermesh_router_ejections",
+    "Replicas ejected by the breaker, by tier and reason (failures | latency)",
+    ["tier", "reason"],
+)
+RETRIES = Counter(
+    "tiermesh_router_retries",
+    "Attempts retried on another replica before the first token",
+    ["tier"],
+)
+BUDGET_EXHAUSTED = Counter(
+    "tiermesh_router_retry_budget_exhausted",
+    "Retries or hedges not made because the retry budget was spent",
+    ["tier", "kind"],
+)
+HEDGES = Counter(
+    "tiermesh_router_hedges",
+    "Hedged attempts started, and which attempt won",
+    ["tier", "outcome"],  # started | hedge_won | primary_won
+)
+RESUMES = Counter(
+    "tiermesh_router_resumes",
+    "Streams continued on another replica after a mid-stream failure",
+    ["tier"],
+)
+FALLBACKS = Counter(
+    "tiermesh_router_fallbacks",
+    "Tiers given up on for a call, by tier and reason",
+    ["task", "tier", "reason"],  # slow | failed | shed | skipped
+)
+CANNED = Counter("tiermesh_router_canned", "Calls answered with the persona's canned line", ["task"])
+SHED = Counter(
+    "tiermesh_router_shed",
+    "Calls refused because a tier's queue could not meet the deadline",
+    ["tier"],
+)
+RATE_LIMITED = Counter("tiermesh_router_rate_limited", "Calls refused by a client's rate limit")
+QUEUE_DEPTH = Gauge("tiermesh_router_queue_depth", "Calls waiting for a tier stream slot", ["tier"])
+REPLICAS = Gauge("tiermesh_router_replicas", "Replicas known per tier", ["tier"])
+REPLICA_STATE = Gauge(
+    "tiermesh_router_replicas_available", "Replicas neither down nor ejected, per tier", ["tier"]
 )

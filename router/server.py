@@ -5,15 +5,27 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
+from typing import Any, NoReturn
 
 import grpc
+from google.protobuf import any_pb2
+from google.rpc import error_details_pb2, status_pb2
+from grpc_status import rpc_status
 
 from router import metrics
-from router.backends.tier_grpc import GrpcTier
 from router.pipeline import Backend
-from router.policies.tier_choice import TierChoice
+from router.policies.admission import Admission
+from router.policies.balancer import Balancer, picker
+from router.policies.fallback import Fallback
+from router.policies.hedge import Hedge
+from router.policies.limit import StreamLimit
+from router.policies.planner import TierPlanner
+from router.policies.resume import Resume
+from router.policies.retry import Retry
+from router.replicas import ReplicaSet
+from router.stats import RetryBudget, TierLatency
 from router.validation import TASK_NAMES, resolve
 from tiermesh.config import Settings, TierName
 from tiermesh.errors import StatusError
@@ -22,8 +34,29 @@ from tiermesh.v1 import mesh_pb2, mesh_pb2_grpc
 
 log = logging.getLogger(__name__)
 
+CLIENT_ID_HEADER = "x-client-id"
 MESH_SERVICE = mesh_pb2.DESCRIPTOR.services_by_name["Mesh"].full_name
 TIER_LABELS = {value: name.removeprefix("TIER_").lower() for name, value in mesh_pb2.Tier.items()}
+
+
+def client_id(context: grpc.aio.ServicerContext[Any, Any]) -> str:
+    for key, value in context.invocation_metadata() or ():
+        if key == CLIENT_ID_HEADER:
+            return str(value)[:128]
+    return "anonymous"
+
+
+async def abort(context: grpc.aio.ServicerContext[Any, Any], error: StatusError) -> NoReturn:
+    """End the call with `error`; RetryInfo rides along when there is a retry delay."""
+    if error.retry_after_s is None:
+        await context.abort(error.code, error.message)
+    retry = error_details_pb2.RetryInfo()
+    retry.retry_delay.FromNanoseconds(int(error.retry_after_s * 1e9))
+    detail = any_pb2.Any()
+    detail.Pack(retry)
+    status = status_pb2.Status(code=error.code.value[0], message=error.message, details=[detail])
+    await context.abort_with_status(rpc_status.to_status(status))
+    raise AssertionError("unreachable: abort_with_status raises")
 
 
 class MeshServicer(mesh_pb2_grpc.MeshServicer):
@@ -43,7 +76,7 @@ class MeshServicer(mesh_pb2_grpc.MeshServicer):
         index = 0
         ttft = 0.0
         try:
-            call = resolve(request, self._settings, context.time_remaining(), received)
+            call = resolve(request, self._settings, context.time_remaining(), received, client_id(context))
             async for response in self._pipeline.generate(call):
                 if index == 0:
                     tier = TIER_LABELS[response.tier]
@@ -56,7 +89,7 @@ class MeshServicer(mesh_pb2_grpc.MeshServicer):
                 yield response
         except StatusError as e:
             code = e.code
-            await context.abort(e.code, e.message)
+            await abort(context, e)
         except asyncio.CancelledError:
             code = grpc.StatusCode.CANCELLED  # the caller left or its deadline passed
             raise
@@ -69,20 +102,44 @@ class MeshServicer(mesh_pb2_grpc.MeshServicer):
             metrics.STREAM_MESSAGES.labels(task, tier).inc(index)
 
 
-def build_tiers(settings: Settings) -> dict[TierName, GrpcTier]:
-    # One replica per tier for now: balancing across endpoints is its own policy.
-    return {name: GrpcTier(name, tier.endpoints[0]) for name, tier in settings.router.tiers.items()}
+def build_pipeline(settings: Settings, replicas: Mapping[TierName, ReplicaSet]) -> Backend:
+    """Compose the policies: admission → fallback over planned tiers → per tier:
+    stream limit → resume → hedge → retry → balancer → replica adapter."""
+    router = settings.router
+    latency = {name: TierLatency(tier.expected_ttft_s) for name, tier in router.tiers.items()}
+    midstream = {task: policy.on_midstream_failure for task, policy in router.tasks.items()}
+    tiers: dict[TierName, Backend] = {}
+    for name, tier in router.tiers.items():
+        budget = RetryBudget(router.retry_budget.ratio, router.retry_budget.min_per_s)
+        backend: Backend = Balancer(replicas[name], picker(tier.balancer), router.breaker)
+        backend = Retry(backend, name, budget, tier.max_attempts)
+        if tier.hedge:
+            backend = Hedge(backend, name, _hedge_delay(latency[name], tier.hedge_min_samples), budget)
+        backend = Resume(backend, name, midstream)
+        if tier.max_streams:
+            backend = StreamLimit(backend, name, tier.max_streams, tier.expected_ttft_s)
+        tiers[name] = backend
+    routes = {task: policy.tiers for task, policy in router.tasks.items()}
+    pipeline: Backend = Fallback(
+        TierPlanner(routes, latency),
+        tiers,
+        latency,
+        canned_line=lambda call: settings.persona_for(call.npc_id).fallback_line,
+        canned_tasks=frozenset(task for task, policy in router.tasks.items() if policy.canned),
+    )
+    if router.admission.rate_per_s:
+        pipeline = Admission(pipeline, router.admission.rate_per_s, router.admission.burst)
+    return pipeline
 
 
-def build_pipeline(settings: Settings, tiers: dict[TierName, GrpcTier]) -> Backend:
-    routes = {task: policy.tiers for task, policy in settings.router.tasks.items()}
-    return TierChoice(routes, tiers)
+def _hedge_delay(latency: TierLatency, min_samples: int) -> Callable[[], float | None]:
+    return lambda: latency.quantile(0.95) if latency.samples >= min_samples else None
 
 
 @dataclass
 class Router:
     serving: Serving
-    tiers: dict[TierName, GrpcTier]
+    replicas: dict[TierName, ReplicaSet]
 
     @property
     def port(self) -> int:
@@ -91,21 +148,27 @@ class Router:
     async def close(self, grace: float | None = 1.0) -> None:
         await self.serving.set_serving(False)
         await self.serving.server.stop(grace)
-        await asyncio.gather(*(tier.close() for tier in self.tiers.values()))
+        await asyncio.gather(*(replicas.close() for replicas in self.replicas.values()))
 
 
 async def start_router(settings: Settings) -> Router:
-    tiers = build_tiers(settings)
-    pipeline = build_pipeline(settings, tiers)
+    replicas = {
+        name: ReplicaSet(name, tier, settings.router.breaker, on_change=_count_replicas)
+        for name, tier in settings.router.tiers.items()
+    }
+    await asyncio.gather(*(r.start() for r in replicas.values()))
+    pipeline = build_pipeline(settings, replicas)
     serving = await start_grpc_server(
         settings.router.listen,
-        lambda server: mesh_pb2_grpc.add_MeshServicer_to_server(
-            MeshServicer(settings, pipeline), server
-        ),
+        lambda server: mesh_pb2_grpc.add_MeshServicer_to_server(MeshServicer(settings, pipeline), server),
         [MESH_SERVICE],
         max_message_bytes=settings.router.max_message_bytes,
     )
-    return Router(serving, tiers)
+    return Router(serving, replicas)
+
+
+def _count_replicas(tier: str, count: int) -> None:
+    metrics.REPLICAS.labels(tier).set(count)
 
 
 async def serve(settings: Settings) -> None:

@@ -33,6 +33,7 @@ def resolve(
     settings: Settings,
     time_remaining: float | None,
     now: float | None = None,
+    client_id: str = "anonymous",
 ) -> Call:
     """Validate `request` and fill in persona, defaults and the absolute deadline.
 
@@ -53,15 +54,11 @@ def resolve(
     if not request.prompt.strip():
         raise invalid("prompt must not be empty")
     if len(request.prompt) > router.max_prompt_chars:
-        raise invalid(
-            f"prompt is {len(request.prompt)} characters; the limit is {router.max_prompt_chars}"
-        )
+        raise invalid(f"prompt is {len(request.prompt)} characters; the limit is {router.max_prompt_chars}")
     policy = router.tasks[task]
     max_tokens = request.max_tokens or policy.default_max_tokens
     if max_tokens > policy.max_tokens_limit:
-        raise invalid(
-            f"max_tokens {max_tokens} is over the {task} limit of {policy.max_tokens_limit}"
-        )
+        raise invalid(f"max_tokens {max_tokens} is over the {task} limit of {policy.max_tokens_limit}")
     _check_sampling(request.sampling)
 
     if time_remaining is None:
@@ -80,6 +77,7 @@ def resolve(
         sampling=request.sampling,
         deadline=now + time_remaining,
         received_at=now,
+        client_id=client_id,
     )
 
 

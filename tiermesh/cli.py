@@ -21,9 +21,7 @@ err = Console(stderr=True)
 
 ConfigOption = Annotated[
     Path | None,
-    typer.Option(
-        "--config", "-c", help="YAML settings (default: $TIERMESH_CONFIG, config/mesh.yaml)"
-    ),
+    typer.Option("--config", "-c", help="YAML settings (default: $TIERMESH_CONFIG, config/mesh.yaml)"),
 ]
 
 
@@ -36,9 +34,7 @@ def _settings(config: Path | None) -> Settings:
 
 
 def _logging() -> None:
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
 @app.command()
@@ -78,9 +74,7 @@ def up(
         except MeshError as e:
             err.print(f"[red]{e}[/]")
             raise typer.Exit(1) from None
-    console.print(
-        f"[green]mesh up[/]: router on {settings.router.listen}; logs in {mesh.run_dir}/logs"
-    )
+    console.print(f"[green]mesh up[/]: router on {settings.router.listen}; logs in {mesh.run_dir}/logs")
     try:
         if demo:
             from tiermesh.demo import run_demo

@@ -32,6 +32,8 @@ class Persona(BaseModel):
     system: str
     intents: list[str] = Field(default_factory=list)
     voice: str = ""
+    # Said when no tier can answer in time (tasks with `canned: true`); empty: none.
+    fallback_line: str = ""
 
 
 class TaskPolicy(BaseModel):
@@ -43,6 +45,11 @@ class TaskPolicy(BaseModel):
     max_tokens_limit: int = Field(gt=0)
     # Budget used when the caller sets no gRPC deadline.
     default_deadline_s: float = Field(gt=0)
+    # After tokens were sent and the tier fails: continue on another replica with the
+    # text so far as a prefix ("resume"), or end with UNAVAILABLE ("fail").
+    on_midstream_failure: Literal["resume", "fail"] = "fail"
+    # When every tier failed or is too slow: answer with the persona's fallback_line.
+    canned: bool = False
 
     @model_validator(mode="after")
     def _defaults_within_limit(self) -> TaskPolicy:
@@ -73,14 +80,57 @@ def _default_tasks() -> dict[TaskName, TaskPolicy]:
     }
 
 
-class TierEndpoints(BaseModel):
-    """Where a tier's replicas listen (host:port)."""
+class TierSettings(BaseModel):
+    """A tier's replicas and how the router treats them."""
 
+    # host:port entries, or dns:///name:port re-resolved every resolve_interval_s
+    # (a Kubernetes headless Service).
     endpoints: list[str] = Field(min_length=1)
+    resolve_interval_s: float = Field(default=10.0, gt=0)
+    balancer: Literal["p2c", "round_robin"] = "p2c"
+    # Watch grpc.health.v1 on every replica ("" = the server's overall health).
+    health_check: bool = True
+    health_service: str = ""
+    health_retry_s: float = Field(default=1.0, gt=0)
+    # Time to first token assumed before any is observed.
+    expected_ttft_s: float = Field(default=0.2, gt=0)
+    # Streams in flight across the tier's replicas (0: unlimited); more wait in a
+    # queue, or are shed at once when the wait would not fit the deadline.
+    max_streams: int = Field(default=0, ge=0)
+    # Attempts per call before the first token (1: no retries).
+    max_attempts: int = Field(default=3, ge=1)
+    # Start a second attempt on another replica when the first token is later than
+    # the tier's observed p95.
+    hedge: bool = False
+    hedge_min_samples: int = Field(default=20, ge=1)
 
 
-def _default_tiers() -> dict[TierName, TierEndpoints]:
-    return {"silver": TierEndpoints(endpoints=["127.0.0.1:50061"])}
+def _default_tiers() -> dict[TierName, TierSettings]:
+    return {"silver": TierSettings(endpoints=["127.0.0.1:50061"])}
+
+
+class BreakerSettings(BaseModel):
+    failures_to_open: int = Field(default=5, ge=1)
+    base_ejection_s: float = Field(default=1.0, gt=0)
+    max_ejection_s: float = Field(default=30.0, gt=0)
+    # A replica whose first-token latency exceeds factor × its peers' median (and the
+    # median + floor) after min_samples is ejected like a failing one.
+    outlier_factor: float = Field(default=3.0, gt=1)
+    outlier_floor_s: float = Field(default=0.02, ge=0)
+    outlier_min_samples: int = Field(default=5, ge=1)
+    max_ejected_fraction: float = Field(default=0.5, gt=0, le=1)
+
+
+class RetryBudgetSettings(BaseModel):
+    ratio: float = Field(default=0.2, ge=0)
+    min_per_s: float = Field(default=5.0, ge=0)
+
+
+class AdmissionSettings(BaseModel):
+    """Per-client token buckets keyed by the `x-client-id` metadata (0: off)."""
+
+    rate_per_s: float = Field(default=0.0, ge=0)
+    burst: int = Field(default=50, ge=1)
 
 
 class RouterSettings(BaseModel):
@@ -90,8 +140,11 @@ class RouterSettings(BaseModel):
     max_prompt_chars: int = Field(default=16_384, gt=0)
     # Larger requests are refused by gRPC itself with RESOURCE_EXHAUSTED.
     max_message_bytes: int = Field(default=1 << 20, gt=0)
-    tiers: dict[TierName, TierEndpoints] = Field(default_factory=_default_tiers)
+    tiers: dict[TierName, TierSettings] = Field(default_factory=_default_tiers)
     tasks: dict[TaskName, TaskPolicy] = Field(default_factory=_default_tasks)
+    breaker: BreakerSettings = Field(default_factory=BreakerSettings)
+    retry_budget: RetryBudgetSettings = Field(default_factory=RetryBudgetSettings)
+    admission: AdmissionSettings = Field(default_factory=AdmissionSettings)
 
     @field_validator("tasks", mode="before")
     @classmethod
@@ -138,9 +191,7 @@ class MeshSettings(BaseModel):
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(
-        env_prefix="TIERMESH_", env_nested_delimiter="__", extra="forbid"
-    )
+    model_config = SettingsConfigDict(env_prefix="TIERMESH_", env_nested_delimiter="__", extra="forbid")
     # Set by `load_settings`; read by the YAML source below.
     _yaml_file: ClassVar[Path | None] = None
 

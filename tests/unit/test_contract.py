@@ -15,9 +15,7 @@ def shape(descriptor: Descriptor) -> dict[int, tuple[str, int, str]]:
 
 def test_tier_response_is_wire_compatible_with_the_public_response() -> None:
     # The router decodes tier bytes as the public message: same numbers, names, types.
-    assert shape(tier_pb2.GenerateResponse.DESCRIPTOR) == shape(
-        mesh_pb2.GenerateResponse.DESCRIPTOR
-    )
+    assert shape(tier_pb2.GenerateResponse.DESCRIPTOR) == shape(mesh_pb2.GenerateResponse.DESCRIPTOR)
     for number, field in tier_pb2.GenerateResponse.DESCRIPTOR.fields_by_number.items():
         public = mesh_pb2.GenerateResponse.DESCRIPTOR.fields_by_number[number]
         if field.enum_type is not None:
@@ -37,9 +35,7 @@ def test_tier_bytes_decode_as_the_public_response() -> None:
 
 def test_public_names_game_teams_code_against() -> None:
     request_fields = set(mesh_pb2.GenerateRequest.DESCRIPTOR.fields_by_name)
-    assert {"npc_id", "session_id", "prompt", "task", "max_tokens", "sampling", "persona"} <= (
-        request_fields
-    )
+    assert {"npc_id", "session_id", "prompt", "task", "max_tokens", "sampling", "persona"} <= (request_fields)
     tasks = {"TASK_INTENT", "TASK_BARK", "TASK_DIALOGUE", "TASK_LONGFORM"}
     assert set(mesh_pb2.Task.keys()) >= tasks
     assert set(mesh_pb2.Tier.keys()) >= {"TIER_GOLD", "TIER_SILVER", "TIER_BRONZE", "TIER_CACHE"}

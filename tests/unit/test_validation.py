@@ -6,9 +6,7 @@ from tiermesh.config import Persona, Settings
 from tiermesh.errors import StatusError
 from tiermesh.v1 import mesh_pb2
 
-SETTINGS = Settings(
-    personas={"guard-1": Persona(system="You are Brom, a guard.", intents=["GREET", "WARN"])}
-)
+SETTINGS = Settings(personas={"guard-1": Persona(system="You are Brom, a guard.", intents=["GREET", "WARN"])})
 
 
 def request(**fields: object) -> mesh_pb2.GenerateRequest:

@@ -1,0 +1,166 @@
+"""Small latency statistics the policies share. All take an injectable clock."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import deque
+from collections.abc import Callable
+
+Clock = Callable[[], float]
+
+
+class PeakEwma:
+    """Latency estimate that jumps up at once and decays slowly (Finagle/Linkerd):
+    a replica that just turned slow is avoided immediately, forgiven gradually."""
+
+    def __init__(self, initial_s: float, decay_s: float = 10.0, clock: Clock = time.monotonic):
+        self._value = initial_s
+        self._decay_s = decay_s
+        self._clock = clock
+        self._stamp = clock()
+        self.samples = 0
+
+    def observe(self, latency_s: float) -> None:
+        now = self._clock()
+        if latency_s > self._value:
+            self._value = latency_s
+        else:
+            weight = math.exp(-(now - self._stamp) / self._decay_s)
+            self._value = self._value * weight + latency_s * (1 - weight)
+        self._stamp = now
+        self.samples += 1
+
+    @property
+    def value(self) -> float:
+        return self._value
+
+
+class Window:
+    """The last `size` observations, for percentiles (time to first token per tier)."""
+
+    def __init__(self, size: int = 200) -> None:
+        self._values: deque[float] = deque(maxlen=size)
+
+    def observe(self, value: float) -> None:
+        self._values.append(value)
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def quantile(self, q: float) -> float | None:
+        if not self._values:
+            return None
+        ordered = sorted(self._values)
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+class RetryBudget:
+    """Retries (and hedges) may add at most `ratio` of live traffic, plus a small
+    floor of `min_per_s` so a quiet service can still retry (Finagle's RetryBudget).
+    An outage therefore cannot multiply the load on what is still up."""
+
+    def __init__(self, ratio: float = 0.2, min_per_s: float = 5.0, clock: Clock = time.monotonic) -> None:
+        self._ratio = ratio
+        self._min_per_s = min_per_s
+        self._clock = clock
+        self._earned = 0.0
+        self._floor = min_per_s
+        self._stamp = clock()
+
+    def deposit(self) -> None:
+        """One live request earns `ratio` of a retry (capped: no hoarding for a storm)."""
+        self._earned = min(self._earned + self._ratio, max(10.0, 100 * self._ratio))
+
+    def try_withdraw(self) -> bool:
+        now = self._clock()
+        self._floor = min(self._min_per_s, self._floor + (now - self._stamp) * self._min_per_s)
+        self._stamp = now
+        if self._earned >= 1.0:
+            self._earned -= 1.0
+            return True
+        if self._floor >= 1.0:
+            self._floor -= 1.0
+            return True
+        return False
+
+
+class Breaker:
+    """Per-replica circuit breaker with exponential ejection and a half-open trial.
+
+    closed: calls flow. After `failures_to_open` consecutive tier faults (or an
+    explicit `eject`, e.g. latency outlier) it opens for base × 2^n seconds (capped);
+    then one trial call is let through: success closes it, failure reopens it longer.
+    """
+
+    def __init__(
+        self,
+        failures_to_open: int = 5,
+        base_ejection_s: float = 1.0,
+        max_ejection_s: float = 30.0,
+        clock: Clock = time.monotonic,
+    ) -> None:
+        self._failures_to_open = failures_to_open
+        self._base = base_ejection_s
+        self._max = max_ejection_s
+        self._clock = clock
+        self.consecutive_failures = 0
+        self.ejections = 0
+        self._open_until: float | None = None
+        self._trial_in_flight = False
+
+    @property
+    def state(self) -> str:
+        if self._open_until is None:
+            return "closed"
+        return "open" if self._clock() < self._open_until else "half_open"
+
+    def allows(self) -> bool:
+        state = self.state
+        return state == "closed" or (state == "half_open" and not self._trial_in_flight)
+
+    def on_pick(self) -> None:
+        if self.state == "half_open":
+            self._trial_in_flight = True
+
+    def success(self) -> None:
+        self.consecutive_failures = 0
+        self.ejections = 0
+        self._open_until = None
+        self._trial_in_flight = False
+
+    def failure(self) -> bool:
+        """Count a tier fault; True when this opened (or reopened) the breaker."""
+        self.consecutive_failures += 1
+        if self.state == "half_open" or self.consecutive_failures >= self._failures_to_open:
+            self.eject()
+            return True
+        return False
+
+    def release_trial(self) -> None:
+        """A trial call that ended without a verdict (the caller left): allow another."""
+        self._trial_in_flight = False
+
+    def eject(self) -> None:
+        self._open_until = self._clock() + min(self._max, self._base * 2**self.ejections)
+        self.ejections += 1
+        self._trial_in_flight = False
+
+
+class TierLatency:
+    """Observed time to first token of a tier; `expected_s` until there are samples."""
+
+    def __init__(self, expected_s: float, size: int = 200) -> None:
+        self.expected_s = expected_s
+        self._window = Window(size)
+
+    def observe(self, seconds: float) -> None:
+        self._window.observe(seconds)
+
+    @property
+    def samples(self) -> int:
+        return len(self._window)
+
+    def quantile(self, q: float) -> float:
+        observed = self._window.quantile(q)
+        return self.expected_s if observed is None else observed
