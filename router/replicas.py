@@ -69,7 +69,7 @@ class ReplicaSet:
     ) -> None:
         self.tier = tier
         self._settings = settings
-        self._breaker = breaker
+        self.breaker_settings = breaker
         self._on_change = on_change
         self._replicas: dict[str, Replica] = {}
         self._watchers: dict[str, asyncio.Task[None]] = {}
@@ -100,7 +100,7 @@ class ReplicaSet:
             self._on_change(self.tier, len(self._replicas))
 
     def _add(self, address: str) -> None:
-        b = self._breaker
+        b = self.breaker_settings
         breaker = Breaker(b.failures_to_open, b.base_ejection_s, b.max_ejection_s)
         replica = Replica(self.tier, address, breaker, self._settings.expected_ttft_s)
         self._replicas[address] = replica

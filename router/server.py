@@ -111,7 +111,7 @@ def build_pipeline(settings: Settings, replicas: Mapping[TierName, ReplicaSet]) 
     tiers: dict[TierName, Backend] = {}
     for name, tier in router.tiers.items():
         budget = RetryBudget(router.retry_budget.ratio, router.retry_budget.min_per_s)
-        backend: Backend = Balancer(replicas[name], picker(tier.balancer), router.breaker)
+        backend: Backend = Balancer(replicas[name], picker(tier.balancer))
         backend = Retry(backend, name, budget, tier.max_attempts)
         if tier.hedge:
             backend = Hedge(backend, name, _hedge_delay(latency[name], tier.hedge_min_samples), budget)

@@ -76,10 +76,11 @@ class RetryBudget:
         now = self._clock()
         self._floor = min(self._min_per_s, self._floor + (now - self._stamp) * self._min_per_s)
         self._stamp = now
-        if self._earned >= 1.0:
+        # Tolerance: ten deposits of 0.2 sum to 1.999…, which is two retries.
+        if self._earned >= 1.0 - 1e-9:
             self._earned -= 1.0
             return True
-        if self._floor >= 1.0:
+        if self._floor >= 1.0 - 1e-9:
             self._floor -= 1.0
             return True
         return False

@@ -58,10 +58,10 @@ class Balancer:
     token far slower than its peers' ejects it as a latency outlier.
     """
 
-    def __init__(self, replicas: ReplicaSet, picker: Picker, settings: BreakerSettings) -> None:
+    def __init__(self, replicas: ReplicaSet, picker: Picker) -> None:
         self.replicas = replicas
         self._picker = picker
-        self._settings = settings
+        self._settings: BreakerSettings = replicas.breaker_settings
 
     def _candidates(self, call: Call) -> list[Replica]:
         available = [r for r in self.replicas.replicas if r.available]
@@ -84,13 +84,15 @@ class Balancer:
         verdict = False
         try:
             first = True
+            outlier = False
             async for response in replica.backend.generate(call):
                 if first:
                     first = False
                     replica.latency.observe(time.monotonic() - started)
-                    self._eject_if_outlier(replica)
+                    outlier = self._eject_if_outlier(replica)
                 yield response
-            replica.breaker.success()
+            if not outlier:  # a slow success must not undo the ejection
+                replica.breaker.success()
             verdict = True
         except StatusError as e:
             if e.code == grpc.StatusCode.UNAVAILABLE:  # the tier's fault, not the caller's
@@ -103,15 +105,17 @@ class Balancer:
             if not verdict:
                 replica.breaker.release_trial()
 
-    def _eject_if_outlier(self, replica: Replica) -> None:
+    def _eject_if_outlier(self, replica: Replica) -> bool:
         s = self._settings
         peers = [r for r in self.replicas.replicas if r is not replica and r.latency.samples]
         if replica.latency.samples < s.outlier_min_samples or not peers:
-            return
+            return False
         ejected = sum(r.breaker.state != "closed" for r in self.replicas.replicas)
         if ejected + 1 > s.max_ejected_fraction * len(self.replicas.replicas):
-            return  # never eject so many that the rest drown
+            return False  # never eject so many that the rest drown
         typical = statistics.median(r.latency.value for r in peers)
-        if replica.latency.value > max(s.outlier_factor * typical, typical + s.outlier_floor_s):
-            replica.breaker.eject()
-            metrics.EJECTIONS.labels(replica.tier, "latency").inc()
+        if replica.latency.value <= max(s.outlier_factor * typical, typical + s.outlier_floor_s):
+            return False
+        replica.breaker.eject()
+        metrics.EJECTIONS.labels(replica.tier, "latency").inc()
+        return True

@@ -1,0 +1,80 @@
+"""In-process fakes for testing one policy at a time (no network)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+import grpc
+
+from router.call import Call
+from router.validation import resolve
+from tiermesh.config import Settings
+from tiermesh.errors import StatusError
+from tiermesh.v1 import mesh_pb2
+
+
+class FakeClock:
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def a_call(
+    task: mesh_pb2.Task.ValueType = mesh_pb2.TASK_DIALOGUE, deadline_s: float = 5.0, **kw: object
+) -> Call:
+    request = mesh_pb2.GenerateRequest(npc_id="guard-1", prompt="hello", task=task)
+    return resolve(request, Settings(), deadline_s, **kw)  # type: ignore[arg-type]
+
+
+@dataclass
+class Step:
+    """What a FakeBackend does on one call."""
+
+    tokens: list[str] = field(default_factory=lambda: ["a", "b", "c"])
+    first_delay: float = 0.0
+    fail_before: StatusError | None = None
+    fail_after: int | None = None  # raise UNAVAILABLE after this many tokens
+
+
+class FakeBackend:
+    """A Backend that plays `steps` in order (the last one repeats) and records calls."""
+
+    def __init__(self, *steps: Step, tier: mesh_pb2.Tier.ValueType = mesh_pb2.TIER_SILVER) -> None:
+        self.steps = list(steps) or [Step()]
+        self.tier = tier
+        self.calls: list[Call] = []
+        self.cancelled = 0
+
+    async def generate(self, call: Call) -> AsyncIterator[mesh_pb2.GenerateResponse]:
+        step = self.steps[min(len(self.calls), len(self.steps) - 1)]
+        self.calls.append(call)
+        try:
+            if step.first_delay:
+                await asyncio.sleep(step.first_delay)
+            if step.fail_before is not None:
+                raise step.fail_before
+            for i, token in enumerate(step.tokens):
+                if step.fail_after == i:
+                    raise StatusError(grpc.StatusCode.UNAVAILABLE, "replica died mid-stream")
+                yield mesh_pb2.GenerateResponse(text=token, tier=self.tier)
+        except (asyncio.CancelledError, GeneratorExit):
+            self.cancelled += 1
+            raise
+
+    async def close(self) -> None:
+        """Nothing to release (stands where a tier adapter would be)."""
+
+
+def unavailable(message: str = "tier down") -> StatusError:
+    return StatusError(grpc.StatusCode.UNAVAILABLE, message)
+
+
+async def drain(stream: AsyncIterator[mesh_pb2.GenerateResponse]) -> list[mesh_pb2.GenerateResponse]:
+    return [r async for r in stream]

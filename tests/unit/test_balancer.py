@@ -1,0 +1,107 @@
+from __future__ import annotations
+
+import contextlib
+import random
+from collections import Counter
+from collections.abc import AsyncIterator
+
+import pytest
+
+from router.policies.balancer import Balancer, PowerOfTwoChoices, RoundRobin
+from router.replicas import ReplicaSet, resolve
+from tests.fakes import FakeBackend, Step, a_call, drain, unavailable
+from tiermesh.config import BreakerSettings, TierSettings
+from tiermesh.errors import StatusError
+
+ADDRESSES = ["127.0.0.1:7001", "127.0.0.1:7002", "127.0.0.1:7003"]
+
+
+async def replica_set(
+    *backends: FakeBackend, expected_ttft_s: float = 0.2, breaker: BreakerSettings | None = None
+) -> AsyncIterator[ReplicaSet]:
+    settings = TierSettings(
+        endpoints=ADDRESSES[: len(backends)], health_check=False, expected_ttft_s=expected_ttft_s
+    )
+    replicas = ReplicaSet("silver", settings, breaker or BreakerSettings())
+    await replicas.start()
+    for replica, backend in zip(replicas.replicas, backends, strict=True):
+        await replica.backend.close()
+        replica.backend = backend  # type: ignore[assignment]
+    yield replicas
+    await replicas.close()
+
+
+@pytest.fixture
+async def three() -> AsyncIterator[tuple[ReplicaSet, list[FakeBackend]]]:
+    backends = [FakeBackend(), FakeBackend(), FakeBackend()]
+    async for replicas in replica_set(*backends):
+        yield replicas, backends
+
+
+async def test_round_robin_visits_every_replica_in_turn(three: tuple[ReplicaSet, list[FakeBackend]]) -> None:
+    replicas, backends = three
+    balancer = Balancer(replicas, RoundRobin())
+    for _ in range(6):
+        await drain(balancer.generate(a_call()))
+    assert [len(b.calls) for b in backends] == [2, 2, 2]
+
+
+async def test_p2c_prefers_low_latency_and_few_outstanding(
+    three: tuple[ReplicaSet, list[FakeBackend]],
+) -> None:
+    replicas, _ = three
+    slow, busy, good = replicas.replicas
+    slow.latency.observe(1.0)
+    busy.outstanding = 20
+    picks = Counter(PowerOfTwoChoices(random.Random(1)).pick(replicas.replicas).address for _ in range(300))
+    assert picks[good.address] > 190  # wins every pair it is in (2/3 of pairs)
+    assert picks[slow.address] + picks[busy.address] < 110
+
+
+async def test_calls_avoid_replicas_they_already_tried(three: tuple[ReplicaSet, list[FakeBackend]]) -> None:
+    replicas, backends = three
+    balancer = Balancer(replicas, RoundRobin())
+    call = a_call()
+    for _ in range(3):
+        await drain(balancer.generate(call))
+    assert [len(b.calls) for b in backends] == [1, 1, 1]
+    assert call.tried == set(ADDRESSES)
+
+
+async def test_consecutive_failures_eject_a_replica() -> None:
+    broken, healthy = FakeBackend(Step(fail_before=unavailable())), FakeBackend()
+    async for replicas in replica_set(broken, healthy, breaker=BreakerSettings(failures_to_open=2)):
+        balancer = Balancer(replicas, RoundRobin())
+        for _ in range(10):
+            with contextlib.suppress(StatusError):
+                await drain(balancer.generate(a_call()))
+        assert len(broken.calls) == 2  # then ejected: everything goes to the healthy one
+        assert len(healthy.calls) == 8
+        assert replicas.replicas[0].breaker.state == "open"
+
+
+async def test_a_replica_far_slower_than_its_peers_is_ejected() -> None:
+    slow = FakeBackend(Step(first_delay=0.06))
+    fast_a, fast_b = FakeBackend(), FakeBackend()
+    settings = BreakerSettings(outlier_min_samples=2, outlier_floor_s=0.02, outlier_factor=3)
+    async for replicas in replica_set(slow, fast_a, fast_b, expected_ttft_s=0.001, breaker=settings):
+        balancer = Balancer(replicas, RoundRobin())
+        for _ in range(9):
+            await drain(balancer.generate(a_call()))
+        assert replicas.replicas[0].breaker.state == "open"
+        assert replicas.replicas[1].breaker.state == "closed"
+
+
+async def test_no_replica_available_is_unavailable() -> None:
+    async for replicas in replica_set(FakeBackend()):
+        replicas.replicas[0].serving = False  # health said NOT_SERVING
+        with pytest.raises(StatusError, match="no available silver replica"):
+            await drain(Balancer(replicas, RoundRobin()).generate(a_call()))
+
+
+async def test_dns_endpoints_resolve_to_every_address() -> None:
+    assert await resolve(["dns:///localhost:7001", "10.0.0.1:7002"]) in (
+        ["127.0.0.1:7001", "10.0.0.1:7002"],
+        ["[::1]:7001", "127.0.0.1:7001", "10.0.0.1:7002"],
+        ["127.0.0.1:7001", "[::1]:7001", "10.0.0.1:7002"],
+    )

@@ -1,0 +1,78 @@
+from router.stats import Breaker, PeakEwma, RetryBudget, TierLatency
+from tests.fakes import FakeClock
+
+
+def test_peak_ewma_jumps_up_at_once_and_decays_slowly() -> None:
+    clock = FakeClock()
+    ewma = PeakEwma(0.1, decay_s=10.0, clock=clock)
+    ewma.observe(1.0)
+    assert ewma.value == 1.0  # a slow answer counts in full immediately
+    clock.advance(1.0)
+    ewma.observe(0.1)
+    assert 0.9 < ewma.value < 1.0  # forgiven gradually
+    clock.advance(60.0)
+    ewma.observe(0.1)
+    assert abs(ewma.value - 0.1) < 0.01
+
+
+def test_retry_budget_allows_a_ratio_of_traffic_plus_a_floor() -> None:
+    clock = FakeClock()
+    budget = RetryBudget(ratio=0.2, min_per_s=0.0, clock=clock)
+    for _ in range(10):
+        budget.deposit()
+    assert [budget.try_withdraw() for _ in range(3)] == [True, True, False]
+    floor = RetryBudget(ratio=0.0, min_per_s=2.0, clock=clock)
+    assert [floor.try_withdraw() for _ in range(3)] == [True, True, False]
+    clock.advance(0.5)
+    assert floor.try_withdraw()  # the floor refills at min_per_s
+    assert not floor.try_withdraw()
+
+
+def test_breaker_opens_after_consecutive_failures_and_probes_back() -> None:
+    clock = FakeClock()
+    breaker = Breaker(failures_to_open=3, base_ejection_s=1.0, max_ejection_s=4.0, clock=clock)
+    assert not breaker.failure()
+    assert not breaker.failure()
+    assert breaker.failure()
+    assert breaker.state == "open"
+    assert not breaker.allows()
+    clock.advance(1.0)
+    assert breaker.state == "half_open"
+    assert breaker.allows()
+    breaker.on_pick()
+    assert not breaker.allows()  # one trial at a time
+    assert breaker.failure()  # the trial failed: reopened, for longer
+    clock.advance(1.0)
+    assert breaker.state == "open"
+    clock.advance(1.0)
+    breaker.on_pick()
+    breaker.success()
+    assert breaker.state == "closed"
+    assert breaker.allows()
+
+
+def test_breaker_ejection_backoff_is_capped() -> None:
+    clock = FakeClock()
+    breaker = Breaker(failures_to_open=1, base_ejection_s=1.0, max_ejection_s=4.0, clock=clock)
+    for _ in range(6):
+        breaker.eject()
+    clock.advance(3.9)
+    assert breaker.state == "open"
+    clock.advance(0.2)
+    assert breaker.state == "half_open"
+
+
+def test_success_resets_consecutive_failures() -> None:
+    breaker = Breaker(failures_to_open=2)
+    breaker.failure()
+    breaker.success()
+    assert not breaker.failure()
+
+
+def test_tier_latency_uses_the_expectation_until_observed() -> None:
+    latency = TierLatency(expected_s=0.2)
+    assert latency.quantile(0.95) == 0.2
+    for ms in range(1, 101):
+        latency.observe(ms / 1000)
+    assert latency.quantile(0.5) == 0.051
+    assert latency.quantile(0.95) == 0.096
