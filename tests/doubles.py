@@ -77,9 +77,9 @@ class ScriptedTier(tier_pb2_grpc.TierServiceServicer):
             raise
 
 
-async def start_scripted_tier(tier: ScriptedTier) -> Serving:
+async def start_scripted_tier(tier: ScriptedTier, listen: str = "127.0.0.1:0") -> Serving:
     return await start_grpc_server(
-        "127.0.0.1:0",
+        listen,
         lambda server: tier_pb2_grpc.add_TierServiceServicer_to_server(tier, server),
         ["tiermesh.tier.v1.TierService"],
     )

@@ -17,7 +17,7 @@ import grpc
 from router import metrics
 from router.call import Call
 from router.pipeline import Backend
-from router.policies.planner import TierPlanner
+from router.policies.planner import Step, TierPlanner
 from router.stats import TierLatency
 from router.streams import Attempt, first_ready
 from tiermesh.config import TaskName, TierName
@@ -52,38 +52,21 @@ class Fallback:
             raise StatusError(grpc.StatusCode.UNAVAILABLE, f"no tier serves {call.task} requests")
         failures: list[StatusError] = []
         for step in steps:
-            started = time.monotonic()
             attempt = Attempt(
                 self._tiers[step.tier].generate(dataclasses.replace(call, first_token_by=step.first_token_by))
             )
-            ready = await first_ready([attempt], within_s=max(0.0, step.first_token_by - started))
-            if ready is None:
-                await attempt.cancel()
-                # A censored sample: this tier took at least this long.
-                self._latency[step.tier].observe(time.monotonic() - started)
-                metrics.FALLBACKS.labels(call.task, step.tier, "slow").inc()
-                failures.append(
-                    StatusError(
-                        grpc.StatusCode.DEADLINE_EXCEEDED,
-                        f"{step.tier} gave no first token within {step.first_token_by - started:.3f}s",
-                    )
-                )
-                continue
-            error = attempt.first.exception()
-            if isinstance(error, StopAsyncIteration):
-                error = StatusError(grpc.StatusCode.UNAVAILABLE, f"{step.tier} sent nothing")
-            if error is not None:
-                if not isinstance(error, StatusError) or error.code in CALLER_FAULTS:
-                    raise error
-                reason = "shed" if error.code == grpc.StatusCode.RESOURCE_EXHAUSTED else "failed"
-                metrics.FALLBACKS.labels(call.task, step.tier, reason).inc()
+            try:
+                error = await self._first_token(call, step, attempt)
+                if error is None:
+                    yield attempt.first.result()
+                    async for response in attempt.stream:
+                        yield response
+                    return
                 failures.append(error)
-                continue
-            self._latency[step.tier].observe(time.monotonic() - started)
-            yield attempt.first.result()
-            async for response in attempt.stream:
-                yield response
-            return
+            finally:
+                # Whatever ends this step (a failure, the caller leaving, the stream's
+                # end) ends the attempt: its tier call must not outlive it.
+                await attempt.cancel()
         if line and call.remaining() > 0:
             metrics.CANNED.labels(call.task).inc()
             yield mesh_pb2.GenerateResponse(
@@ -91,6 +74,32 @@ class Fallback:
             )
             return
         raise self._summary(call, failures, skipped)
+
+    async def _first_token(
+        self, call: Call, step: Step, attempt: Attempt[mesh_pb2.GenerateResponse]
+    ) -> StatusError | None:
+        """None once the attempt has its first message; else why this tier is given up."""
+        started = time.monotonic()
+        ready = await first_ready([attempt], within_s=max(0.0, step.first_token_by - started))
+        if ready is None:
+            # A censored sample: this tier took at least this long.
+            self._latency[step.tier].observe(time.monotonic() - started)
+            metrics.FALLBACKS.labels(call.task, step.tier, "slow").inc()
+            return StatusError(
+                grpc.StatusCode.DEADLINE_EXCEEDED,
+                f"{step.tier} gave no first token within {step.first_token_by - started:.3f}s",
+            )
+        error = attempt.first.exception()
+        if isinstance(error, StopAsyncIteration):
+            error = StatusError(grpc.StatusCode.UNAVAILABLE, f"{step.tier} sent nothing")
+        if error is None:
+            self._latency[step.tier].observe(time.monotonic() - started)
+            return None
+        if not isinstance(error, StatusError) or error.code in CALLER_FAULTS:
+            raise error
+        reason = "shed" if error.code == grpc.StatusCode.RESOURCE_EXHAUSTED else "failed"
+        metrics.FALLBACKS.labels(call.task, step.tier, reason).inc()
+        return error
 
     @staticmethod
     def _summary(call: Call, failures: list[StatusError], skipped: list[TierName]) -> StatusError:

@@ -1,8 +1,9 @@
 """Per-tier stream limit with deadline-aware queueing: never queue past the deadline.
 
 A call that finds the tier full waits for a slot only while the expected wait fits
-its first-token budget; otherwise it is shed at once with RESOURCE_EXHAUSTED, so
-fallback can try the next tier (or the caller can back off) instead of timing out.
+its first-token budget; otherwise it is shed at once with RESOURCE_EXHAUSTED (and a
+retry delay), so fallback can try the next tier or the caller can back off,
+instead of timing out in a queue.
 """
 
 from __future__ import annotations
@@ -28,30 +29,39 @@ class StreamLimit:
         self._inner = inner
         self._tier = tier
         self._max = max_streams
-        self._active = 0
+        self._taken = 0  # slots held, including ones just handed to a waiter
+        self._started: dict[int, float] = {}  # running streams' start times
         self._waiters: deque[asyncio.Future[None]] = deque()
         # How long a stream holds its slot (peak-EWMA: pessimistic under change).
         self._hold = PeakEwma(expected_s)
 
     def expected_wait(self) -> float:
+        # Streams already running longer than the estimate prove it low: use their age.
+        now = time.monotonic()
+        oldest = max((now - started for started in self._started.values()), default=0.0)
         ahead = len(self._waiters) + 1
-        return ahead * self._hold.value / self._max
+        return ahead * max(self._hold.value, oldest) / self._max
 
     async def generate(self, call: Call) -> AsyncIterator[mesh_pb2.GenerateResponse]:
         await self._acquire(call)
-        started = time.monotonic()
+        key = id(call)
+        self._started[key] = started = time.monotonic()
         try:
             async for response in self._inner.generate(call):
                 yield response
         finally:
+            del self._started[key]
             self._hold.observe(time.monotonic() - started)
             self._release()
 
     async def _acquire(self, call: Call) -> None:
-        if self._active < self._max and not self._waiters:
-            self._active += 1
+        if self._taken < self._max and not self._waiters:
+            self._taken += 1
             return
-        budget = call.first_token_remaining()
+        # Give up a little before the deadline, so the caller hears "full, retry in…"
+        # rather than DEADLINE_EXCEEDED.
+        left = call.first_token_remaining()
+        budget = left - min(0.05, 0.1 * left)
         if self.expected_wait() >= budget:
             self._shed(f"{self._tier} is full: expected wait {self.expected_wait():.3f}s")
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -65,7 +75,7 @@ class StreamLimit:
             self._shed(f"{self._tier} is full: no stream slot within the deadline")
         except BaseException:
             if waiter.done() and not waiter.cancelled():
-                self._release()  # granted, but the caller left: pass it on
+                self._release()  # granted, but the caller left: pass the slot on
             raise
         finally:
             with contextlib.suppress(ValueError):
@@ -73,13 +83,13 @@ class StreamLimit:
             metrics.QUEUE_DEPTH.labels(self._tier).set(len(self._waiters))
 
     def _release(self) -> None:
-        # Hand the slot straight to the next waiter, or free it.
+        # Hand the slot straight to the next waiter (it stays taken), or free it.
         while self._waiters:
             waiter = self._waiters.popleft()
             if not waiter.done():
                 waiter.set_result(None)
                 return
-        self._active -= 1
+        self._taken -= 1
 
     def _shed(self, message: str) -> None:
         metrics.SHED.labels(self._tier).inc()

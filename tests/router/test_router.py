@@ -158,6 +158,18 @@ async def test_client_cancel_reaches_the_tier(stub: Stub, silver: ScriptedTier) 
     assert silver.cancelled == 1
 
 
+async def test_client_cancel_before_the_first_token_reaches_the_tier(
+    stub: Stub, silver: ScriptedTier
+) -> None:
+    silver.reset(Script(hang=True))
+    call = stub.Generate(request(), timeout=10.0)
+    reader = asyncio.ensure_future(call.read())
+    await asyncio.sleep(0.2)
+    call.cancel()
+    await asyncio.gather(reader, return_exceptions=True)
+    await asyncio.wait_for(silver.cancelled_event.wait(), 2.0)
+
+
 async def test_tier_down_is_unavailable_fast() -> None:
     # Nothing listens on this port: connection refused.
     router = await start_router(router_settings("127.0.0.1:1"))
