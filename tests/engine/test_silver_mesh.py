@@ -132,6 +132,27 @@ async def test_prompt_over_the_context_is_out_of_range(mesh_stub: MeshAsyncStub)
     assert len(await reply(mesh_stub, ask("Still there?", max_tokens=4))) > 0
 
 
+async def test_silver_continues_an_assistant_prefix(mesh: Mesh) -> None:
+    """What the router's mid-stream resume relies on: the answer goes on, not over."""
+    prefix = "Halt! The north gate is closed tonight because"
+    request = tier_pb2.GenerateRequest(
+        request_id="resume-1",
+        messages=[
+            tier_pb2.ChatMessage(role=tier_pb2.ROLE_SYSTEM, content="You are a town guard."),
+            tier_pb2.ChatMessage(role=tier_pb2.ROLE_USER, content="Can I pass?"),
+            tier_pb2.ChatMessage(role=tier_pb2.ROLE_ASSISTANT, content=prefix),
+        ],
+        max_tokens=12,
+        sampling=mesh_pb2.SamplingOptions(temperature=0.0),
+    )
+    async with grpc.aio.insecure_channel(mesh.silver) as channel:
+        stub = tier_pb2_grpc.TierServiceStub(channel)
+        text = "".join([r.text async for r in stub.Generate(request, timeout=60)])
+    assert text.strip()
+    # A continuation, not a fresh reply: it does not restart with the greeting.
+    assert not text.lstrip().startswith("Halt")
+
+
 async def test_silver_rejects_a_malformed_tier_request_and_keeps_serving(mesh: Mesh) -> None:
     async with grpc.aio.insecure_channel(mesh.silver) as channel:
         stub = tier_pb2_grpc.TierServiceStub(channel)
