@@ -63,6 +63,3 @@ SHED = Counter(
 RATE_LIMITED = Counter("tiermesh_router_rate_limited", "Calls refused by a client's rate limit")
 QUEUE_DEPTH = Gauge("tiermesh_router_queue_depth", "Calls waiting for a tier stream slot", ["tier"])
 REPLICAS = Gauge("tiermesh_router_replicas", "Replicas known per tier", ["tier"])
-REPLICA_STATE = Gauge(
-    "tiermesh_router_replicas_available", "Replicas neither down nor ejected, per tier", ["tier"]
-)

@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -86,22 +87,13 @@ class LocalMesh:
         return process.pid
 
     def _wait_serving(self, component: Component, pid: int) -> None:
-        deadline = time.monotonic() + self.settings.mesh.start_timeout_s
-        with grpc.insecure_channel(component.listen) as channel:
-            health = health_pb2_grpc.HealthStub(channel)
-            while time.monotonic() < deadline:
-                if not _alive(pid):
-                    raise MeshError(
-                        f"{component.name} exited during start; last log lines:\n" + self.tail(component.name)
-                    )
-                try:
-                    reply = health.Check(health_pb2.HealthCheckRequest(), timeout=1.0)
-                    if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                        return
-                except grpc.RpcError:
-                    pass  # not listening yet
-                time.sleep(0.5)
-        raise MeshError(f"{component.name} not SERVING after {self.settings.mesh.start_timeout_s} s")
+        def check_alive() -> None:
+            if not _alive(pid):
+                raise MeshError(
+                    f"{component.name} exited during start; last log lines:\n" + self.tail(component.name)
+                )
+
+        wait_serving(component.name, component.listen, self.settings.mesh.start_timeout_s, check_alive)
 
     def down(self, timeout: float = 20.0) -> list[str]:
         """SIGTERM every component (router first), SIGKILL what outlives `timeout`."""
@@ -125,6 +117,26 @@ class LocalMesh:
         if not path.exists():
             return "(no log)"
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+
+def wait_serving(
+    name: str, address: str, timeout_s: float, check_alive: Callable[[], None] = lambda: None
+) -> None:
+    """Poll grpc.health.v1 at `address` until SERVING; `check_alive` raises if the
+    process behind it died (no point waiting for a dead server)."""
+    deadline = time.monotonic() + timeout_s
+    with grpc.insecure_channel(address) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        while time.monotonic() < deadline:
+            check_alive()
+            try:
+                reply = health.Check(health_pb2.HealthCheckRequest(), timeout=1.0)
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.RpcError:
+                pass  # not listening yet
+            time.sleep(0.2)
+    raise MeshError(f"{name} not SERVING at {address} after {timeout_s} s")
 
 
 def _alive(pid: int) -> bool:

@@ -1,7 +1,7 @@
 """Per-tier stream limit with deadline-aware queueing: never queue past the deadline.
 
 A call that finds the tier full waits for a slot only while the expected wait fits
-its first-token budget; otherwise it is shed at once with RESOURCE_EXHAUSTED (and a
+its first-token budget and leaves time for the stream to finish; otherwise it is shed at once with RESOURCE_EXHAUSTED (and a
 retry delay), so fallback can try the next tier or the caller can back off,
 instead of timing out in a queue.
 """
@@ -58,10 +58,12 @@ class StreamLimit:
         if self._taken < self._max and not self._waiters:
             self._taken += 1
             return
-        # Give up a little before the deadline, so the caller hears "full, retry in…"
-        # rather than DEADLINE_EXCEEDED.
-        left = call.first_token_remaining()
-        budget = left - min(0.05, 0.1 * left)
+        # The gRPC deadline covers the whole stream: a slot is worth waiting for only
+        # if the stream can still finish in time, and its first token meet the tier's
+        # budget. Give up a little early, so the caller hears "full, retry in…" (or
+        # fallback moves on) rather than DEADLINE_EXCEEDED.
+        left = min(call.first_token_remaining(), call.remaining() - self._hold.value)
+        budget = left - min(0.05, 0.1 * max(left, 0.0))
         if self.expected_wait() >= budget:
             self._shed(f"{self._tier} is full: expected wait {self.expected_wait():.3f}s")
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
