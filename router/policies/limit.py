@@ -1,9 +1,9 @@
 """Per-tier stream limit with deadline-aware queueing: never queue past the deadline.
 
 A call that finds the tier full waits for a slot only while the expected wait fits
-its first-token budget and leaves time for the stream to finish; otherwise it is shed at once with RESOURCE_EXHAUSTED (and a
-retry delay), so fallback can try the next tier or the caller can back off,
-instead of timing out in a queue.
+its first-token budget and leaves time for the stream to finish; otherwise it is
+shed at once with RESOURCE_EXHAUSTED (and a retry delay), so fallback can try the
+next tier or the caller can back off, instead of timing out in a queue.
 """
 
 from __future__ import annotations
