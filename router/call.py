@@ -28,6 +28,9 @@ class Call:
     # Set by fallback: when this tier's first token must have arrived, so that the
     # next tier still has time. Queues use it to shed early.
     first_token_by: float | None = None
+    # TASK_INTENT: the labels to choose from (validated, in the NPC's order).
+    intents: tuple[str, ...] = ()
+    bypass_cache: bool = False
     # Replica addresses this call has already used (retries, hedges and resumes
     # prefer others). Shared by every attempt of the call.
     tried: set[str] = field(default_factory=set, compare=False)

@@ -63,3 +63,8 @@ SHED = Counter(
 RATE_LIMITED = Counter("tiermesh_router_rate_limited", "Calls refused by a client's rate limit")
 QUEUE_DEPTH = Gauge("tiermesh_router_queue_depth", "Calls waiting for a tier stream slot", ["tier"])
 REPLICAS = Gauge("tiermesh_router_replicas", "Replicas known per tier", ["tier"])
+CACHE = Counter(
+    "tiermesh_router_cache_requests",
+    "Cache lookups by cache and result (hit | miss | bypass)",
+    ["cache", "result"],
+)

@@ -8,10 +8,7 @@ import logging
 import socket
 from collections.abc import Callable
 
-import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-
-from router.backends.tier_grpc import GrpcTier
+from router.backends import TierAdapter, adapter
 from router.stats import Breaker, PeakEwma
 from tiermesh.config import BreakerSettings, TierSettings
 
@@ -22,10 +19,10 @@ DNS_PREFIX = "dns:///"
 class Replica:
     """One endpoint of a tier and what the router knows about it."""
 
-    def __init__(self, tier: str, address: str, breaker: Breaker, initial_latency_s: float):
+    def __init__(self, tier: str, backend: TierAdapter, breaker: Breaker, initial_latency_s: float):
         self.tier = tier
-        self.address = address
-        self.backend = GrpcTier(tier, address)
+        self.address = backend.address
+        self.backend = backend
         self.breaker = breaker
         self.latency = PeakEwma(initial_latency_s)
         self.outstanding = 0
@@ -102,7 +99,8 @@ class ReplicaSet:
     def _add(self, address: str) -> None:
         b = self.breaker_settings
         breaker = Breaker(b.failures_to_open, b.base_ejection_s, b.max_ejection_s)
-        replica = Replica(self.tier, address, breaker, self._settings.expected_ttft_s)
+        backend = adapter(self.tier, address, self._settings)
+        replica = Replica(self.tier, backend, breaker, self._settings.expected_ttft_s)
         self._replicas[address] = replica
         if self._settings.health_check:
             self._watchers[address] = asyncio.create_task(self._watch(replica))
@@ -120,21 +118,8 @@ class ReplicaSet:
             await self.refresh()
 
     async def _watch(self, replica: Replica) -> None:
-        """Follow grpc.health.v1 Watch on the replica's own channel; reconnect forever."""
-        stub = health_pb2_grpc.HealthStub(replica.backend.channel)
-        request = health_pb2.HealthCheckRequest(service=self._settings.health_service)
-        while True:
-            try:
-                async for update in stub.Watch(request):
-                    replica.serving = update.status == health_pb2.HealthCheckResponse.SERVING
-            except grpc.aio.AioRpcError as e:
-                # Unreachable or no health service: let the breaker judge by real calls,
-                # but a replica that is unreachable is not serving.
-                replica.serving = e.code() not in (
-                    grpc.StatusCode.UNAVAILABLE,
-                    grpc.StatusCode.DEADLINE_EXCEEDED,
-                )
-            await asyncio.sleep(self._settings.health_retry_s)
+        async for serving in replica.backend.health():
+            replica.serving = serving
 
     async def close(self) -> None:
         tasks = [*self._watchers.values(), *([self._refresher] if self._refresher else [])]

@@ -18,6 +18,7 @@ from router import metrics
 from router.pipeline import Backend
 from router.policies.admission import Admission
 from router.policies.balancer import Balancer, picker
+from router.policies.cache import IntentCache
 from router.policies.fallback import Fallback
 from router.policies.hedge import Hedge
 from router.policies.limit import StreamLimit
@@ -103,7 +104,7 @@ class MeshServicer(mesh_pb2_grpc.MeshServicer):
 
 
 def build_pipeline(settings: Settings, replicas: Mapping[TierName, ReplicaSet]) -> Backend:
-    """Compose the policies: admission → fallback over planned tiers → per tier:
+    """Compose the policies: intent cache → admission → fallback over planned tiers → per tier:
     stream limit → resume → hedge → retry → balancer → replica adapter."""
     router = settings.router
     latency = {name: TierLatency(tier.expected_ttft_s) for name, tier in router.tiers.items()}
@@ -121,7 +122,7 @@ def build_pipeline(settings: Settings, replicas: Mapping[TierName, ReplicaSet]) 
         tiers[name] = backend
     routes = {task: policy.tiers for task, policy in router.tasks.items()}
     pipeline: Backend = Fallback(
-        TierPlanner(routes, latency),
+        TierPlanner(routes, latency, {name: tier.max_tokens for name, tier in router.tiers.items()}),
         tiers,
         latency,
         canned_line=lambda call: settings.persona_for(call.npc_id).fallback_line,
@@ -129,6 +130,8 @@ def build_pipeline(settings: Settings, replicas: Mapping[TierName, ReplicaSet]) 
     )
     if router.admission.rate_per_s:
         pipeline = Admission(pipeline, router.admission.rate_per_s, router.admission.burst)
+    if router.intent_cache.enabled:
+        pipeline = IntentCache(pipeline, router.intent_cache.max_entries, router.intent_cache.ttl_s)
     return pipeline
 
 

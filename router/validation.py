@@ -7,6 +7,7 @@ from the message alone.
 from __future__ import annotations
 
 import math
+import re
 import time
 import uuid
 
@@ -26,6 +27,7 @@ TASK_NAMES: dict[int, TaskName] = {
     mesh_pb2.TASK_LONGFORM: "longform",
 }
 ID_RULE = "letters, digits, '.', '_', ':' or '-', starting with a letter or digit, at most 128"
+INTENT_LABEL = re.compile(r"[A-Z][A-Z0-9_]{0,31}")
 
 
 def resolve(
@@ -60,6 +62,7 @@ def resolve(
     if max_tokens > policy.max_tokens_limit:
         raise invalid(f"max_tokens {max_tokens} is over the {task} limit of {policy.max_tokens_limit}")
     _check_sampling(request.sampling)
+    intents = _intents(request, task, settings)
 
     if time_remaining is None:
         time_remaining = policy.default_deadline_s
@@ -78,7 +81,29 @@ def resolve(
         deadline=now + time_remaining,
         received_at=now,
         client_id=client_id,
+        intents=intents,
+        bypass_cache=request.bypass_cache,
     )
+
+
+def _intents(request: mesh_pb2.GenerateRequest, task: TaskName, settings: Settings) -> tuple[str, ...]:
+    if task != "intent":
+        if request.intents:
+            raise invalid("intents are only for TASK_INTENT")
+        return ()
+    intents = list(request.intents) or settings.persona_for(request.npc_id).intents
+    if not intents:
+        raise invalid(
+            f"TASK_INTENT needs an intent set: send intents, or configure one for {request.npc_id!r}"
+        )
+    limit = settings.router.max_intents
+    if len(intents) > limit:
+        raise invalid(f"{len(intents)} intents; the limit is {limit}")
+    if duplicates := sorted({i for i in intents if intents.count(i) > 1}):
+        raise invalid(f"duplicate intents: {', '.join(duplicates)}")
+    if bad := [i for i in intents if not INTENT_LABEL.fullmatch(i)]:
+        raise invalid(f"intents must be upper-case labels like ATTACK (A-Z, 0-9, _; ≤ 32): {bad[:3]}")
+    return tuple(intents)
 
 
 def _check_sampling(s: mesh_pb2.SamplingOptions) -> None:

@@ -27,10 +27,12 @@ class FakeClock:
 
 
 def a_call(
-    task: mesh_pb2.Task.ValueType = mesh_pb2.TASK_DIALOGUE, deadline_s: float = 5.0, **kw: object
+    task: mesh_pb2.Task.ValueType = mesh_pb2.TASK_DIALOGUE, deadline_s: float = 5.0, **fields: object
 ) -> Call:
-    request = mesh_pb2.GenerateRequest(npc_id="guard-1", prompt="hello", task=task)
-    return resolve(request, Settings(), deadline_s, **kw)  # type: ignore[arg-type]
+    """A resolved call; `fields` are GenerateRequest fields (prompt, intents, max_tokens…)."""
+    base: dict[str, object] = {"npc_id": "guard-1", "prompt": "hello", "task": task}
+    request = mesh_pb2.GenerateRequest(**(base | fields))  # type: ignore[arg-type]
+    return resolve(request, Settings(), deadline_s)
 
 
 @dataclass

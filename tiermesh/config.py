@@ -103,6 +103,13 @@ class TierSettings(BaseModel):
     # the tier's observed p95.
     hedge: bool = False
     hedge_min_samples: int = Field(default=20, ge=1)
+    # "tier": tiermesh.tier.v1.TierService (Silver, Bronze). "triton": Triton's
+    # KServe v2 gRPC with TensorRT-LLM's `ensemble` tensors (Gold).
+    protocol: Literal["tier", "triton"] = "tier"
+    triton_model: str = "ensemble"
+    # Longest answer this tier produces (0: no limit). Calls asking for more are
+    # routed to the next tier of their chain instead.
+    max_tokens: int = Field(default=0, ge=0)
 
 
 def _default_tiers() -> dict[TierName, TierSettings]:
@@ -126,6 +133,12 @@ class RetryBudgetSettings(BaseModel):
     min_per_s: float = Field(default=5.0, ge=0)
 
 
+class IntentCacheSettings(BaseModel):
+    enabled: bool = True
+    max_entries: int = Field(default=100_000, gt=0)
+    ttl_s: float = Field(default=300.0, gt=0)
+
+
 class AdmissionSettings(BaseModel):
     """Per-client token buckets keyed by the `x-client-id` metadata (0: off)."""
 
@@ -135,6 +148,8 @@ class AdmissionSettings(BaseModel):
 
 class RouterSettings(BaseModel):
     listen: str = "127.0.0.1:50051"
+    # Intent sets larger than this are refused (each label costs the tier work).
+    max_intents: int = Field(default=32, gt=0)
     # Prometheus /metrics; 0 turns it off.
     metrics_port: int = Field(default=9464, ge=0, le=65535)
     max_prompt_chars: int = Field(default=16_384, gt=0)
@@ -145,6 +160,7 @@ class RouterSettings(BaseModel):
     breaker: BreakerSettings = Field(default_factory=BreakerSettings)
     retry_budget: RetryBudgetSettings = Field(default_factory=RetryBudgetSettings)
     admission: AdmissionSettings = Field(default_factory=AdmissionSettings)
+    intent_cache: IntentCacheSettings = Field(default_factory=IntentCacheSettings)
 
     @field_validator("tasks", mode="before")
     @classmethod

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from router.call import Call
 from tiermesh.errors import StatusError
@@ -40,15 +42,20 @@ def tier_request(call: Call) -> tier_pb2.GenerateRequest:
         max_tokens=call.max_tokens,
         sampling=call.sampling,
         task=mesh_pb2.Task.Value(f"TASK_{call.task.upper()}"),
+        intents=call.intents,
     )
 
 
 class GrpcTier:
     """One tier replica over one HTTP/2 channel."""
 
-    def __init__(self, name: str, address: str) -> None:
+    def __init__(
+        self, name: str, address: str, health_service: str = "", health_retry_s: float = 1.0
+    ) -> None:
         self.name = name
         self.address = address
+        self._health_service = health_service
+        self._health_retry_s = health_retry_s
         self.channel = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
         # Tier messages are wire-compatible with the public response: decode them as
         # that type so the router relays them without a field-by-field copy.
@@ -82,6 +89,19 @@ class GrpcTier:
             grpc.StatusCode.UNAVAILABLE,
             f"{self.name} tier at {self.address} failed {where}: {code.name}: {error.details()}",
         )
+
+    async def health(self) -> AsyncIterator[bool]:
+        """Follow grpc.health.v1 Watch on this replica's own channel; reconnect forever."""
+        stub = health_pb2_grpc.HealthStub(self.channel)
+        request = health_pb2.HealthCheckRequest(service=self._health_service)
+        while True:
+            try:
+                async for update in stub.Watch(request):
+                    yield update.status == health_pb2.HealthCheckResponse.SERVING
+            except grpc.aio.AioRpcError as e:
+                # Unreachable: not serving. No health service: let the breaker judge.
+                yield e.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+            await asyncio.sleep(self._health_retry_s)
 
     async def close(self) -> None:
         await self.channel.close()

@@ -1,6 +1,7 @@
 """Tier choice: which tiers may still answer this call in time, and by when.
 
-The task's route (configuration) lists tiers best first. Each tier but the last
+The task's route (configuration) lists tiers best first; a tier whose answers are
+shorter than the call's max_tokens (Gold) is left out. Each tier but the last
 gets a first-token budget that leaves the next tier twice its p95 time to first
 token, so falling back can still meet the caller's deadline. A tier whose median
 time to first token no longer fits its budget is skipped up front, when something
@@ -33,17 +34,24 @@ class TierPlanner:
         self,
         routes: Mapping[TaskName, Sequence[TierName]],
         latency: Mapping[TierName, TierLatency],
+        max_tokens: Mapping[TierName, int] | None = None,
     ) -> None:
         self._routes = routes
         self._latency = latency
+        self._max_tokens = max_tokens or {}
 
-    def chain(self, task: TaskName) -> list[TierName]:
-        """The configured tiers for `task`, best first, that the router knows."""
-        return [tier for tier in self._routes.get(task, ()) if tier in self._latency]
+    def chain(self, call: Call) -> list[TierName]:
+        """The configured tiers for the call's task, best first, that the router knows
+        and that produce answers as long as the call asks for (Gold answers short)."""
+        return [
+            tier
+            for tier in self._routes.get(call.task, ())
+            if tier in self._latency and call.max_tokens <= (self._max_tokens.get(tier) or call.max_tokens)
+        ]
 
     def plan(self, call: Call, has_last_resort: bool = False) -> tuple[list[Step], list[TierName]]:
         """(steps to try in order, tiers skipped because they cannot make it)."""
-        chain = self.chain(call.task)
+        chain = self.chain(call)
         now = time.monotonic()
         steps: list[Step] = []
         skipped: list[TierName] = []

@@ -30,6 +30,8 @@ class Sampling:
     top_k: int = 0
     seed: int | None = None
     stop: tuple[str, ...] = ()
+    # Answer with exactly one of these (vLLM structured outputs, choice mode).
+    choices: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,7 +112,7 @@ class SilverEngine:
         passed) aborts the engine request."""
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
-        from vllm.sampling_params import RequestOutputKind
+        from vllm.sampling_params import RequestOutputKind, StructuredOutputsParams
 
         if self._llm is None:
             raise StatusError(grpc.StatusCode.UNAVAILABLE, "silver engine is still loading")
@@ -130,6 +132,9 @@ class SilverEngine:
             seed=sampling.seed,
             stop=list(sampling.stop) or None,
             output_kind=RequestOutputKind.DELTA,
+            structured_outputs=(
+                StructuredOutputsParams(choice=list(sampling.choices)) if sampling.choices else None
+            ),
         )
         completion_tokens = 0
         finished = False

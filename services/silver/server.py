@@ -61,6 +61,7 @@ def to_sampling(request: tier_pb2.GenerateRequest, engine_defaults: Settings) ->
         top_k=s.top_k,
         seed=s.seed if s.HasField("seed") else None,
         stop=tuple(s.stop),
+        choices=tuple(request.intents),
     )
 
 

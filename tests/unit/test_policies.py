@@ -10,7 +10,9 @@ from typing import cast
 import grpc
 import pytest
 
+from router.call import Call
 from router.policies.admission import Admission
+from router.policies.cache import IntentCache
 from router.policies.fallback import Fallback
 from router.policies.hedge import Hedge
 from router.policies.limit import StreamLimit
@@ -273,3 +275,68 @@ async def test_every_tier_full_is_resource_exhausted_with_retry_info() -> None:
         await drain(fallback(FakeBackend(full), FakeBackend(full)).generate(a_call()))
     assert caught.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert caught.value.retry_after_s == pytest.approx(0.3)
+
+
+def test_planner_routes_long_answers_past_a_short_answer_tier() -> None:
+    planner = TierPlanner(
+        {"bark": ["gold", "silver"]}, latency(gold=0.01, silver=0.2), max_tokens={"gold": 16}
+    )
+    assert planner.chain(a_call(mesh_pb2.TASK_BARK, max_tokens=8)) == ["gold", "silver"]
+    assert planner.chain(a_call(mesh_pb2.TASK_BARK, max_tokens=32)) == ["silver"]
+
+
+# --- intent cache ------------------------------------------------------------------
+
+
+def intent_call(prompt: str = "The player draws a sword!", **kw: object) -> Call:
+    call = a_call(mesh_pb2.TASK_INTENT, prompt=prompt, intents=["ATTACK", "FLEE"])
+    return dataclasses.replace(call, **kw)  # type: ignore[arg-type]
+
+
+async def test_intent_cache_serves_a_repeat_from_cache() -> None:
+    gold = FakeBackend(Step(tokens=["ATT", "ACK"]), tier=mesh_pb2.TIER_GOLD)
+    cache = IntentCache(gold, max_entries=10, ttl_s=60)
+    first = await drain(cache.generate(intent_call()))
+    again = await drain(cache.generate(intent_call("  the PLAYER draws a sword ")))
+    assert texts(first) == "ATTACK"
+    assert [(r.text, r.tier) for r in again] == [("ATTACK", mesh_pb2.TIER_CACHE)]
+    assert len(gold.calls) == 1
+
+
+async def test_intent_cache_expires_and_is_bounded() -> None:
+    clock = FakeClock()
+    gold = FakeBackend(Step(tokens=["FLEE"]), tier=mesh_pb2.TIER_GOLD)
+    cache = IntentCache(gold, max_entries=2, ttl_s=10, clock=clock)
+    for prompt in ("one", "two", "three"):
+        await drain(cache.generate(intent_call(prompt)))
+    assert len(cache) == 2  # "one" was evicted
+    clock.advance(11)
+    await drain(cache.generate(intent_call("three")))
+    assert len(gold.calls) == 4  # expired: asked again
+
+
+async def test_intent_cache_keeps_only_valid_model_answers() -> None:
+    canned = FakeBackend(Step(tokens=["Move along."]), tier=mesh_pb2.TIER_CACHE)
+    cache = IntentCache(canned, max_entries=10, ttl_s=60)
+    await drain(cache.generate(intent_call()))
+    invalid = IntentCache(FakeBackend(Step(tokens=["DANCE"]), tier=mesh_pb2.TIER_GOLD), 10, 60)
+    await drain(invalid.generate(intent_call()))
+    assert len(cache) == 0
+    assert len(invalid) == 0
+
+
+async def test_bypass_skips_the_cache() -> None:
+    gold = FakeBackend(Step(tokens=["ATTACK"]), tier=mesh_pb2.TIER_GOLD)
+    cache = IntentCache(gold, max_entries=10, ttl_s=60)
+    await drain(cache.generate(intent_call()))
+    out = await drain(cache.generate(intent_call(bypass_cache=True)))
+    assert out[0].tier == mesh_pb2.TIER_GOLD
+    assert len(gold.calls) == 2
+
+
+async def test_the_intent_set_and_persona_are_part_of_the_key() -> None:
+    gold = FakeBackend(Step(tokens=["FLEE"]), tier=mesh_pb2.TIER_GOLD)
+    cache = IntentCache(gold, max_entries=10, ttl_s=60)
+    await drain(cache.generate(intent_call()))
+    await drain(cache.generate(intent_call(intents=("FLEE", "HIDE"))))
+    assert len(gold.calls) == 2

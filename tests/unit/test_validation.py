@@ -103,3 +103,31 @@ def test_no_deadline_uses_the_task_budget() -> None:
 
 def test_explicit_max_tokens_within_limit_is_kept() -> None:
     assert resolve(request(max_tokens=512), SETTINGS, 2.0).max_tokens == 512
+
+
+@pytest.mark.parametrize(
+    ("fields", "words"),
+    [
+        ({"intents": ["ATTACK", "FLEE", "ATTACK"]}, "duplicate intents: ATTACK"),
+        ({"intents": [f"I{n}" for n in range(33)]}, "33 intents; the limit is 32"),
+        ({"intents": ["attack"]}, "upper-case labels"),
+        ({"intents": ["RUN AWAY"]}, "upper-case labels"),
+        ({"npc_id": "farmer-9"}, "needs an intent set"),
+    ],
+)
+def test_bad_intent_sets_are_invalid(fields: dict[str, object], words: str) -> None:
+    error = rejection(request(task=mesh_pb2.TASK_INTENT, **fields))
+    assert error.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert words in error.message
+
+
+def test_intents_on_another_task_are_invalid() -> None:
+    error = rejection(request(intents=["ATTACK"]))
+    assert "only for TASK_INTENT" in error.message
+
+
+def test_intents_come_from_the_request_or_the_persona() -> None:
+    given = resolve(request(task=mesh_pb2.TASK_INTENT, intents=["TRADE", "FLEE"]), SETTINGS, 1.0)
+    assert given.intents == ("TRADE", "FLEE")
+    configured = resolve(request(task=mesh_pb2.TASK_INTENT), SETTINGS, 1.0)
+    assert configured.intents == ("GREET", "WARN")

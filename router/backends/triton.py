@@ -1,0 +1,131 @@
+"""Adapter for Gold: Triton Inference Server hosting TensorRT-LLM's `ensemble`.
+
+Speaks exactly the ensemble's text signature over Triton's gRPC streaming API
+(decoupled model): `text_input`, `max_tokens`, `stream`, sampling inputs, and
+TensorRT-LLM's guided decoding inputs for intents → `text_output` deltas. The
+ensemble takes a finished prompt, so the chat template (ChatML) is applied here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+import numpy as np
+from tritonclient.grpc import InferInput, InferRequestedOutput
+from tritonclient.grpc.aio import InferenceServerClient
+from tritonclient.utils import InferenceServerException
+
+from router.call import Call
+from tiermesh.chat import chatml
+from tiermesh.errors import StatusError
+from tiermesh.v1 import mesh_pb2
+
+
+def tensor(name: str, value: Any, datatype: str) -> InferInput:
+    """One [1, 1] input: batch of one request, one element (TensorRT-LLM's shapes)."""
+    dtype = {"BYTES": np.object_, "INT32": np.int32, "FP32": np.float32, "UINT64": np.uint64,
+             "BOOL": np.bool_}[datatype]  # fmt: skip
+    data: np.ndarray[Any, Any] = np.array([[value]], dtype=dtype)
+    item = InferInput(name, list(data.shape), datatype)
+    item.set_data_from_numpy(data)
+    return item
+
+
+def ensemble_inputs(call: Call) -> list[InferInput]:
+    s = call.sampling
+    inputs = [
+        tensor("text_input", chatml(call.messages).encode(), "BYTES"),
+        tensor("max_tokens", call.max_tokens, "INT32"),
+        tensor("stream", True, "BOOL"),
+    ]
+    if s.HasField("temperature"):
+        inputs.append(tensor("temperature", s.temperature, "FP32"))
+    if s.HasField("top_p"):
+        inputs.append(tensor("top_p", s.top_p, "FP32"))
+    if s.top_k:
+        inputs.append(tensor("top_k", s.top_k, "INT32"))
+    if s.HasField("seed"):
+        inputs.append(tensor("random_seed", s.seed, "UINT64"))
+    if call.intents:
+        # TensorRT-LLM guided decoding (xgrammar): the answer matches one label.
+        guide = "(" + "|".join(re.escape(intent) for intent in call.intents) + ")"
+        inputs.append(tensor("guided_decoding_guide_type", b"regex", "BYTES"))
+        inputs.append(tensor("guided_decoding_guide", guide.encode(), "BYTES"))
+    return inputs
+
+
+class TritonTier:
+    """One Triton replica over one gRPC channel."""
+
+    def __init__(self, name: str, address: str, model: str, health_retry_s: float = 1.0) -> None:
+        self.name = name
+        self.address = address
+        self._model = model
+        self._health_retry_s = health_retry_s
+        self._client = InferenceServerClient(address)
+        self._outputs = [InferRequestedOutput("text_output")]
+
+    async def generate(self, call: Call) -> AsyncIterator[mesh_pb2.GenerateResponse]:
+        remaining = call.remaining()
+        if remaining <= 0:
+            raise StatusError(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline passed before the Gold call")
+
+        async def one_request() -> AsyncIterator[dict[str, Any]]:
+            yield {
+                "model_name": self._model,
+                "inputs": ensemble_inputs(call),
+                "outputs": self._outputs,
+                "request_id": call.request_id,
+            }
+
+        responses = self._client.stream_infer(one_request(), stream_timeout=remaining)
+        sent = 0
+        try:
+            async for result, error in responses:
+                if error is not None:
+                    raise self._status(str(error), sent)
+                text = result.as_numpy("text_output").reshape(-1)[0]
+                sent += 1
+                yield mesh_pb2.GenerateResponse(
+                    text=text.decode() if isinstance(text, bytes) else str(text), tier=mesh_pb2.TIER_GOLD
+                )
+        except grpc.aio.AioRpcError as e:
+            if e.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+                raise StatusError(e.code(), "deadline exceeded waiting for Gold") from None
+            raise self._status(f"{e.code().name}: {e.details()}", sent) from None
+        except InferenceServerException as e:
+            raise self._status(str(e), sent) from None
+        finally:
+            responses.cancel()  # no-op when finished; otherwise Triton cancels the request
+        # TensorRT-LLM marks no last delta: the finish reason follows as an empty message.
+        final = mesh_pb2.GenerateResponse(tier=mesh_pb2.TIER_GOLD)
+        final.finish_reason = (
+            mesh_pb2.FINISH_REASON_LENGTH if sent >= call.max_tokens else mesh_pb2.FINISH_REASON_STOP
+        )
+        final.usage.completion_tokens = sent  # one token per streamed response
+        yield final
+
+    def _status(self, detail: str, sent: int) -> StatusError:
+        where = f"after {sent} messages" if sent else "before the first token"
+        return StatusError(
+            grpc.StatusCode.UNAVAILABLE, f"{self.name} tier at {self.address} failed {where}: {detail}"
+        )
+
+    async def health(self) -> AsyncIterator[bool]:
+        """Triton has no grpc.health.v1: poll server and model readiness instead."""
+        while True:
+            try:
+                ready = await self._client.is_server_ready() and await self._client.is_model_ready(
+                    self._model
+                )
+            except (InferenceServerException, grpc.aio.AioRpcError):
+                ready = False
+            yield bool(ready)
+            await asyncio.sleep(self._health_retry_s)
+
+    async def close(self) -> None:
+        await self._client.close()
