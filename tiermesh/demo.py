@@ -9,6 +9,8 @@ from tiermesh import client
 from tiermesh.v1 import mesh_pb2, mesh_pb2_grpc
 
 TURNS = [
+    ("guard-1", "intent", "A stranger in a dark cloak draws a dagger at the gate."),
+    ("guard-1", "bark", "A thief runs past the gate with a stolen purse."),
     (
         "guard-1",
         "dialogue",
@@ -22,13 +24,15 @@ TURNS = [
         "I need a room for the night and a hot meal. Any news from the road?",
     ),
 ]
+MAX_TOKENS = {"intent": 0, "bark": 16, "dialogue": 64}  # 0: the task's default
+NUMERIC = ("ttft ms", "total ms", "tokens", "tokens/s")
 
 
 async def run_demo(address: str, console: Console | None = None) -> list[client.Reply]:
     console = console or Console()
     table = Table(title="tiermesh demo: per-turn timing (client side)")
     for column in ("npc", "task", "tier", "ttft ms", "total ms", "tokens", "tokens/s"):
-        table.add_column(column, justify="right" if column[0] in "tt" else "left")
+        table.add_column(column, justify="right" if column in NUMERIC else "left")
     replies = []
     async with client.channel(address) as channel:
         stub = mesh_pb2_grpc.MeshStub(channel)
@@ -36,7 +40,11 @@ async def run_demo(address: str, console: Console | None = None) -> list[client.
             console.print(f"\n[bold cyan]player → {npc}:[/] {line}")
             console.print(f"[bold green]{npc}:[/] ", end="")
             request = mesh_pb2.GenerateRequest(
-                npc_id=npc, session_id="demo", prompt=line, task=client.TASKS[task], max_tokens=64
+                npc_id=npc,
+                session_id="demo",
+                prompt=line,
+                task=client.TASKS[task],
+                max_tokens=MAX_TOKENS[task],
             )
             reply = await client.collect(
                 stub,

@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,19 +23,35 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tiermesh.config import Settings
 
+REPO = Path(__file__).resolve().parents[1]
+
 
 @dataclass(frozen=True)
 class Component:
     name: str
     listen: str
+    # The interpreter it runs under (Gold has its own venv), and its entry module.
+    python: str = sys.executable
+    module: str = "tiermesh.cli"
+    # Readiness: grpc.health.v1 at `listen`, or Triton's HTTP ready endpoints.
+    triton_http: str = ""
 
 
 def components(settings: Settings) -> list[Component]:
-    """In start order: tiers first, the router last (it needs them)."""
-    return [
-        Component("silver", settings.silver.listen),
-        Component("router", settings.router.listen),
-    ]
+    """In start order: tiers first, the router last (it needs them). A tier the
+    router's configuration does not use is not started."""
+    tiers = settings.router.tiers
+    started: list[Component] = []
+    if "gold" in tiers:
+        gold = settings.gold
+        started.append(
+            Component("gold", gold.grpc_address, str(REPO / gold.python), "services.gold.server",
+                      triton_http=f"http://{gold.host}:{gold.http_port}")
+        )  # fmt: skip
+    if "silver" in tiers:
+        started.append(Component("silver", settings.silver.listen))
+    started.append(Component("router", settings.router.listen))
+    return started
 
 
 class MeshError(RuntimeError):
@@ -65,20 +82,23 @@ class LocalMesh:
         pids: dict[str, int] = {}
         try:
             for component in components(self.settings):
-                pids[component.name] = self._spawn(component.name)
+                pids[component.name] = self._spawn(component)
                 self.state_file.write_text(json.dumps(pids))
                 self._wait_serving(component, pids[component.name])
         except BaseException:
             self.down()
             raise
 
-    def _spawn(self, name: str) -> int:
-        argv = [sys.executable, "-m", "tiermesh.cli", name]
+    def _spawn(self, component: Component) -> int:
+        argv = [component.python, "-m", component.module]
+        if component.module == "tiermesh.cli":
+            argv.append(component.name)
         if self.config_file is not None:
-            argv += ["--config", str(self.config_file)]
-        with self.log_file(name).open("ab") as log:
+            argv += ["--config", str(self.config_file.resolve())]
+        with self.log_file(component.name).open("ab") as log:
             process = subprocess.Popen(
                 argv,
+                cwd=REPO,
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -93,7 +113,11 @@ class LocalMesh:
                     f"{component.name} exited during start; last log lines:\n" + self.tail(component.name)
                 )
 
-        wait_serving(component.name, component.listen, self.settings.mesh.start_timeout_s, check_alive)
+        timeout = self.settings.mesh.start_timeout_s
+        if component.triton_http:
+            wait_triton_ready(component.name, component.triton_http, timeout, check_alive)
+        else:
+            wait_serving(component.name, component.listen, timeout, check_alive)
 
     def down(self, timeout: float = 20.0) -> list[str]:
         """SIGTERM every component (router first), SIGKILL what outlives `timeout`."""
@@ -137,6 +161,24 @@ def wait_serving(
                 pass  # not listening yet
             time.sleep(0.2)
     raise MeshError(f"{name} not SERVING at {address} after {timeout_s} s")
+
+
+def wait_triton_ready(
+    name: str, http: str, timeout_s: float, check_alive: Callable[[], None] = lambda: None
+) -> None:
+    """Poll Triton's server and model readiness (KServe v2 HTTP) until both are ready."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        check_alive()
+        try:
+            for path in ("/v2/health/ready", "/v2/models/ensemble/ready"):
+                with urllib.request.urlopen(http + path, timeout=1.0) as response:
+                    if response.status != 200:
+                        raise OSError(response.status)
+            return
+        except OSError:
+            time.sleep(0.3)  # not up yet
+    raise MeshError(f"{name} not ready at {http} after {timeout_s} s")
 
 
 def _alive(pid: int) -> bool:

@@ -1,0 +1,178 @@
+"""llama.cpp behind Gold: a pool of instances, streaming, and intent selection.
+
+A `Llama` is not thread-safe (shared by two threads it segfaults), so each instance
+has one thread of its own (a one-thread executor) and serves one request at a time;
+a request waits for a free instance. Tokens cross back to the event loop through a
+queue. Instances × threads stay within the cores: on 2 cores, 2 × 1.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections import defaultdict
+from collections.abc import AsyncIterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tiermesh.config import GoldSettings
+from tiermesh.model import gguf_path
+
+
+@dataclass
+class Worker:
+    llm: Any  # llama_cpp.Llama
+    thread: ThreadPoolExecutor
+
+
+class LlamaPool:
+    def __init__(self, settings: GoldSettings) -> None:
+        self._settings = settings
+        self._free: asyncio.Queue[Worker] = asyncio.Queue()
+        self._grammars: dict[tuple[str, ...], Any] = {}
+
+    def load(self) -> None:
+        from llama_cpp import Llama
+
+        model = Path(self._settings.model) if self._settings.model else gguf_path()
+        for i in range(self._settings.instances):
+            llm = Llama(
+                model_path=str(model),
+                n_ctx=self._settings.n_ctx,
+                n_threads=self._settings.threads,
+                n_batch=256,
+                verbose=False,
+            )
+            self._free.put_nowait(Worker(llm, ThreadPoolExecutor(1, thread_name_prefix=f"llama-{i}")))
+
+    async def _run(self, work: Any) -> AsyncIterator[Any]:
+        """Run `work(llm, emit, stopped)` on a free instance's thread; yield what it emits.
+
+        Closing the iterator sets `stopped`, so decoding ends at the next token; the
+        instance goes back to the pool only once its thread has let go of it.
+        """
+        worker = await self._free.get()
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+        stopped = threading.Event()
+
+        def emit(kind: str, value: Any) -> None:
+            loop.call_soon_threadsafe(queue.put_nowait, (kind, value))
+
+        def body() -> None:
+            try:
+                work(worker.llm, lambda item: emit("item", item), stopped)
+            except BaseException as e:  # delivered to the awaiting side
+                emit("error", e)
+            finally:
+                emit("end", None)
+
+        running = loop.run_in_executor(worker.thread, body)
+        running.add_done_callback(lambda _: self._free.put_nowait(worker))
+        try:
+            while True:
+                kind, value = await queue.get()
+                if kind == "end":
+                    return
+                if kind == "error":
+                    raise value
+                yield value
+        finally:
+            stopped.set()
+
+    async def stream(
+        self,
+        prompt: str,
+        max_tokens: int,
+        temperature: float = 0.7,
+        top_k: int = 40,
+        top_p: float = 0.95,
+        seed: int | None = None,
+    ) -> AsyncIterator[str]:
+        """The completion of `prompt`, one text piece per generated token."""
+
+        def work(llm: Any, emit: Any, stopped: threading.Event) -> None:
+            pieces = llm.create_completion(
+                prompt,
+                max_tokens=max_tokens,
+                temperature=temperature,
+                top_k=top_k,
+                top_p=top_p,
+                seed=seed if seed is not None else -1,
+                stream=True,
+            )
+            for chunk in pieces:
+                if stopped.is_set():
+                    break
+                emit(chunk["choices"][0]["text"])
+
+        async for piece in self._run(work):
+            yield piece
+
+    async def choose(self, prompt: str, labels: Sequence[str], method: str = "trie") -> str:
+        """One of `labels`, always."""
+
+        def work(llm: Any, emit: Any, stopped: threading.Event) -> None:
+            emit(
+                choose_by_trie(llm, prompt, labels)
+                if method == "trie"
+                else self._by_grammar(llm, prompt, labels)
+            )
+
+        async for label in self._run(work):
+            return str(label)
+        raise RuntimeError("no label chosen")
+
+    def _by_grammar(self, llm: Any, prompt: str, labels: Sequence[str]) -> str:
+        from llama_cpp import LlamaGrammar
+
+        key = tuple(labels)
+        if key not in self._grammars:
+            alternatives = " | ".join('"' + label.replace('"', '\\"') + '"' for label in labels)
+            self._grammars[key] = LlamaGrammar.from_string(f"root ::= {alternatives}", verbose=False)
+        # Room for the longest label's tokens: a shorter limit cut "ATTACK" to "ATTAC".
+        longest = max(len(llm.tokenize(label.encode(), add_bos=False)) for label in labels)
+        out = llm.create_completion(
+            prompt, max_tokens=longest + 1, temperature=0.0, grammar=self._grammars[key]
+        )
+        text = str(out["choices"][0]["text"]).strip()
+        return text if text in labels else labels[0]  # the grammar admits only labels
+
+
+def choose_by_trie(llm: Any, prompt: str, labels: Sequence[str]) -> str:
+    """Greedy decoding restricted to the labels' token trie.
+
+    The prompt is evaluated once (reusing the longest cached prefix: the persona's
+    system text repeats); at each branch of the trie the label group whose next token
+    scores highest survives; a branch with one group costs nothing, and decoding
+    stops as soon as one label is left. Labels with distinct first tokens: exactly
+    one forward pass.
+    """
+    tokens = llm.tokenize(prompt.encode(), add_bos=False, special=True)
+    cached = list(llm.input_ids[: llm.n_tokens])
+    common = 0
+    while common < min(len(cached), len(tokens) - 1) and cached[common] == tokens[common]:
+        common += 1
+    llm.n_tokens = common
+    llm.eval(tokens[common:])
+    label_tokens = {label: llm.tokenize(label.encode(), add_bos=False) for label in labels}
+    end = llm.token_eos()
+    alive = list(labels)
+    depth = 0
+    while len(alive) > 1:
+        groups: dict[int, list[str]] = defaultdict(list)
+        for label in alive:
+            ids = label_tokens[label]
+            groups[ids[depth] if depth < len(ids) else end].append(label)
+        if len(groups) > 1:
+            logits = llm.scores[llm.n_tokens - 1]
+            best = max(groups, key=lambda token: float(logits[token]))
+        else:
+            [best] = groups
+        alive = groups[best]
+        if len(alive) > 1:
+            llm.eval([best])
+            depth += 1
+    return alive[0]

@@ -1,0 +1,154 @@
+"""Gold, locally: a real Triton Inference Server (PyTriton) serving TensorRT-LLM's
+`ensemble` signature from llama.cpp on CPU.
+
+    .venv-gold/bin/python -m services.gold.server [--config config/mesh.yaml]
+
+The model is decoupled (streaming): one response per generated token, as
+TensorRT-LLM streams. Intents come through TensorRT-LLM's guided decoding inputs
+(`guided_decoding_guide_type` = "regex", guide = an alternation of labels).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import re
+import signal
+import sysconfig
+from collections.abc import AsyncIterator
+from typing import Any
+
+import numpy as np
+
+from services.gold.engine import LlamaPool
+from tiermesh.config import GoldSettings, load_settings
+
+log = logging.getLogger("tiermesh.gold")
+MODEL = "ensemble"
+# The guides the router sends for intents: ( LABEL | LABEL | ... ), labels escaped.
+_ALTERNATION = re.compile(r"\((?:[A-Z0-9_]+)(?:\|[A-Z0-9_]+)*\)")
+
+
+def labels_from_guide(guide: str) -> list[str]:
+    if not _ALTERNATION.fullmatch(guide):
+        raise ValueError(
+            f"this Gold (llama.cpp stand-in) supports only label alternations as regex guides, got {guide!r}"
+        )
+    return guide[1:-1].split("|")
+
+
+def scalar(request: Any, name: str, default: Any = None) -> Any:
+    """The single value of an optional [1, 1] input, or `default` when absent."""
+    if name not in request.data:
+        return default
+    value = request.data[name].reshape(-1)[0]
+    return value.decode() if isinstance(value, bytes) else value.item()
+
+
+def text_output(text: str) -> list[dict[str, np.ndarray[Any, Any]]]:
+    return [{"text_output": np.array([[text.encode()]], dtype=np.object_)}]
+
+
+class Ensemble:
+    """The infer function: an async generator, so one event loop serves every stream."""
+
+    def __init__(self, pool: LlamaPool, settings: GoldSettings) -> None:
+        self._pool = pool
+        self._settings = settings
+
+    async def __call__(self, requests: list[Any]) -> AsyncIterator[list[dict[str, np.ndarray[Any, Any]]]]:
+        from pytriton.exceptions import PyTritonBadParameterError
+
+        # No dynamic batcher: Triton hands over one request at a time, so independent
+        # streams never advance in lockstep.
+        [request] = requests
+        prompt = scalar(request, "text_input")
+        max_tokens = int(scalar(request, "max_tokens"))
+        if not 0 < max_tokens <= self._settings.max_tokens_limit:
+            raise PyTritonBadParameterError(
+                f"max_tokens {max_tokens} is outside Gold's range 1..{self._settings.max_tokens_limit}"
+            )
+        if scalar(request, "guided_decoding_guide_type") is not None:
+            if scalar(request, "guided_decoding_guide_type") != "regex":
+                raise PyTritonBadParameterError("only regex guides are supported")
+            try:
+                labels = labels_from_guide(scalar(request, "guided_decoding_guide", ""))
+            except ValueError as e:
+                raise PyTritonBadParameterError(str(e)) from None
+            yield text_output(await self._pool.choose(prompt, labels, self._settings.intent_method))
+            return
+        async for piece in self._pool.stream(
+            prompt,
+            max_tokens,
+            temperature=float(scalar(request, "temperature", 0.7)),
+            top_k=int(scalar(request, "top_k", 40)),
+            top_p=float(scalar(request, "top_p", 0.95)),
+            seed=scalar(request, "random_seed"),
+        ):
+            if piece:  # llama.cpp ends with an empty piece; TensorRT-LLM sends none
+                yield text_output(piece)
+
+
+def serve(settings: GoldSettings) -> None:
+    # Triton's Python stub links libpython: point it at this interpreter's, or the
+    # system's (another patch release) fails model load with an RLock error.
+    libdir = str(sysconfig.get_config_var("LIBDIR"))
+    os.environ["LD_LIBRARY_PATH"] = ":".join(p for p in (libdir, os.environ.get("LD_LIBRARY_PATH", "")) if p)
+    from pytriton.model_config import ModelConfig, Tensor
+    from pytriton.triton import Triton, TritonConfig
+
+    pool = LlamaPool(settings)
+    pool.load()
+    config = TritonConfig(
+        grpc_address=settings.host,
+        grpc_port=settings.grpc_port,
+        http_address=settings.host,
+        http_port=settings.http_port,
+        metrics_port=settings.metrics_port,
+    )
+    optional = [
+        Tensor(name="temperature", dtype=np.float32, shape=(1,), optional=True),
+        Tensor(name="top_k", dtype=np.int32, shape=(1,), optional=True),
+        Tensor(name="top_p", dtype=np.float32, shape=(1,), optional=True),
+        Tensor(name="random_seed", dtype=np.uint64, shape=(1,), optional=True),
+        Tensor(name="stream", dtype=np.bool_, shape=(1,), optional=True),
+        Tensor(name="guided_decoding_guide_type", dtype=bytes, shape=(1,), optional=True),
+        Tensor(name="guided_decoding_guide", dtype=bytes, shape=(1,), optional=True),
+    ]
+    with Triton(config=config) as triton:
+        triton.bind(
+            model_name=MODEL,
+            infer_func=Ensemble(pool, settings),
+            inputs=[
+                Tensor(name="text_input", dtype=bytes, shape=(-1,)),
+                Tensor(name="max_tokens", dtype=np.int32, shape=(-1,)),
+                *optional,
+            ],
+            outputs=[Tensor(name="text_output", dtype=bytes, shape=(-1,))],
+            config=ModelConfig(decoupled=True, batching=True, max_batch_size=8, batcher=None),
+            strict=True,
+        )
+
+        def stop(signum: int, frame: Any) -> None:
+            log.info("stopping Triton (signal %d)", signum)
+            triton.stop()
+
+        # A stray SIGINT/SIGTERM must still stop Triton cleanly, or its shared-memory
+        # regions and workspace stay behind.
+        signal.signal(signal.SIGTERM, stop)
+        signal.signal(signal.SIGINT, stop)
+        log.info("gold: Triton on %s (gRPC), model %r", settings.grpc_address, MODEL)
+        triton.serve()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--config", "-c", default=None)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    serve(load_settings(args.config).gold)
+
+
+if __name__ == "__main__":
+    main()
