@@ -9,7 +9,7 @@ import sys
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import grpc
 import pytest
@@ -26,6 +26,7 @@ ROUTER = "127.0.0.1:50151"
 SILVER = "127.0.0.1:50161"
 ROUTER_METRICS = 9564
 SILVER_METRICS = 9565
+GOLD_PORTS = {"grpc_port": 8101, "http_port": 8100, "metrics_port": 8102}
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,8 @@ class Mesh:
     router: str
     silver: str
     silver_metrics: str
+    gold: str
+    router_metrics: str
 
     def tiermesh(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
@@ -45,27 +48,48 @@ class Mesh:
         )
 
 
-@pytest.fixture(scope="session")
-def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
-    base = yaml.safe_load(Path("config/mesh.yaml").read_text())
-    run_dir = tmp_path_factory.mktemp("mesh")
-    base["router"].update(listen=ROUTER, metrics_port=ROUTER_METRICS)
-    base["router"]["tiers"]["silver"]["endpoints"] = [SILVER]
-    base["silver"].update(listen=SILVER, metrics_port=SILVER_METRICS)
-    base["mesh"] = {"run_dir": str(run_dir)}
-    config = run_dir / "mesh.yaml"
-    config.write_text(yaml.safe_dump(base))
-    handle = Mesh(config, ROUTER, SILVER, f"http://127.0.0.1:{SILVER_METRICS}/metrics")
+def start_mesh(config: dict[str, Any], run_dir: Path) -> Path:
+    """`tiermesh up --detach` with `config` written into `run_dir`; the config path."""
+    config["mesh"] = {"run_dir": str(run_dir)}
+    path = run_dir / "mesh.yaml"
+    path.write_text(yaml.safe_dump(config))
     env = {k: v for k, v in os.environ.items() if not k.startswith("TIERMESH_")}
     up = subprocess.run(
-        [sys.executable, "-m", "tiermesh.cli", "up", "--detach", "--config", str(config)],
+        [sys.executable, "-m", "tiermesh.cli", "up", "--detach", "--config", str(path)],
         capture_output=True, text=True, timeout=400, env=env, check=False,
     )  # fmt: skip
     if up.returncode != 0:
         logs = "\n".join(p.read_text()[-3000:] for p in (run_dir / "logs").glob("*.log"))
         pytest.fail(f"tiermesh up failed:\n{up.stdout}\n{up.stderr}\n{logs}")
-    yield handle
-    handle.tiermesh("down", "--config", str(config))
+    return path
+
+
+def stop_mesh(config: Path) -> None:
+    subprocess.run(
+        [sys.executable, "-m", "tiermesh.cli", "down", "--config", str(config)],
+        capture_output=True, timeout=60, check=False,
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
+    """The local mesh (Gold, Silver, router) as config/mesh.yaml has it, on test ports."""
+    config = yaml.safe_load(Path("config/mesh.yaml").read_text())
+    config["router"].update(listen=ROUTER, metrics_port=ROUTER_METRICS)
+    config["router"]["tiers"]["silver"]["endpoints"] = [SILVER]
+    config["router"]["tiers"]["gold"]["endpoints"] = [f"127.0.0.1:{GOLD_PORTS['grpc_port']}"]
+    config["silver"].update(listen=SILVER, metrics_port=SILVER_METRICS)
+    config["gold"].update(GOLD_PORTS)
+    path = start_mesh(config, tmp_path_factory.mktemp("mesh"))
+    yield Mesh(
+        path,
+        ROUTER,
+        SILVER,
+        f"http://127.0.0.1:{SILVER_METRICS}/metrics",
+        f"127.0.0.1:{GOLD_PORTS['grpc_port']}",
+        f"http://127.0.0.1:{ROUTER_METRICS}/metrics",
+    )
+    stop_mesh(path)
 
 
 @pytest_asyncio.fixture(scope="session", loop_scope="session")

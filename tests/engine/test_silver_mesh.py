@@ -167,7 +167,7 @@ async def test_silver_rejects_a_malformed_tier_request_and_keeps_serving(mesh: M
 async def test_grpcurl_calls_generate_by_reflection(mesh: Mesh) -> None:
     assert "tiermesh.v1.Mesh" in (await grpcurl("-plaintext", mesh.router, "list")).split()
     assert "tiermesh.tier.v1.TierService" in (await grpcurl("-plaintext", mesh.silver, "list")).split()
-    body = json.dumps({"npc_id": "guard-1", "prompt": "Halt!", "task": "TASK_BARK", "max_tokens": 8})
+    body = json.dumps({"npc_id": "guard-1", "prompt": "Halt!", "task": "TASK_DIALOGUE", "max_tokens": 8})
     out = await grpcurl("-plaintext", "-max-time", "30", "-d", body, mesh.router, "tiermesh.v1.Mesh/Generate")
     messages = [json.loads(chunk) for chunk in out.replace("}\n{", "}\x00{").split("\x00")]
     assert len(messages) >= 2
