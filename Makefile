@@ -80,6 +80,7 @@ test-fast: lint
 
 bench: setup model
 	$(BIN)/python -m bench.silver
+	$(BIN)/python -m bench.gold
 	$(BIN)/python -m bench.overload
 
 # Run on a release: the contract that `buf breaking` compares against.

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import grpc
@@ -108,6 +110,21 @@ def report(samples: dict[str, list[Sample]], rounds: int, max_tokens: int) -> st
     return f"{markdown}\n\nwritten: {json_path}, {md_path}"
 
 
+@contextlib.contextmanager
+def mesh_running(settings: Settings, config: str | None) -> Iterator[None]:
+    """The local mesh, started for the benchmark unless it is already up."""
+    mesh = LocalMesh(settings, config_path(config))
+    started_here = not mesh.running()
+    if started_here:
+        print("starting the local mesh…", flush=True)
+        mesh.up()
+    try:
+        yield
+    finally:
+        if started_here:
+            mesh.down()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rounds", type=int, default=9)
@@ -115,17 +132,9 @@ def main() -> None:
     parser.add_argument("--config", default=None)
     args = parser.parse_args()
     settings = load_settings(args.config)
-    mesh = LocalMesh(settings, config_path(args.config))
-    started_here = not mesh.running()
-    if started_here:
-        print("starting the local mesh…", flush=True)
-        mesh.up()
-    try:
+    with mesh_running(settings, args.config):
         samples = asyncio.run(measure(settings, args.rounds, args.tokens))
-        print(report(samples, args.rounds, args.tokens))
-    finally:
-        if started_here:
-            mesh.down()
+    print(report(samples, args.rounds, args.tokens))
 
 
 if __name__ == "__main__":
