@@ -158,9 +158,11 @@ def report(results: dict[str, Any], methods: dict[str, Any]) -> str:
         "Intent selection on one llama.cpp instance (2 threads), same prompts alternated:\n\n"
         + table(("method", "p50 ms", "p95 ms", "answers"), method_rows)
         + "\n\nWhat dominates a miss: llama.cpp evaluating the prompt (persona + situation, ~60 tokens) on "
-        "one CPU thread; Triton's own overhead is ~4-5 ms per stream and the router hop a few ms. With 16 "
-        "callers and 2 instances, calls queue for an instance (and the router sheds past 8 to Silver). "
-        "A cache hit never reaches a tier.\n"
+        "one CPU thread per instance; the router hop is the router/direct difference above. With 16 "
+        "callers and 2 instances, calls queue for an instance. A cache hit never reaches a tier. The "
+        "trie picks by the labels' canonical first tokens, which this model scores highest for GREET; "
+        "grammar decoding may spell a label with other tokens, hence other answers. Both are always "
+        "members of the set.\n"
     )
 
 
