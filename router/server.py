@@ -15,6 +15,7 @@ from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from router import metrics
+from router.jobs import Jobs
 from router.pipeline import Backend
 from router.policies.admission import Admission
 from router.policies.balancer import Balancer, picker
@@ -23,6 +24,7 @@ from router.policies.fallback import Fallback
 from router.policies.hedge import Hedge
 from router.policies.limit import StreamLimit
 from router.policies.planner import TierPlanner
+from router.policies.result_cache import ResultCache
 from router.policies.resume import Resume
 from router.policies.retry import Retry
 from router.replicas import ReplicaSet
@@ -36,6 +38,7 @@ from tiermesh.v1 import mesh_pb2, mesh_pb2_grpc
 log = logging.getLogger(__name__)
 
 CLIENT_ID_HEADER = "x-client-id"
+Context = grpc.aio.ServicerContext[Any, Any]
 MESH_SERVICE = mesh_pb2.DESCRIPTOR.services_by_name["Mesh"].full_name
 TIER_LABELS = {value: name.removeprefix("TIER_").lower() for name, value in mesh_pb2.Tier.items()}
 
@@ -61,9 +64,10 @@ async def abort(context: grpc.aio.ServicerContext[Any, Any], error: StatusError)
 
 
 class MeshServicer(mesh_pb2_grpc.MeshServicer):
-    def __init__(self, settings: Settings, pipeline: Backend) -> None:
+    def __init__(self, settings: Settings, pipeline: Backend, jobs: Jobs | None = None) -> None:
         self._settings = settings
         self._pipeline = pipeline
+        self._jobs = jobs
 
     async def Generate(
         self,
@@ -102,8 +106,53 @@ class MeshServicer(mesh_pb2_grpc.MeshServicer):
             metrics.REQUESTS.labels(task, tier, code.name).inc()
             metrics.STREAM_MESSAGES.labels(task, tier).inc(index)
 
+    # --- jobs (Bronze) ---------------------------------------------------------
 
-def build_pipeline(settings: Settings, replicas: Mapping[TierName, ReplicaSet]) -> Backend:
+    async def _jobs_or_abort(self, context: Context) -> Jobs:
+        if self._jobs is None:
+            await context.abort(grpc.StatusCode.UNIMPLEMENTED, "jobs need a Bronze tier; none is configured")
+        assert self._jobs is not None
+        return self._jobs
+
+    async def SubmitJob(
+        self, request: mesh_pb2.SubmitJobRequest, context: Context
+    ) -> mesh_pb2.SubmitJobResponse:
+        jobs = await self._jobs_or_abort(context)
+        try:
+            return mesh_pb2.SubmitJobResponse(job=await jobs.submit(request))
+        except StatusError as e:
+            await abort(context, e)
+
+    async def GetJob(self, request: mesh_pb2.GetJobRequest, context: Context) -> mesh_pb2.GetJobResponse:
+        jobs = await self._jobs_or_abort(context)
+        try:
+            return mesh_pb2.GetJobResponse(job=await jobs.get(request.job_id))
+        except StatusError as e:
+            await abort(context, e)
+
+    async def WatchJob(
+        self, request: mesh_pb2.WatchJobRequest, context: Context
+    ) -> AsyncIterator[mesh_pb2.WatchJobResponse]:
+        jobs = await self._jobs_or_abort(context)
+        try:
+            async for job in jobs.watch(request.job_id, context.time_remaining()):
+                yield mesh_pb2.WatchJobResponse(job=job)
+        except StatusError as e:
+            await abort(context, e)
+
+    async def CancelJob(
+        self, request: mesh_pb2.CancelJobRequest, context: Context
+    ) -> mesh_pb2.CancelJobResponse:
+        jobs = await self._jobs_or_abort(context)
+        try:
+            return mesh_pb2.CancelJobResponse(job=await jobs.cancel(request.job_id))
+        except StatusError as e:
+            await abort(context, e)
+
+
+def build_pipeline(
+    settings: Settings, replicas: Mapping[TierName, ReplicaSet], jobs: Jobs | None = None
+) -> Backend:
     """Compose the policies: intent cache → admission → fallback over planned tiers → per tier:
     stream limit → resume → hedge → retry → balancer → replica adapter."""
     router = settings.router
@@ -130,6 +179,9 @@ def build_pipeline(settings: Settings, replicas: Mapping[TierName, ReplicaSet]) 
     )
     if router.admission.rate_per_s:
         pipeline = Admission(pipeline, router.admission.rate_per_s, router.admission.burst)
+    cached = frozenset(task for task, policy in router.tasks.items() if policy.result_cache)
+    if jobs is not None and cached:
+        pipeline = ResultCache(pipeline, jobs.lookup, cached)
     if router.intent_cache.enabled:
         pipeline = IntentCache(pipeline, router.intent_cache.max_entries, router.intent_cache.ttl_s)
     return pipeline
@@ -143,6 +195,7 @@ def _hedge_delay(latency: TierLatency, min_samples: int) -> Callable[[], float |
 class Router:
     serving: Serving
     replicas: dict[TierName, ReplicaSet]
+    jobs: Jobs | None = None
 
     @property
     def port(self) -> int:
@@ -152,6 +205,8 @@ class Router:
         await self.serving.set_serving(False)
         await self.serving.server.stop(grace)
         await asyncio.gather(*(replicas.close() for replicas in self.replicas.values()))
+        if self.jobs is not None:
+            await self.jobs.close()
 
 
 async def start_router(settings: Settings) -> Router:
@@ -160,14 +215,18 @@ async def start_router(settings: Settings) -> Router:
         for name, tier in settings.router.tiers.items()
     }
     await asyncio.gather(*(r.start() for r in replicas.values()))
-    pipeline = build_pipeline(settings, replicas)
+    bronze = settings.router.tiers.get("bronze")
+    jobs = Jobs(settings, bronze.endpoints[0]) if bronze is not None else None
+    pipeline = build_pipeline(settings, replicas, jobs)
     serving = await start_grpc_server(
         settings.router.listen,
-        lambda server: mesh_pb2_grpc.add_MeshServicer_to_server(MeshServicer(settings, pipeline), server),
+        lambda server: mesh_pb2_grpc.add_MeshServicer_to_server(
+            MeshServicer(settings, pipeline, jobs), server
+        ),
         [MESH_SERVICE],
         max_message_bytes=settings.router.max_message_bytes,
     )
-    return Router(serving, replicas)
+    return Router(serving, replicas, jobs)
 
 
 def _count_replicas(tier: str, count: int) -> None:

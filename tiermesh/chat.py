@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal
+
+from tiermesh.tier.v1 import tier_pb2
 
 Role = Literal["system", "user", "assistant"]
 
@@ -26,3 +29,20 @@ def chatml(messages: list[Message] | tuple[Message, ...]) -> str:
     else:
         parts.append("<|im_start|>assistant\n")
     return "".join(parts)
+
+
+def from_tier(messages: Iterable[tier_pb2.ChatMessage]) -> list[Message]:
+    """Messages of the tier contract; KeyError on a message without a valid role."""
+    return [Message(_ROLE_NAMES[m.role], m.content) for m in messages]
+
+
+def to_tier(messages: Iterable[Message]) -> list[tier_pb2.ChatMessage]:
+    return [tier_pb2.ChatMessage(role=_ROLE_VALUES[m.role], content=m.content) for m in messages]
+
+
+_ROLE_VALUES: dict[Role, tier_pb2.Role.ValueType] = {
+    "system": tier_pb2.ROLE_SYSTEM,
+    "user": tier_pb2.ROLE_USER,
+    "assistant": tier_pb2.ROLE_ASSISTANT,
+}
+_ROLE_NAMES: dict[int, Role] = {value: name for name, value in _ROLE_VALUES.items()}

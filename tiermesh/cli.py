@@ -58,6 +58,39 @@ def silver(config: ConfigOption = None) -> None:
 
 
 @app.command()
+def bronze(config: ConfigOption = None) -> None:
+    """Serve the Bronze bridge (SageMaker async endpoint) in the foreground."""
+    from services.bronze.server import serve
+
+    settings = _settings(config)
+    _logging()
+    asyncio.run(serve(settings))
+
+
+@app.command("bronze-status")
+def bronze_status(
+    config: ConfigOption = None,
+    json_output: Annotated[bool, typer.Option("--json", help="JSON for CI")] = False,
+) -> None:
+    """Check the Bronze endpoint: InService, async config, output path, topics, S3."""
+    import json
+
+    from rich.table import Table
+
+    from services.bronze.aws import endpoint_status
+
+    status = endpoint_status(_settings(config).bronze)
+    if json_output:
+        print(json.dumps({"ok": status.ok, "checks": [c.__dict__ for c in status.checks]}))
+    else:
+        table = Table("check", "result", "detail")
+        for check in status.checks:
+            table.add_row(check.name, "[green]ok[/]" if check.ok else "[red]FAILED[/]", check.detail)
+        console.print(table)
+    raise typer.Exit(0 if status.ok else 1)
+
+
+@app.command()
 def up(
     config: ConfigOption = None,
     detach: Annotated[bool, typer.Option(help="Return once every component is healthy")] = False,

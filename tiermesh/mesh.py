@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -29,28 +30,48 @@ REPO = Path(__file__).resolve().parents[1]
 @dataclass(frozen=True)
 class Component:
     name: str
-    listen: str
-    # The interpreter it runs under (Gold has its own venv), and its entry module.
-    python: str = sys.executable
-    module: str = "tiermesh.cli"
-    # Readiness: grpc.health.v1 at `listen`, or Triton's HTTP ready endpoints.
-    triton_http: str = ""
+    argv: list[str]
+    # Ready when grpc.health.v1 at `grpc_health` says SERVING, or every URL in
+    # `http_ready` answers below 500 (Triton's ready endpoints, moto, containers).
+    grpc_health: str = ""
+    http_ready: tuple[str, ...] = ()
 
 
-def components(settings: Settings) -> list[Component]:
-    """In start order: tiers first, the router last (it needs them). A tier the
+def components(settings: Settings, config_file: Path | None) -> list[Component]:
+    """In start order: what tiers depend on, the tiers, the router last. A tier the
     router's configuration does not use is not started."""
+    config = ["--config", str(config_file.resolve())] if config_file else []
+    python, gold_python = sys.executable, str(REPO / settings.gold.python)
+
+    def cli(command: str, listen: str) -> Component:
+        return Component(command, [python, "-m", "tiermesh.cli", command, *config], grpc_health=listen)
+
     tiers = settings.router.tiers
     started: list[Component] = []
+    if "bronze" in tiers:
+        bronze = settings.bronze
+        local = "http://127.0.0.1"
+        if bronze.moto_port:
+            argv = [python, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(bronze.moto_port)]
+            started.append(Component("moto", argv, http_ready=(f"{local}:{bronze.moto_port}/moto-api/",)))
+        if bronze.container_port:
+            argv = [gold_python, "-m", "services.bronze.container", "--port", str(bronze.container_port)]
+            started.append(
+                Component("container", argv, http_ready=(f"{local}:{bronze.container_port}/ping",))
+            )
+        if bronze.emulator_port:
+            argv = [python, "-m", "services.bronze.emulator", *config]
+            started.append(Component("emulator", argv, http_ready=(f"{local}:{bronze.emulator_port}/",)))
+        started.append(cli("bronze", bronze.listen))
     if "gold" in tiers:
         gold = settings.gold
-        started.append(
-            Component("gold", gold.grpc_address, str(REPO / gold.python), "services.gold.server",
-                      triton_http=f"http://{gold.host}:{gold.http_port}")
-        )  # fmt: skip
+        http = f"http://{gold.host}:{gold.http_port}"
+        argv = [gold_python, "-m", "services.gold.server", *config]
+        ready = (f"{http}/v2/health/ready", f"{http}/v2/models/ensemble/ready")
+        started.append(Component("gold", argv, http_ready=ready))
     if "silver" in tiers:
-        started.append(Component("silver", settings.silver.listen))
-    started.append(Component("router", settings.router.listen))
+        started.append(cli("silver", settings.silver.listen))
+    started.append(cli("router", settings.router.listen))
     return started
 
 
@@ -81,7 +102,7 @@ class LocalMesh:
         (self.run_dir / "logs").mkdir(parents=True, exist_ok=True)
         pids: dict[str, int] = {}
         try:
-            for component in components(self.settings):
+            for component in components(self.settings, self.config_file):
                 pids[component.name] = self._spawn(component)
                 self.state_file.write_text(json.dumps(pids))
                 self._wait_serving(component, pids[component.name])
@@ -90,14 +111,9 @@ class LocalMesh:
             raise
 
     def _spawn(self, component: Component) -> int:
-        argv = [component.python, "-m", component.module]
-        if component.module == "tiermesh.cli":
-            argv.append(component.name)
-        if self.config_file is not None:
-            argv += ["--config", str(self.config_file.resolve())]
         with self.log_file(component.name).open("ab") as log:
             process = subprocess.Popen(
-                argv,
+                component.argv,
                 cwd=REPO,
                 stdin=subprocess.DEVNULL,
                 stdout=log,
@@ -114,17 +130,17 @@ class LocalMesh:
                 )
 
         timeout = self.settings.mesh.start_timeout_s
-        if component.triton_http:
-            wait_triton_ready(component.name, component.triton_http, timeout, check_alive)
+        if component.http_ready:
+            wait_http_ready(component.name, component.http_ready, timeout, check_alive)
         else:
-            wait_serving(component.name, component.listen, timeout, check_alive)
+            wait_serving(component.name, component.grpc_health, timeout, check_alive)
 
     def down(self, timeout: float = 20.0) -> list[str]:
         """SIGTERM every component (router first), SIGKILL what outlives `timeout`."""
         if not self.state_file.exists():
             return []
         pids: dict[str, int] = json.loads(self.state_file.read_text())
-        order = [c.name for c in reversed(components(self.settings)) if c.name in pids]
+        order = [c.name for c in reversed(components(self.settings, self.config_file)) if c.name in pids]
         for name in order:
             _signal_group(pids[name], signal.SIGTERM)
         deadline = time.monotonic() + timeout
@@ -163,22 +179,25 @@ def wait_serving(
     raise MeshError(f"{name} not SERVING at {address} after {timeout_s} s")
 
 
-def wait_triton_ready(
-    name: str, http: str, timeout_s: float, check_alive: Callable[[], None] = lambda: None
+def wait_http_ready(
+    name: str, urls: tuple[str, ...], timeout_s: float, check_alive: Callable[[], None] = lambda: None
 ) -> None:
-    """Poll Triton's server and model readiness (KServe v2 HTTP) until both are ready."""
+    """Poll `urls` until each answers with a status below 500."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         check_alive()
         try:
-            for path in ("/v2/health/ready", "/v2/models/ensemble/ready"):
-                with urllib.request.urlopen(http + path, timeout=1.0) as response:
-                    if response.status != 200:
-                        raise OSError(response.status)
+            for url in urls:
+                try:
+                    with urllib.request.urlopen(url, timeout=1.0):
+                        pass
+                except urllib.error.HTTPError as e:
+                    if e.code >= 500 or (e.code == 400 and "ready" in url):
+                        raise
             return
         except OSError:
             time.sleep(0.3)  # not up yet
-    raise MeshError(f"{name} not ready at {http} after {timeout_s} s")
+    raise MeshError(f"{name} not ready at {', '.join(urls)} after {timeout_s} s")
 
 
 def _alive(pid: int) -> bool:

@@ -9,15 +9,11 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from router.call import Call
+from tiermesh.chat import to_tier
 from tiermesh.errors import StatusError
 from tiermesh.tier.v1 import tier_pb2
 from tiermesh.v1 import mesh_pb2
 
-ROLES = {
-    "system": tier_pb2.ROLE_SYSTEM,
-    "user": tier_pb2.ROLE_USER,
-    "assistant": tier_pb2.ROLE_ASSISTANT,
-}
 GENERATE = "/tiermesh.tier.v1.TierService/Generate"
 # The caller's own mistakes (and its clock) pass through; anything else the tier
 # does wrong is the tier being unavailable from the caller's point of view.
@@ -38,7 +34,7 @@ CHANNEL_OPTIONS = [
 def tier_request(call: Call) -> tier_pb2.GenerateRequest:
     return tier_pb2.GenerateRequest(
         request_id=call.request_id,
-        messages=[tier_pb2.ChatMessage(role=ROLES[m.role], content=m.content) for m in call.messages],
+        messages=to_tier(call.messages),
         max_tokens=call.max_tokens,
         sampling=call.sampling,
         task=mesh_pb2.Task.Value(f"TASK_{call.task.upper()}"),

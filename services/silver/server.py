@@ -11,7 +11,7 @@ import grpc
 from prometheus_client import Counter, Gauge
 
 from services.silver.engine import Sampling, SilverEngine
-from tiermesh.chat import Message, Role
+from tiermesh.chat import Message, from_tier
 from tiermesh.config import Settings
 from tiermesh.errors import StatusError
 from tiermesh.serving import Serving, start_grpc_server, start_metrics, wait_for_signal
@@ -20,11 +20,6 @@ from tiermesh.v1 import mesh_pb2
 
 log = logging.getLogger(__name__)
 
-ROLE_NAMES: dict[int, Role] = {
-    tier_pb2.ROLE_SYSTEM: "system",
-    tier_pb2.ROLE_USER: "user",
-    tier_pb2.ROLE_ASSISTANT: "assistant",
-}
 FINISH_REASONS = {"length": mesh_pb2.FINISH_REASON_LENGTH}  # everything else is a stop
 
 REQUESTS = Counter(
@@ -44,7 +39,7 @@ def to_messages(request: tier_pb2.GenerateRequest) -> list[Message]:
     if not request.messages:
         raise StatusError(grpc.StatusCode.INVALID_ARGUMENT, "messages must not be empty")
     try:
-        return [Message(ROLE_NAMES[m.role], m.content) for m in request.messages]
+        return from_tier(request.messages)
     except KeyError:
         raise StatusError(grpc.StatusCode.INVALID_ARGUMENT, "every message needs a role") from None
 
