@@ -27,6 +27,21 @@ SILVER = "127.0.0.1:50161"
 ROUTER_METRICS = 9564
 SILVER_METRICS = 9565
 GOLD_PORTS = {"grpc_port": 8101, "http_port": 8100, "metrics_port": 8102}
+BRONZE = "127.0.0.1:50171"
+MOTO = "http://127.0.0.1:5105"
+BRONZE_SETTINGS = {
+    "listen": BRONZE,
+    "moto_port": 5105,
+    "emulator_port": 8185,
+    "container_port": 8180,
+    "s3_url": MOTO,
+    "sns_url": MOTO,
+    "sqs_url": MOTO,
+    "sagemaker_url": MOTO,
+    "runtime_url": "http://127.0.0.1:8185",
+    # Small, so a test can go over it with a valid prompt.
+    "max_payload_bytes": 4096,
+}
 
 
 @dataclass(frozen=True)
@@ -37,6 +52,10 @@ class Mesh:
     silver_metrics: str
     gold: str
     router_metrics: str
+
+    @property
+    def run_dir(self) -> Path:
+        return self.config.parent
 
     def tiermesh(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
@@ -80,6 +99,8 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
     config["router"]["tiers"]["gold"]["endpoints"] = [f"127.0.0.1:{GOLD_PORTS['grpc_port']}"]
     config["silver"].update(listen=SILVER, metrics_port=SILVER_METRICS)
     config["gold"].update(GOLD_PORTS)
+    config["router"]["tiers"]["bronze"]["endpoints"] = [BRONZE]
+    config["bronze"].update(BRONZE_SETTINGS)
     path = start_mesh(config, tmp_path_factory.mktemp("mesh"))
     yield Mesh(
         path,
