@@ -112,7 +112,7 @@ def up(
         if demo:
             from tiermesh.demo import run_demo
 
-            asyncio.run(run_demo(settings.router.listen, console))
+            asyncio.run(run_demo(settings.router.listen, console, frozenset(settings.router.tiers)))
         if detach:
             return
         console.print("serving; Ctrl-C stops the mesh")
