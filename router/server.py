@@ -32,7 +32,7 @@ from router.stats import RetryBudget, TierLatency
 from router.validation import TASK_NAMES, resolve
 from tiermesh.config import Settings, TierName
 from tiermesh.errors import StatusError
-from tiermesh.serving import Serving, start_grpc_server, start_metrics, wait_for_signal
+from tiermesh.serving import Serving, start_grpc_server, start_metrics, status_errors, wait_for_signal
 from tiermesh.v1 import mesh_pb2, mesh_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -108,46 +108,35 @@ class MeshServicer(mesh_pb2_grpc.MeshServicer):
 
     # --- jobs (Bronze) ---------------------------------------------------------
 
-    async def _jobs_or_abort(self, context: Context) -> Jobs:
+    def _forward(self) -> Jobs:
         if self._jobs is None:
-            await context.abort(grpc.StatusCode.UNIMPLEMENTED, "jobs need a Bronze tier; none is configured")
-        assert self._jobs is not None
+            raise StatusError(grpc.StatusCode.UNIMPLEMENTED, "jobs need a Bronze tier; none is configured")
         return self._jobs
 
+    @status_errors
     async def SubmitJob(
         self, request: mesh_pb2.SubmitJobRequest, context: Context
     ) -> mesh_pb2.SubmitJobResponse:
-        jobs = await self._jobs_or_abort(context)
-        try:
-            return mesh_pb2.SubmitJobResponse(job=await jobs.submit(request))
-        except StatusError as e:
-            await abort(context, e)
+        return mesh_pb2.SubmitJobResponse(job=await self._forward().submit(request))
 
+    @status_errors
     async def GetJob(self, request: mesh_pb2.GetJobRequest, context: Context) -> mesh_pb2.GetJobResponse:
-        jobs = await self._jobs_or_abort(context)
-        try:
-            return mesh_pb2.GetJobResponse(job=await jobs.get(request.job_id))
-        except StatusError as e:
-            await abort(context, e)
+        return mesh_pb2.GetJobResponse(job=await self._forward().get(request.job_id))
 
     async def WatchJob(
         self, request: mesh_pb2.WatchJobRequest, context: Context
     ) -> AsyncIterator[mesh_pb2.WatchJobResponse]:
-        jobs = await self._jobs_or_abort(context)
         try:
-            async for job in jobs.watch(request.job_id, context.time_remaining()):
+            async for job in self._forward().watch(request.job_id, context.time_remaining()):
                 yield mesh_pb2.WatchJobResponse(job=job)
         except StatusError as e:
             await abort(context, e)
 
+    @status_errors
     async def CancelJob(
         self, request: mesh_pb2.CancelJobRequest, context: Context
     ) -> mesh_pb2.CancelJobResponse:
-        jobs = await self._jobs_or_abort(context)
-        try:
-            return mesh_pb2.CancelJobResponse(job=await jobs.cancel(request.job_id))
-        except StatusError as e:
-            await abort(context, e)
+        return mesh_pb2.CancelJobResponse(job=await self._forward().cancel(request.job_id))
 
 
 def build_pipeline(

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import signal
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
+
+from tiermesh.errors import StatusError
 
 log = logging.getLogger(__name__)
 
@@ -82,3 +86,22 @@ async def wait_for_signal() -> None:
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     log.info("stopping")
+
+
+Request = TypeVar("Request")
+Response = TypeVar("Response")
+Handler = Callable[[Any, Request, grpc.aio.ServicerContext[Any, Any]], Awaitable[Response]]
+
+
+def status_errors(handler: Handler[Request, Response]) -> Handler[Request, Response]:
+    """A unary handler whose `StatusError`s end the call with that status."""
+
+    @functools.wraps(handler)
+    async def wrapped(self: Any, request: Request, context: grpc.aio.ServicerContext[Any, Any]) -> Response:
+        try:
+            return await handler(self, request, context)
+        except StatusError as e:
+            await context.abort(e.code, e.message)
+            raise AssertionError("unreachable: abort raises") from None
+
+    return wrapped

@@ -17,7 +17,7 @@ from tiermesh.chat import from_tier
 from tiermesh.config import Settings
 from tiermesh.content import content_key
 from tiermesh.errors import StatusError
-from tiermesh.serving import Serving, start_grpc_server, wait_for_signal
+from tiermesh.serving import Serving, start_grpc_server, status_errors, wait_for_signal
 from tiermesh.tier.v1 import tier_pb2, tier_pb2_grpc
 from tiermesh.v1 import mesh_pb2
 
@@ -29,19 +29,15 @@ class JobsServicer(tier_pb2_grpc.JobsServicer):
     def __init__(self, bridge: Bridge) -> None:
         self._bridge = bridge
 
+    @status_errors
     async def SubmitJob(
         self, request: tier_pb2.SubmitJobRequest, context: Context
     ) -> tier_pb2.SubmitJobResponse:
-        try:
-            return tier_pb2.SubmitJobResponse(job=to_job(await self._bridge.submit(request)))
-        except StatusError as e:
-            await context.abort(e.code, e.message)
+        return tier_pb2.SubmitJobResponse(job=to_job(await self._bridge.submit(request)))
 
+    @status_errors
     async def GetJob(self, request: tier_pb2.GetJobRequest, context: Context) -> tier_pb2.GetJobResponse:
-        try:
-            return tier_pb2.GetJobResponse(job=to_job(await self._bridge.get(request.job_id)))
-        except StatusError as e:
-            await context.abort(e.code, e.message)
+        return tier_pb2.GetJobResponse(job=to_job(await self._bridge.get(request.job_id)))
 
     async def WatchJob(
         self, request: tier_pb2.WatchJobRequest, context: Context
@@ -52,21 +48,17 @@ class JobsServicer(tier_pb2_grpc.JobsServicer):
         except StatusError as e:
             await context.abort(e.code, e.message)
 
+    @status_errors
     async def CancelJob(
         self, request: tier_pb2.CancelJobRequest, context: Context
     ) -> tier_pb2.CancelJobResponse:
-        try:
-            return tier_pb2.CancelJobResponse(job=to_job(await self._bridge.cancel(request.job_id)))
-        except StatusError as e:
-            await context.abort(e.code, e.message)
+        return tier_pb2.CancelJobResponse(job=to_job(await self._bridge.cancel(request.job_id)))
 
+    @status_errors
     async def LookupResult(
         self, request: tier_pb2.LookupResultRequest, context: Context
     ) -> tier_pb2.LookupResultResponse:
-        try:
-            found = await self._bridge.lookup(request.content_key)
-        except StatusError as e:
-            await context.abort(e.code, e.message)
+        found = await self._bridge.lookup(request.content_key)
         if found is None:
             return tier_pb2.LookupResultResponse(found=False)
         response = tier_pb2.LookupResultResponse(found=True, text=found["text"])

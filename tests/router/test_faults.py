@@ -215,7 +215,7 @@ async def test_hanging_replica_is_beaten_by_a_hedge(make_fleet: object) -> None:
 
 async def test_slow_replica_gets_a_small_share(make_fleet: object) -> None:
     fleet: Fleet = await make_fleet()  # type: ignore[operator]
-    fleet.silver[0].tier.reset(Script(delay=0.05))  # 50 ms per token: the tail
+    fleet.silver[0].tier.reset(Script(delay=0.08))  # 80 ms per token: the tail
     for replica in fleet.silver[1:]:
         replica.tier.reset(Script(delay=0.002))
 

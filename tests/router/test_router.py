@@ -208,3 +208,10 @@ async def test_health_is_serving(router: Router) -> None:
 async def test_grpcurl_lists_services_by_reflection(router: Router) -> None:
     out = await grpcurl("-plaintext", f"127.0.0.1:{router.port}", "list")
     assert set(out.split()) >= {"tiermesh.v1.Mesh", "grpc.health.v1.Health"}
+
+
+async def test_jobs_without_a_bronze_tier_are_unimplemented(stub: Stub) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub.GetJob(mesh_pb2.GetJobRequest(job_id="j1"), timeout=5)
+    assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    assert "Bronze" in (caught.value.details() or "")

@@ -44,3 +44,25 @@ async def test_oversized_payload_is_refused_before_touching_aws() -> None:
         await bridge.submit(a_job("x" * 2000))
     assert caught.value.code == grpc.StatusCode.INVALID_ARGUMENT
     assert "the limit is 1024" in caught.value.message
+
+
+async def test_the_jobs_service_maps_bridge_errors_to_statuses() -> None:
+    from services.bronze.server import register
+    from tiermesh.serving import start_grpc_server
+    from tiermesh.tier.v1 import tier_pb2_grpc
+
+    bridge = Bridge(BronzeSettings(s3_url=DEAD, max_payload_bytes=1024))
+    serving = await start_grpc_server(
+        "127.0.0.1:0", lambda server: register(server, bridge), ["tiermesh.tier.v1.Jobs"]
+    )
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{serving.port}") as channel:
+            jobs = tier_pb2_grpc.JobsStub(channel)
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await jobs.SubmitJob(a_job("x" * 2000), timeout=10)
+            assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await jobs.GetJob(tier_pb2.GetJobRequest(job_id="j1"), timeout=20)
+            assert caught.value.code() == grpc.StatusCode.UNAVAILABLE  # S3 is down
+    finally:
+        await serving.server.stop(None)
