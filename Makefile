@@ -25,7 +25,12 @@ help:
 	@echo "make test-fast   the same without the engine tests"
 	@echo "make bench  benchmarks into bench/results/"
 
-setup: $(STAMPS)/venv $(STAMPS)/venv-gold $(STUBS) $(BUF)
+setup: $(STAMPS)/venv $(STAMPS)/venv-gold $(STAMPS)/redis $(STUBS) $(BUF)
+
+# Debian's redis-server: session state shared by router replicas (and its tests).
+$(STAMPS)/redis:
+	command -v redis-server >/dev/null || (apt-get update -q && apt-get install -y -q redis-server)
+	mkdir -p $(STAMPS) && touch $@
 
 $(STAMPS)/venv: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)

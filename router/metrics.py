@@ -68,3 +68,8 @@ CACHE = Counter(
     "Cache lookups by cache and result (hit | miss | bypass)",
     ["cache", "result"],
 )
+SESSION_STORE_ERRORS = Counter(
+    "tiermesh_router_session_store_errors",
+    "Session reads or writes that failed (the turn was served without memory)",
+    ["operation"],
+)

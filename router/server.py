@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -27,9 +28,12 @@ from router.policies.planner import TierPlanner
 from router.policies.result_cache import ResultCache
 from router.policies.resume import Resume
 from router.policies.retry import Retry
+from router.policies.session import SessionContext, StoreDown
 from router.replicas import ReplicaSet
+from router.state.store import SessionStore
+from router.state.store import store as session_store
 from router.stats import RetryBudget, TierLatency
-from router.validation import TASK_NAMES, resolve
+from router.validation import TASK_NAMES, check_session_ids, check_session_update, resolve
 from tiermesh.config import Settings, TierName
 from tiermesh.errors import StatusError
 from tiermesh.serving import Serving, start_grpc_server, start_metrics, status_errors, wait_for_signal
@@ -41,6 +45,15 @@ CLIENT_ID_HEADER = "x-client-id"
 Context = grpc.aio.ServicerContext[Any, Any]
 MESH_SERVICE = mesh_pb2.DESCRIPTOR.services_by_name["Mesh"].full_name
 TIER_LABELS = {value: name.removeprefix("TIER_").lower() for name, value in mesh_pb2.Tier.items()}
+
+
+@contextlib.asynccontextmanager
+async def store_errors() -> AsyncIterator[None]:
+    """The session API says UNAVAILABLE when the store is down (Generate degrades instead)."""
+    try:
+        yield
+    except StoreDown as e:
+        raise StatusError(grpc.StatusCode.UNAVAILABLE, f"session store unavailable: {e}") from None
 
 
 def client_id(context: grpc.aio.ServicerContext[Any, Any]) -> str:
@@ -64,9 +77,12 @@ async def abort(context: grpc.aio.ServicerContext[Any, Any], error: StatusError)
 
 
 class MeshServicer(mesh_pb2_grpc.MeshServicer):
-    def __init__(self, settings: Settings, pipeline: Backend, jobs: Jobs | None = None) -> None:
+    def __init__(
+        self, settings: Settings, pipeline: Backend, sessions: SessionStore, jobs: Jobs | None = None
+    ) -> None:
         self._settings = settings
         self._pipeline = pipeline
+        self._sessions = sessions
         self._jobs = jobs
 
     async def Generate(
@@ -138,9 +154,58 @@ class MeshServicer(mesh_pb2_grpc.MeshServicer):
     ) -> mesh_pb2.CancelJobResponse:
         return mesh_pb2.CancelJobResponse(job=await self._forward().cancel(request.job_id))
 
+    # --- sessions ---------------------------------------------------------------
+
+    @status_errors
+    async def GetSession(
+        self, request: mesh_pb2.GetSessionRequest, context: Context
+    ) -> mesh_pb2.GetSessionResponse:
+        check_session_ids(request.npc_id, request.session_id)
+        async with store_errors():
+            session = await self._sessions.get(request.npc_id, request.session_id)
+        if session is None:
+            raise StatusError(
+                grpc.StatusCode.NOT_FOUND, f"no session {request.session_id!r} for {request.npc_id!r}"
+            )
+        return mesh_pb2.GetSessionResponse(session=session)
+
+    @status_errors
+    async def UpdateSession(
+        self, request: mesh_pb2.UpdateSessionRequest, context: Context
+    ) -> mesh_pb2.UpdateSessionResponse:
+        check_session_ids(request.npc_id, request.session_id)
+        check_session_update(request)
+
+        def change(session: mesh_pb2.Session) -> None:
+            if request.disposition:
+                session.disposition = request.disposition
+            for key, value in request.facts.items():
+                if value:
+                    session.facts[key] = value
+                else:
+                    session.facts.pop(key, None)
+
+        async with store_errors():
+            session = await self._sessions.update(
+                request.npc_id, request.session_id, change, request.expected_version
+            )
+        return mesh_pb2.UpdateSessionResponse(session=session)
+
+    @status_errors
+    async def DeleteSession(
+        self, request: mesh_pb2.DeleteSessionRequest, context: Context
+    ) -> mesh_pb2.DeleteSessionResponse:
+        check_session_ids(request.npc_id, request.session_id)
+        async with store_errors():
+            deleted = await self._sessions.delete(request.npc_id, request.session_id)
+        return mesh_pb2.DeleteSessionResponse(deleted=deleted)
+
 
 def build_pipeline(
-    settings: Settings, replicas: Mapping[TierName, ReplicaSet], jobs: Jobs | None = None
+    settings: Settings,
+    replicas: Mapping[TierName, ReplicaSet],
+    jobs: Jobs | None = None,
+    sessions: SessionStore | None = None,
 ) -> Backend:
     """Compose the policies: intent cache → admission → fallback over planned tiers → per tier:
     stream limit → resume → hedge → retry → balancer → replica adapter."""
@@ -173,6 +238,9 @@ def build_pipeline(
         pipeline = ResultCache(pipeline, jobs.lookup, cached)
     if router.intent_cache.enabled:
         pipeline = IntentCache(pipeline, router.intent_cache.max_entries, router.intent_cache.ttl_s)
+    if sessions is not None:
+        budgets = {task: policy.history_tokens for task, policy in router.tasks.items()}
+        pipeline = SessionContext(pipeline, sessions, budgets)
     return pipeline
 
 
@@ -185,6 +253,7 @@ class Router:
     serving: Serving
     replicas: dict[TierName, ReplicaSet]
     jobs: Jobs | None = None
+    sessions: SessionStore | None = None
 
     @property
     def port(self) -> int:
@@ -196,6 +265,8 @@ class Router:
         await asyncio.gather(*(replicas.close() for replicas in self.replicas.values()))
         if self.jobs is not None:
             await self.jobs.close()
+        if self.sessions is not None:
+            await self.sessions.close()
 
 
 async def start_router(settings: Settings) -> Router:
@@ -206,16 +277,17 @@ async def start_router(settings: Settings) -> Router:
     await asyncio.gather(*(r.start() for r in replicas.values()))
     bronze = settings.router.tiers.get("bronze")
     jobs = Jobs(settings, bronze.endpoints[0]) if bronze is not None else None
-    pipeline = build_pipeline(settings, replicas, jobs)
+    sessions = session_store(settings.state)
+    pipeline = build_pipeline(settings, replicas, jobs, sessions)
     serving = await start_grpc_server(
         settings.router.listen,
         lambda server: mesh_pb2_grpc.add_MeshServicer_to_server(
-            MeshServicer(settings, pipeline, jobs), server
+            MeshServicer(settings, pipeline, sessions, jobs), server
         ),
         [MESH_SERVICE],
         max_message_bytes=settings.router.max_message_bytes,
     )
-    return Router(serving, replicas, jobs)
+    return Router(serving, replicas, jobs, sessions)
 
 
 def _count_replicas(tier: str, count: int) -> None:

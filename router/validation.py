@@ -86,6 +86,25 @@ def resolve(
     )
 
 
+MAX_FACTS = 64
+
+
+def check_session_ids(npc_id: str, session_id: str) -> None:
+    if not is_valid_id(npc_id):
+        raise invalid(f"npc_id {npc_id[:40]!r} is not valid: use {ID_RULE} characters")
+    if not is_valid_id(session_id):
+        raise invalid(f"session_id {session_id[:40]!r} is not valid: use {ID_RULE} characters")
+
+
+def check_session_update(request: mesh_pb2.UpdateSessionRequest) -> None:
+    if len(request.disposition) > 64:
+        raise invalid("disposition takes at most 64 characters")
+    if len(request.facts) > MAX_FACTS:
+        raise invalid(f"{len(request.facts)} facts; at most {MAX_FACTS} per update")
+    if bad := [key for key, value in request.facts.items() if not key or len(key) > 64 or len(value) > 512]:
+        raise invalid(f"fact keys take 1-64 characters and values at most 512: {bad[:3]}")
+
+
 def _intents(request: mesh_pb2.GenerateRequest, task: TaskName, settings: Settings) -> tuple[str, ...]:
     if task != "intent":
         if request.intents:

@@ -52,6 +52,9 @@ class TaskPolicy(BaseModel):
     canned: bool = False
     # Serve a Generate from Bronze's result cache when the same content was made.
     result_cache: bool = False
+    # How much of the conversation (≈ tokens) the prompt carries: Gold-bound tasks a
+    # short window, dialogue more.
+    history_tokens: int = Field(default=512, ge=0)
 
     @model_validator(mode="after")
     def _defaults_within_limit(self) -> TaskPolicy:
@@ -65,13 +68,25 @@ class TaskPolicy(BaseModel):
 def _default_tasks() -> dict[TaskName, TaskPolicy]:
     return {
         "intent": TaskPolicy(
-            tiers=["silver"], default_max_tokens=8, max_tokens_limit=16, default_deadline_s=2.0
+            tiers=["silver"],
+            default_max_tokens=8,
+            max_tokens_limit=16,
+            default_deadline_s=2.0,
+            history_tokens=64,
         ),
         "bark": TaskPolicy(
-            tiers=["silver"], default_max_tokens=16, max_tokens_limit=32, default_deadline_s=5.0
+            tiers=["silver"],
+            default_max_tokens=16,
+            max_tokens_limit=32,
+            default_deadline_s=5.0,
+            history_tokens=128,
         ),
         "dialogue": TaskPolicy(
-            tiers=["silver"], default_max_tokens=64, max_tokens_limit=512, default_deadline_s=30.0
+            tiers=["silver"],
+            default_max_tokens=64,
+            max_tokens_limit=512,
+            default_deadline_s=30.0,
+            history_tokens=768,
         ),
         "longform": TaskPolicy(
             tiers=["silver"],
@@ -264,6 +279,19 @@ class BronzeSettings(BaseModel):
     provision: bool = False
 
 
+class StateSettings(BaseModel):
+    """NPC session state: in-process (one router), or Redis (shared by replicas)."""
+
+    backend: Literal["memory", "redis"] = "memory"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    # Idle sessions are forgotten after this long.
+    ttl_s: float = Field(default=24 * 3600, gt=0)
+    # Turns kept per session (the prompt takes fewer: see tasks.*.history_tokens).
+    max_turns: int = Field(default=200, gt=0)
+    # Optimistic-concurrency retries before a turn gives up recording (ABORTED).
+    max_retries: int = Field(default=20, ge=1)
+
+
 class MeshSettings(BaseModel):
     """The local mesh that `tiermesh up` supervises."""
 
@@ -282,6 +310,7 @@ class Settings(BaseSettings):
     silver: SilverSettings = Field(default_factory=SilverSettings)
     gold: GoldSettings = Field(default_factory=GoldSettings)
     bronze: BronzeSettings = Field(default_factory=BronzeSettings)
+    state: StateSettings = Field(default_factory=StateSettings)
     mesh: MeshSettings = Field(default_factory=MeshSettings)
     personas: dict[str, Persona] = Field(default_factory=dict)
     # The persona of NPCs that have none configured and send none.

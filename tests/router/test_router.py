@@ -29,7 +29,6 @@ GRPC_TIMEOUT_ROUNDING = 0.05
 def request(**fields: object) -> mesh_pb2.GenerateRequest:
     base: dict[str, object] = {
         "npc_id": "guard-1",
-        "session_id": "s-1",
         "prompt": "Who goes there?",
         "task": mesh_pb2.TASK_DIALOGUE,
     }

@@ -1,0 +1,87 @@
+"""NPC memory: the session is loaded before routing, so whichever tier serves the
+turn (after a fallback, or on another router replica) sees the same conversation;
+the turn is recorded once the answer is complete.
+
+The prompt carries the session trimmed to the task's token budget: an intent gets
+a short window, dialogue more. If the store is unreachable the NPC answers without
+memory (and a warning) rather than not at all.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import AsyncIterator, Mapping
+
+from redis.exceptions import RedisError
+
+from router import metrics
+from router.call import Call
+from router.pipeline import Backend
+from router.state.store import SessionStore
+from tiermesh.chat import Message
+from tiermesh.config import TaskName
+from tiermesh.v1 import mesh_pb2
+
+log = logging.getLogger(__name__)
+StoreDown = (RedisError, OSError)
+
+
+def approx_tokens(text: str) -> int:
+    return len(text) // 4 + 4  # ≈ 4 characters a token, plus the turn's markup
+
+
+def with_memory(call: Call, session: mesh_pb2.Session, budget: int) -> tuple[Message, ...]:
+    system, *_, prompt = call.messages
+    context = []
+    if session.disposition:
+        context.append(f"Your disposition towards the player: {session.disposition}.")
+    if session.facts:
+        context.append(
+            "What you know: " + "; ".join(f"{k}: {v}" for k, v in sorted(session.facts.items())) + "."
+        )
+    if context:
+        system = Message("system", system.content + "\n\n" + " ".join(context))
+    history: list[Message] = []
+    for turn in reversed(session.turns):
+        budget -= approx_tokens(turn.text)
+        if budget < 0:
+            break
+        history.append(Message("user" if turn.speaker == mesh_pb2.SPEAKER_PLAYER else "assistant", turn.text))
+    return (system, *reversed(history), prompt)
+
+
+class SessionContext:
+    def __init__(self, inner: Backend, store: SessionStore, budgets: Mapping[TaskName, int]) -> None:
+        self._inner = inner
+        self._store = store
+        self._budgets = budgets
+
+    async def generate(self, call: Call) -> AsyncIterator[mesh_pb2.GenerateResponse]:
+        if not call.session_id:
+            async for response in self._inner.generate(call):
+                yield response
+            return
+        try:
+            session = await self._store.get(call.npc_id, call.session_id)
+        except StoreDown as e:
+            log.warning("session store unavailable, answering without memory: %s", e)
+            metrics.SESSION_STORE_ERRORS.labels("read").inc()
+            session = None
+        if session is not None:
+            call = dataclasses.replace(
+                call, messages=with_memory(call, session, self._budgets.get(call.task, 0))
+            )
+        parts: list[str] = []
+        tier = mesh_pb2.TIER_UNSPECIFIED
+        async for response in self._inner.generate(call):
+            parts.append(response.text)
+            tier = tier or response.tier
+            yield response
+        player = mesh_pb2.Turn(speaker=mesh_pb2.SPEAKER_PLAYER, text=call.messages[-1].content)
+        npc = mesh_pb2.Turn(speaker=mesh_pb2.SPEAKER_NPC, text="".join(parts), tier=tier)
+        try:
+            await self._store.update(call.npc_id, call.session_id, lambda s: s.turns.extend([player, npc]))
+        except StoreDown as e:
+            log.warning("session store unavailable, turn not remembered: %s", e)
+            metrics.SESSION_STORE_ERRORS.labels("write").inc()
