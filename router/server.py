@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -35,7 +36,7 @@ from router.state.store import store as session_store
 from router.stats import RetryBudget, TierLatency
 from router.validation import TASK_NAMES, check_session_ids, check_session_update, resolve
 from tiermesh.config import Settings, TierName
-from tiermesh.errors import StatusError
+from tiermesh.errors import StatusError, invalid
 from tiermesh.serving import Serving, start_grpc_server, start_metrics, status_errors, wait_for_signal
 from tiermesh.v1 import mesh_pb2, mesh_pb2_grpc
 
@@ -153,6 +154,46 @@ class MeshServicer(mesh_pb2_grpc.MeshServicer):
         self, request: mesh_pb2.CancelJobRequest, context: Context
     ) -> mesh_pb2.CancelJobResponse:
         return mesh_pb2.CancelJobResponse(job=await self._forward().cancel(request.job_id))
+
+    # --- conversations ----------------------------------------------------------
+
+    async def Converse(
+        self, requests: AsyncIterator[mesh_pb2.ConverseRequest], context: Context
+    ) -> AsyncIterator[mesh_pb2.ConverseResponse]:
+        first: mesh_pb2.GenerateRequest | None = None
+        turn = 0
+        async for request in requests:
+            try:
+                first = first or request.turn
+                if not request.turn.session_id:
+                    raise invalid("a conversation needs a session_id")
+                if (request.turn.npc_id, request.turn.session_id) != (first.npc_id, first.session_id):
+                    raise StatusError(
+                        grpc.StatusCode.INVALID_ARGUMENT,
+                        "every turn of a conversation has the same npc_id and session_id",
+                    )
+                # Each turn gets its task's budget, within what is left of the stream's.
+                call = resolve(request.turn, self._settings, None, client_id=client_id(context))
+                remaining = context.time_remaining()
+                if remaining is not None:
+                    call = dataclasses.replace(
+                        call, deadline=min(call.deadline, time.monotonic() + remaining)
+                    )
+                async with asyncio.timeout(call.remaining()):
+                    async for response in self._pipeline.generate(call):
+                        yield mesh_pb2.ConverseResponse(turn=turn, delta=response)
+                async with store_errors():
+                    session = await self._sessions.get(call.npc_id, call.session_id)
+                if session is not None:
+                    yield mesh_pb2.ConverseResponse(turn=turn, session=session)
+            except StatusError as e:
+                yield mesh_pb2.ConverseResponse(
+                    turn=turn, error=mesh_pb2.TurnError(code=e.code.name, message=e.message)
+                )
+            except TimeoutError:
+                error = mesh_pb2.TurnError(code="DEADLINE_EXCEEDED", message="the turn ran out of time")
+                yield mesh_pb2.ConverseResponse(turn=turn, error=error)
+            turn += 1
 
     # --- sessions ---------------------------------------------------------------
 

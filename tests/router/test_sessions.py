@@ -213,3 +213,31 @@ async def test_corrupted_state_starts_the_session_over(fleet: Fleet, redis_serve
     session = (await stub.GetSession(mesh_pb2.GetSessionRequest(npc_id="guard-1", session_id="s-5"))).session
     assert len(session.turns) == 2
     await redis.aclose()
+
+
+async def test_converse_streams_turns_and_state_and_survives_a_bad_turn(fleet: Fleet) -> None:
+    [stub] = await fleet.start(StateSettings())
+    fleet.silver.reset(Script(tokens=["Aye", "."]))
+    turns = [
+        turn("Good evening.", "talk"),
+        turn("", "talk"),  # bad: empty prompt
+        turn("Any news?", "talk"),
+    ]
+
+    async def requests() -> AsyncIterator[mesh_pb2.ConverseRequest]:
+        for t in turns:
+            yield mesh_pb2.ConverseRequest(turn=t)
+
+    events = [(r.turn, r.WhichOneof("event"), r) async for r in stub.Converse(requests(), timeout=10)]
+    kinds = [(n, kind) for n, kind, _ in events]
+    assert kinds == [(0, "delta"), (0, "delta"), (0, "session"), (1, "error"),
+                     (2, "delta"), (2, "delta"), (2, "session")]  # fmt: skip
+    assert events[3][2].error.code == "INVALID_ARGUMENT"
+    final = events[-1][2].session
+    assert [t.text for t in final.turns] == ["Good evening.", "Aye.", "Any news?", "Aye."]
+    # The second answered turn saw the first one.
+    assert [m.content for m in fleet.silver.seen[-1].request.messages[1:]] == [
+        "Good evening.",
+        "Aye.",
+        "Any news?",
+    ]
