@@ -289,7 +289,7 @@ class StateSettings(BaseModel):
     # Turns kept per session (the prompt takes fewer: see tasks.*.history_tokens).
     max_turns: int = Field(default=200, gt=0)
     # Optimistic-concurrency retries before a turn gives up recording (ABORTED).
-    max_retries: int = Field(default=20, ge=1)
+    max_retries: int = Field(default=50, ge=1)
 
 
 class MeshSettings(BaseModel):

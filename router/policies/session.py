@@ -21,6 +21,7 @@ from router.pipeline import Backend
 from router.state.store import SessionStore
 from tiermesh.chat import Message
 from tiermesh.config import TaskName
+from tiermesh.errors import StatusError
 from tiermesh.v1 import mesh_pb2
 
 log = logging.getLogger(__name__)
@@ -82,6 +83,8 @@ class SessionContext:
         npc = mesh_pb2.Turn(speaker=mesh_pb2.SPEAKER_NPC, text="".join(parts), tier=tier)
         try:
             await self._store.update(call.npc_id, call.session_id, lambda s: s.turns.extend([player, npc]))
-        except StoreDown as e:
-            log.warning("session store unavailable, turn not remembered: %s", e)
+        except (*StoreDown, StatusError) as e:
+            # The answer is already delivered: a turn that cannot be recorded is a
+            # warning and a metric, not a failed call.
+            log.warning("turn not remembered for session %s: %s", call.session_id, e)
             metrics.SESSION_STORE_ERRORS.labels("write").inc()

@@ -9,7 +9,9 @@ WATCH/MULTI transaction, retried on conflict. Concurrent turns never lose an upd
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import random
 import time
 from collections.abc import Callable
 from typing import Protocol
@@ -132,7 +134,7 @@ class RedisStore:
     ) -> mesh_pb2.Session:
         key = self._key(npc_id, session_id)
         ttl_ms = int(self._settings.ttl_s * 1000)
-        for _ in range(self._settings.max_retries):
+        for attempt in range(self._settings.max_retries):
             async with self._redis.pipeline(transaction=True) as pipe:
                 try:
                     await pipe.watch(key)
@@ -145,7 +147,9 @@ class RedisStore:
                     await pipe.execute()
                     return session
                 except WatchError:
-                    continue  # someone else changed it first: read again
+                    # Someone else changed it first: read again, after a jittered,
+                    # growing pause so that many writers do not collide in lockstep.
+                    await asyncio.sleep(random.uniform(0, 0.001 * 2 ** min(attempt, 6)))
         raise StatusError(grpc.StatusCode.ABORTED, f"session {session_id} is too busy to update; retry")
 
     async def delete(self, npc_id: str, session_id: str) -> bool:
