@@ -31,6 +31,7 @@ class Call:
     # TASK_INTENT: the labels to choose from (validated, in the NPC's order).
     intents: tuple[str, ...] = ()
     bypass_cache: bool = False
+    tool_choice: int = 0  # tiermesh.v1.ToolChoice
     # Replica addresses this call has already used (retries, hedges and resumes
     # prefer others). Shared by every attempt of the call.
     tried: set[str] = field(default_factory=set, compare=False)

@@ -62,6 +62,8 @@ def resolve(
     if max_tokens > policy.max_tokens_limit:
         raise invalid(f"max_tokens {max_tokens} is over the {task} limit of {policy.max_tokens_limit}")
     _check_sampling(request.sampling)
+    if request.tool_choice not in mesh_pb2.ToolChoice.values():
+        raise invalid(f"tool_choice {request.tool_choice} is not a ToolChoice")
     intents = _intents(request, task, settings)
 
     if time_remaining is None:
@@ -83,6 +85,7 @@ def resolve(
         client_id=client_id,
         intents=intents,
         bypass_cache=request.bypass_cache,
+        tool_choice=request.tool_choice,
     )
 
 

@@ -196,6 +196,20 @@ class RouterSettings(BaseModel):
         return self
 
 
+class McpServer(BaseModel):
+    """An MCP server Silver takes tools from: a stdio command, or a streamable HTTP URL."""
+
+    name: str
+    command: list[str] = Field(default_factory=list)
+    url: str = ""
+
+    @model_validator(mode="after")
+    def _one_transport(self) -> McpServer:
+        if bool(self.command) == bool(self.url):
+            raise ValueError(f"MCP server {self.name!r} needs a command or a url (one of them)")
+        return self
+
+
 class SilverSettings(BaseModel):
     listen: str = "127.0.0.1:50061"
     metrics_port: int = Field(default=9465, ge=0, le=65535)
@@ -212,6 +226,12 @@ class SilverSettings(BaseModel):
     # Sampling defaults when the caller leaves them unset.
     default_temperature: float = Field(default=0.7, ge=0)
     default_top_p: float = Field(default=0.9, gt=0, le=1)
+    # Tools (MCP). Deciding on a tool is a decoding pass of its own: "none" keeps
+    # plain dialogue fast unless a caller asks for tools.
+    mcp_servers: list[McpServer] = Field(default_factory=list)
+    tool_choice_default: Literal["none", "auto"] = "none"
+    max_tool_calls: int = Field(default=1, ge=0, le=4)
+    tool_timeout_s: float = Field(default=2.0, gt=0)
 
 
 class GoldSettings(BaseModel):

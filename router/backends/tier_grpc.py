@@ -39,6 +39,7 @@ def tier_request(call: Call) -> tier_pb2.GenerateRequest:
         sampling=call.sampling,
         task=mesh_pb2.Task.Value(f"TASK_{call.task.upper()}"),
         intents=call.intents,
+        tool_choice=mesh_pb2.ToolChoice.ValueType(call.tool_choice),
     )
 
 

@@ -30,8 +30,10 @@ class Sampling:
     top_k: int = 0
     seed: int | None = None
     stop: tuple[str, ...] = ()
-    # Answer with exactly one of these (vLLM structured outputs, choice mode).
+    # Answer with exactly one of these (vLLM structured outputs, choice mode)…
     choices: tuple[str, ...] = ()
+    # …or with text matching this regex (tool calls).
+    regex: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +43,16 @@ class Delta:
     completion_tokens: int
     # None until the last delta: "stop" or "length".
     finish_reason: str | None
+
+
+def structured(sampling: Sampling) -> Any:
+    from vllm.sampling_params import StructuredOutputsParams
+
+    if sampling.choices:
+        return StructuredOutputsParams(choice=list(sampling.choices))
+    if sampling.regex:
+        return StructuredOutputsParams(regex=sampling.regex)
+    return None
 
 
 class SilverEngine:
@@ -112,7 +124,7 @@ class SilverEngine:
         passed) aborts the engine request."""
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
-        from vllm.sampling_params import RequestOutputKind, StructuredOutputsParams
+        from vllm.sampling_params import RequestOutputKind
 
         if self._llm is None:
             raise StatusError(grpc.StatusCode.UNAVAILABLE, "silver engine is still loading")
@@ -132,9 +144,7 @@ class SilverEngine:
             seed=sampling.seed,
             stop=list(sampling.stop) or None,
             output_kind=RequestOutputKind.DELTA,
-            structured_outputs=(
-                StructuredOutputsParams(choice=list(sampling.choices)) if sampling.choices else None
-            ),
+            structured_outputs=structured(sampling),
         )
         completion_tokens = 0
         finished = False

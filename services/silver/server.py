@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -11,6 +12,7 @@ import grpc
 from prometheus_client import Counter, Gauge
 
 from services.silver.engine import Sampling, SilverEngine
+from services.silver.tools import ToolBox, ToolError, parse_call
 from tiermesh.chat import Message, from_tier
 from tiermesh.config import Settings
 from tiermesh.errors import StatusError
@@ -61,9 +63,10 @@ def to_sampling(request: tier_pb2.GenerateRequest, engine_defaults: Settings) ->
 
 
 class SilverServicer(tier_pb2_grpc.TierServiceServicer):
-    def __init__(self, engine: SilverEngine, settings: Settings) -> None:
+    def __init__(self, engine: SilverEngine, settings: Settings, tools: ToolBox | None = None) -> None:
         self._engine = engine
         self._settings = settings
+        self._tools = tools
 
     async def Generate(
         self,
@@ -76,6 +79,9 @@ class SilverServicer(tier_pb2_grpc.TierServiceServicer):
             messages = to_messages(request)
             sampling = to_sampling(request, self._settings)
             index = 0
+            async for event in self._use_tools(request, messages, context.time_remaining()):
+                yield tier_pb2.GenerateResponse(index=index, tier=mesh_pb2.TIER_SILVER, tool=event)
+                index += 1
             async for delta in self._engine.generate(request.request_id, messages, sampling):
                 response = tier_pb2.GenerateResponse(text=delta.text, index=index, tier=mesh_pb2.TIER_SILVER)
                 if delta.finish_reason is not None:
@@ -98,6 +104,57 @@ class SilverServicer(tier_pb2_grpc.TierServiceServicer):
             RUNNING.dec()
             REQUESTS.labels(outcome).inc()
 
+    async def _use_tools(
+        self, request: tier_pb2.GenerateRequest, messages: list[Message], remaining_s: float | None
+    ) -> AsyncIterator[mesh_pb2.ToolEvent]:
+        """Let the model look at the game world first: each tool call is announced,
+        made with a timeout, and its result added to the system text (`messages`
+        is updated in place). Any trouble means: answer without that tool."""
+        tools = self._tools
+        choice = request.tool_choice or (
+            mesh_pb2.TOOL_CHOICE_AUTO if self._settings.silver.tool_choice_default == "auto" else 0
+        )
+        if tools is None or not tools.tools or request.task == mesh_pb2.TASK_INTENT:
+            return
+        if choice not in (mesh_pb2.TOOL_CHOICE_AUTO, mesh_pb2.TOOL_CHOICE_REQUIRED):
+            return
+        budget = 0.5 * (remaining_s or self._settings.silver.tool_timeout_s * 2)
+        for number in range(self._settings.silver.max_tool_calls):
+            guide = tools.guide(allow_none=choice == mesh_pb2.TOOL_CHOICE_AUTO or number > 0)
+            if guide is None:
+                return
+            instructions = (
+                "\n\nYou can look at the game world with these tools:\n" + tools.menu()
+                + '\nAnswer with JSON: {"tool": ..., "arguments": {...}}'
+                + (' or {"tool": "none"}.' if choice == mesh_pb2.TOOL_CHOICE_AUTO else ".")
+            )  # fmt: skip
+            ask = [Message("system", messages[0].content + instructions), *messages[1:]]
+            decision = Sampling(max_tokens=64, temperature=0.0, top_p=1.0, regex=guide)
+            try:
+                text = "".join(
+                    [
+                        d.text
+                        async for d in self._engine.generate(
+                            f"{request.request_id}-tool{number}", ask, decision
+                        )
+                    ]
+                )
+                name, arguments = parse_call(text)
+            except (StatusError, ValueError) as e:
+                log.warning("no usable tool call: %s", e)
+                return
+            if name == "none":
+                return
+            event = mesh_pb2.ToolEvent(name=name, arguments=json.dumps(arguments))
+            yield event
+            try:
+                result = await tools.call(name, arguments, budget)
+            except ToolError as e:
+                yield mesh_pb2.ToolEvent(name=name, arguments=event.arguments, result=str(e), error=True)
+                return
+            yield mesh_pb2.ToolEvent(name=name, arguments=event.arguments, result=result)
+            messages[0] = Message("system", f"{messages[0].content}\n\nGame state from {name}: {result}")
+
 
 @dataclass
 class Silver:
@@ -116,12 +173,12 @@ class Silver:
         await asyncio.to_thread(self.engine.shutdown)
 
 
-async def start_silver(settings: Settings, engine: SilverEngine) -> Silver:
+async def start_silver(settings: Settings, engine: SilverEngine, tools: ToolBox | None = None) -> Silver:
     """Listen at once (health NOT_SERVING, calls UNAVAILABLE) and load the engine behind."""
     serving = await start_grpc_server(
         settings.silver.listen,
         lambda server: tier_pb2_grpc.add_TierServiceServicer_to_server(
-            SilverServicer(engine, settings), server
+            SilverServicer(engine, settings, tools), server
         ),
         [tier_pb2.DESCRIPTOR.services_by_name["TierService"].full_name],
         serving=False,
@@ -138,7 +195,9 @@ async def serve(settings: Settings) -> None:
     engine = SilverEngine(settings.silver)
     ENGINE_UNFINISHED.set_function(engine.unfinished_requests)
     start_metrics(settings.silver.metrics_port)
-    silver = await start_silver(settings, engine)
+    tools = ToolBox(settings.silver.mcp_servers, settings.silver.tool_timeout_s)
+    await tools.start()
+    silver = await start_silver(settings, engine, tools)
     log.info("silver listening on port %d, loading %s", silver.port, settings.silver.model)
     signalled = asyncio.create_task(wait_for_signal())
     await asyncio.wait([signalled, silver.loading], return_when=asyncio.FIRST_COMPLETED)
@@ -150,5 +209,6 @@ async def serve(settings: Settings) -> None:
     else:
         await signalled
     await silver.close()
+    await tools.close()
     if failed:
         raise SystemExit(1)

@@ -183,3 +183,28 @@ async def test_cli_generate_streams_a_reply(mesh: Mesh) -> None:
     assert result.returncode == 0, result.stderr
     assert len(result.stdout.split()) >= 3
     assert "tier=silver" in result.stderr
+
+
+async def test_silver_calls_a_game_state_tool_before_answering(mesh_stub: MeshAsyncStub) -> None:
+    req = ask(
+        "What do you have for sale today?",
+        npc_id="merchant-1",
+        max_tokens=24,
+        tool_choice=mesh_pb2.TOOL_CHOICE_REQUIRED,
+    )
+    responses = await reply(mesh_stub, req)
+    events = [r.tool for r in responses if r.HasField("tool")]
+    assert len(events) == 2, events  # the call, then its result
+    call, result = events
+    assert call.name in {"get_inventory", "get_quest_log", "world_time"}
+    assert json.loads(call.arguments) is not None
+    assert (result.name, result.error) == (call.name, False)
+    assert result.result  # real game state from the MCP server
+    answer = "".join(r.text for r in responses)
+    assert answer.split()  # and then the NPC answered
+    assert [r.index for r in responses] == list(range(len(responses)))
+
+
+async def test_without_tool_choice_no_tool_is_called(mesh_stub: MeshAsyncStub) -> None:
+    responses = await reply(mesh_stub, ask("Hello there.", npc_id="merchant-1", max_tokens=8))
+    assert not any(r.HasField("tool") for r in responses)
