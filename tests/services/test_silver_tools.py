@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import re
 import sys
+import time
 from collections.abc import AsyncIterator
 
 import pytest
@@ -76,7 +78,7 @@ async def _test_bad_calls_are_tool_errors_not_crashes(toolbox: ToolBox) -> None:
         await toolbox.call("drop_table", {}, timeout_s=1.0)
     with pytest.raises(ToolError):
         await toolbox.call("get_inventory", {"npc_id": 42}, timeout_s=1.0)  # invalid data
-    with pytest.raises(ValueError):
+    with pytest.raises(json.JSONDecodeError):
         parse_call('{"tool": "get_inv')  # a model that emits an invalid call
 
 
@@ -86,3 +88,17 @@ async def test_an_mcp_server_that_cannot_start_means_no_tools() -> None:
     assert broken.tools == {}
     assert broken.guide(allow_none=True) == r'(\{"tool": "none"\})'
     await broken.close()
+
+
+async def test_a_slow_tool_times_out_within_the_budget() -> None:
+    slow = ToolBox(
+        [McpServer(name="slow", command=[sys.executable, "tests/fixtures/slow_mcp.py"])], timeout_s=5.0
+    )
+    await slow.start()
+    try:
+        started = time.monotonic()
+        with pytest.raises(ToolError, match="timed out"):
+            await slow.call("world_time", {}, timeout_s=0.5)
+        assert time.monotonic() - started < 3.0  # the budget, not the tool, decides
+    finally:
+        await slow.close()
