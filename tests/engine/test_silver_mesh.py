@@ -203,6 +203,11 @@ async def test_silver_calls_a_game_state_tool_before_answering(mesh_stub: MeshAs
     answer = "".join(r.text for r in responses)
     assert answer.split()  # and then the NPC answered
     assert [r.index for r in responses] == list(range(len(responses)))
+    # The answer was generated from a prompt carrying the tool's result: longer than
+    # the same request's prompt without tools by at least the result (≈ 4 chars/token).
+    plain = await reply(mesh_stub, ask("What do you have for sale today?", npc_id="merchant-1", max_tokens=1))
+    grown = responses[-1].usage.prompt_tokens - plain[-1].usage.prompt_tokens
+    assert grown >= len(result.result) // 6, (grown, result.result)
 
 
 async def test_without_tool_choice_no_tool_is_called(mesh_stub: MeshAsyncStub) -> None:
