@@ -1,4 +1,5 @@
-"""The router's edge: `tiermesh.v1.Mesh` over the policy pipeline."""
+"""The router's edge: `tiermesh.v1.Mesh`: validation, statuses, metrics per stream,
+and the job and session APIs. The pipeline it runs is composed in router/app.py."""
 
 from __future__ import annotations
 
@@ -7,8 +8,7 @@ import contextlib
 import dataclasses
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import AsyncIterator
 from typing import Any, NoReturn
 
 import grpc
@@ -19,25 +19,12 @@ from grpc_status import rpc_status
 from router import metrics
 from router.jobs import Jobs
 from router.pipeline import Backend
-from router.policies.admission import Admission
-from router.policies.balancer import Balancer, picker
-from router.policies.cache import IntentCache
-from router.policies.fallback import Fallback
-from router.policies.hedge import Hedge
-from router.policies.limit import StreamLimit
-from router.policies.planner import TierPlanner
-from router.policies.result_cache import ResultCache
-from router.policies.resume import Resume
-from router.policies.retry import Retry
-from router.policies.session import SessionContext, StoreDown
-from router.replicas import ReplicaSet
+from router.policies.session import StoreDown
 from router.state.store import SessionStore
-from router.state.store import store as session_store
-from router.stats import RetryBudget, TierLatency
 from router.validation import TASK_NAMES, check_session_ids, check_session_update, resolve
-from tiermesh.config import Settings, TierName
+from tiermesh.config import Settings
 from tiermesh.errors import StatusError, invalid
-from tiermesh.serving import Serving, start_grpc_server, start_metrics, status_errors, wait_for_signal
+from tiermesh.serving import status_errors
 from tiermesh.v1 import mesh_pb2, mesh_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -240,104 +227,3 @@ class MeshServicer(mesh_pb2_grpc.MeshServicer):
         async with store_errors():
             deleted = await self._sessions.delete(request.npc_id, request.session_id)
         return mesh_pb2.DeleteSessionResponse(deleted=deleted)
-
-
-def build_pipeline(
-    settings: Settings,
-    replicas: Mapping[TierName, ReplicaSet],
-    jobs: Jobs | None = None,
-    sessions: SessionStore | None = None,
-) -> Backend:
-    """Compose the policies: intent cache → admission → fallback over planned tiers → per tier:
-    stream limit → resume → hedge → retry → balancer → replica adapter."""
-    router = settings.router
-    latency = {name: TierLatency(tier.expected_ttft_s) for name, tier in router.tiers.items()}
-    midstream = {task: policy.on_midstream_failure for task, policy in router.tasks.items()}
-    tiers: dict[TierName, Backend] = {}
-    for name, tier in router.tiers.items():
-        budget = RetryBudget(router.retry_budget.ratio, router.retry_budget.min_per_s)
-        backend: Backend = Balancer(replicas[name], picker(tier.balancer))
-        backend = Retry(backend, name, budget, tier.max_attempts)
-        if tier.hedge:
-            backend = Hedge(backend, name, _hedge_delay(latency[name], tier.hedge_min_samples), budget)
-        backend = Resume(backend, name, midstream)
-        if tier.max_streams:
-            backend = StreamLimit(backend, name, tier.max_streams, tier.expected_ttft_s)
-        tiers[name] = backend
-    routes = {task: policy.tiers for task, policy in router.tasks.items()}
-    pipeline: Backend = Fallback(
-        TierPlanner(routes, latency, {name: tier.max_tokens for name, tier in router.tiers.items()}),
-        tiers,
-        latency,
-        canned_line=lambda call: settings.persona_for(call.npc_id).fallback_line,
-        canned_tasks=frozenset(task for task, policy in router.tasks.items() if policy.canned),
-    )
-    if router.admission.rate_per_s:
-        pipeline = Admission(pipeline, router.admission.rate_per_s, router.admission.burst)
-    cached = frozenset(task for task, policy in router.tasks.items() if policy.result_cache)
-    if jobs is not None and cached:
-        pipeline = ResultCache(pipeline, jobs.lookup, cached)
-    if router.intent_cache.enabled:
-        pipeline = IntentCache(pipeline, router.intent_cache.max_entries, router.intent_cache.ttl_s)
-    if sessions is not None:
-        budgets = {task: policy.history_tokens for task, policy in router.tasks.items()}
-        pipeline = SessionContext(pipeline, sessions, budgets)
-    return pipeline
-
-
-def _hedge_delay(latency: TierLatency, min_samples: int) -> Callable[[], float | None]:
-    return lambda: latency.quantile(0.95) if latency.samples >= min_samples else None
-
-
-@dataclass
-class Router:
-    serving: Serving
-    replicas: dict[TierName, ReplicaSet]
-    jobs: Jobs | None = None
-    sessions: SessionStore | None = None
-
-    @property
-    def port(self) -> int:
-        return self.serving.port
-
-    async def close(self, grace: float | None = 1.0) -> None:
-        await self.serving.set_serving(False)
-        await self.serving.server.stop(grace)
-        await asyncio.gather(*(replicas.close() for replicas in self.replicas.values()))
-        if self.jobs is not None:
-            await self.jobs.close()
-        if self.sessions is not None:
-            await self.sessions.close()
-
-
-async def start_router(settings: Settings) -> Router:
-    replicas = {
-        name: ReplicaSet(name, tier, settings.router.breaker, on_change=_count_replicas)
-        for name, tier in settings.router.tiers.items()
-    }
-    await asyncio.gather(*(r.start() for r in replicas.values()))
-    bronze = settings.router.tiers.get("bronze")
-    jobs = Jobs(settings, bronze.endpoints[0]) if bronze is not None else None
-    sessions = session_store(settings.state)
-    pipeline = build_pipeline(settings, replicas, jobs, sessions)
-    serving = await start_grpc_server(
-        settings.router.listen,
-        lambda server: mesh_pb2_grpc.add_MeshServicer_to_server(
-            MeshServicer(settings, pipeline, sessions, jobs), server
-        ),
-        [MESH_SERVICE],
-        max_message_bytes=settings.router.max_message_bytes,
-    )
-    return Router(serving, replicas, jobs, sessions)
-
-
-def _count_replicas(tier: str, count: int) -> None:
-    metrics.REPLICAS.labels(tier).set(count)
-
-
-async def serve(settings: Settings) -> None:
-    start_metrics(settings.router.metrics_port)
-    router = await start_router(settings)
-    log.info("router listening on port %d", router.port)
-    await wait_for_signal()
-    await router.close(grace=2.0)

@@ -26,13 +26,21 @@ class FakeClock:
         self.now += seconds
 
 
+def request(**fields: object) -> mesh_pb2.GenerateRequest:
+    """A valid public request from guard-1; `fields` override."""
+    base: dict[str, object] = {
+        "npc_id": "guard-1",
+        "prompt": "Who goes there?",
+        "task": mesh_pb2.TASK_DIALOGUE,
+    }
+    return mesh_pb2.GenerateRequest(**(base | fields))  # type: ignore[arg-type]
+
+
 def a_call(
     task: mesh_pb2.Task.ValueType = mesh_pb2.TASK_DIALOGUE, deadline_s: float = 5.0, **fields: object
 ) -> Call:
     """A resolved call; `fields` are GenerateRequest fields (prompt, intents, max_tokens…)."""
-    base: dict[str, object] = {"npc_id": "guard-1", "prompt": "hello", "task": task}
-    request = mesh_pb2.GenerateRequest(**(base | fields))  # type: ignore[arg-type]
-    return resolve(request, Settings(), deadline_s)
+    return resolve(request(**({"prompt": "hello", "task": task} | fields)), Settings(), deadline_s)
 
 
 @dataclass

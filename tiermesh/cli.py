@@ -40,7 +40,7 @@ def _logging() -> None:
 @app.command()
 def router(config: ConfigOption = None) -> None:
     """Serve tiermesh.v1.Mesh (the router) in the foreground."""
-    from router.server import serve
+    from router.app import serve
 
     settings = _settings(config)
     _logging()

@@ -6,7 +6,7 @@ import grpc
 import pytest
 import pytest_asyncio
 
-from router.server import Router, start_router
+from router.app import Router, start_router
 from tests.doubles import ScriptedTier, start_scripted_tier
 from tiermesh.config import Persona, RouterSettings, Settings, TierSettings
 from tiermesh.v1 import mesh_pb2_grpc

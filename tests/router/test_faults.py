@@ -18,7 +18,7 @@ import pytest_asyncio
 from google.rpc import error_details_pb2, status_pb2
 from prometheus_client import REGISTRY
 
-from router.server import Router, start_router
+from router.app import Router, start_router
 from tests.doubles import Script, ScriptedTier, start_scripted_tier
 from tiermesh.config import (
     AdmissionSettings,

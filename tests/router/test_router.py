@@ -11,8 +11,9 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client import REGISTRY
 
-from router.server import Router, start_router
+from router.app import Router, start_router
 from tests.doubles import Script, ScriptedTier
+from tests.fakes import request
 from tests.router.conftest import router_settings
 from tests.tools import grpcurl
 from tiermesh.tier.v1 import tier_pb2
@@ -24,16 +25,6 @@ if TYPE_CHECKING:
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 # gRPC sends timeouts in coarse units, rounded up: a few ms of slack on the far side.
 GRPC_TIMEOUT_ROUNDING = 0.05
-
-
-def request(**fields: object) -> mesh_pb2.GenerateRequest:
-    base: dict[str, object] = {
-        "npc_id": "guard-1",
-        "prompt": "Who goes there?",
-        "task": mesh_pb2.TASK_DIALOGUE,
-    }
-    base.update(fields)
-    return mesh_pb2.GenerateRequest(**base)  # type: ignore[arg-type]
 
 
 async def generate(

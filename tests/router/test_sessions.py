@@ -16,7 +16,7 @@ import pytest
 import pytest_asyncio
 from redis.asyncio import Redis
 
-from router.server import Router, start_router
+from router.app import Router, start_router
 from tests.doubles import Script, ScriptedTier, start_scripted_tier
 from tiermesh.config import Persona, RouterSettings, Settings, StateSettings, TaskPolicy, TierSettings
 from tiermesh.serving import Serving

@@ -2,21 +2,12 @@ import grpc
 import pytest
 
 from router.validation import resolve
+from tests.fakes import request
 from tiermesh.config import Persona, Settings
 from tiermesh.errors import StatusError
 from tiermesh.v1 import mesh_pb2
 
 SETTINGS = Settings(personas={"guard-1": Persona(system="You are Brom, a guard.", intents=["GREET", "WARN"])})
-
-
-def request(**fields: object) -> mesh_pb2.GenerateRequest:
-    base: dict[str, object] = {
-        "npc_id": "guard-1",
-        "prompt": "Who goes there?",
-        "task": mesh_pb2.TASK_DIALOGUE,
-    }
-    base.update(fields)
-    return mesh_pb2.GenerateRequest(**base)  # type: ignore[arg-type]
 
 
 def rejection(req: mesh_pb2.GenerateRequest, remaining: float | None = 5.0) -> StatusError:
