@@ -17,7 +17,7 @@ export PATH := $(abspath $(BIN)):$(PATH)
 PROTOS := $(shell find protos -name '*.proto')
 STUBS := tiermesh/v1/mesh_pb2.py tiermesh/tier/v1/tier_pb2.py
 
-.PHONY: help setup protos model run test test-fast lint bench contract-baseline clean
+.PHONY: help setup protos model run test test-fast lint bench bench-tools contract-baseline clean
 
 help:
 	@echo "make run    install, prepare the model, start the local mesh and stream an NPC conversation"
@@ -83,10 +83,16 @@ test: lint model
 test-fast: lint
 	$(BIN)/pytest -p no:cacheprovider -m "not engine"
 
-bench: setup model
+bench: setup model bench-tools
 	$(BIN)/python -m bench.silver
 	$(BIN)/python -m bench.gold
 	$(BIN)/python -m bench.overload
+	$(BIN)/python -m bench.proxy
+
+# Debian's nginx, HAProxy and h2load: the proxy baseline the router is measured against.
+bench-tools:
+	command -v nginx >/dev/null && command -v haproxy >/dev/null && command -v h2load >/dev/null || \
+	  (apt-get update -q && apt-get install -y -q nginx-light haproxy nghttp2-client)
 
 # Run on a release: the contract that `buf breaking` compares against.
 contract-baseline: $(BUF)

@@ -1,0 +1,79 @@
+"""BENCHMARK BACKEND: the same stream of small messages on both contracts, so the
+router (which calls TierService) and nginx/HAProxy (which pass Mesh through) relay
+identical work from identical code.
+
+    python -m bench.stream_backend --listen 127.0.0.1:7201 [--pace-ms 5]
+
+Each call streams `max_tokens` messages (16 in the benchmark), optionally one every
+`pace_ms` like a real engine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import grpc
+
+from tiermesh.serving import start_grpc_server, wait_for_signal
+from tiermesh.tier.v1 import tier_pb2
+from tiermesh.v1 import mesh_pb2
+
+
+def messages(count: int) -> list[bytes]:
+    """Pre-serialised: the backend's own cost stays out of what is measured."""
+    out = [mesh_pb2.GenerateResponse(text=" tok", index=i, tier=mesh_pb2.TIER_SILVER) for i in range(count)]
+    out[-1].finish_reason = mesh_pb2.FINISH_REASON_LENGTH
+    out[-1].usage.completion_tokens = count
+    return [m.SerializeToString() for m in out]
+
+
+def stream_handler(pace_s: float) -> Callable[..., AsyncIterator[bytes]]:
+    """An async generator function: grpc.aio inspects the handler to see that."""
+    cache: dict[int, list[bytes]] = {}
+
+    async def stream(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[bytes]:
+        count = max(1, request.max_tokens)
+        for payload in cache.setdefault(count, messages(count)):
+            if pace_s:
+                await asyncio.sleep(pace_s)
+            yield payload
+
+    return stream
+
+
+def register(server: grpc.aio.Server, stream: Callable[..., AsyncIterator[bytes]]) -> None:
+    identity = bytes
+    handlers = {
+        "tiermesh.v1.Mesh": mesh_pb2.GenerateRequest.FromString,
+        "tiermesh.tier.v1.TierService": tier_pb2.GenerateRequest.FromString,
+    }
+    for service, parse in handlers.items():
+        method = grpc.unary_stream_rpc_method_handler(
+            stream, request_deserializer=parse, response_serializer=identity
+        )
+        server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(service, {"Generate": method})])
+
+
+async def serve(args: argparse.Namespace) -> None:
+    stream = stream_handler(args.pace_ms / 1000)
+    serving = await start_grpc_server(
+        args.listen,
+        lambda server: register(server, stream),
+        ["tiermesh.v1.Mesh", "tiermesh.tier.v1.TierService"],
+    )
+    await wait_for_signal()
+    await serving.server.stop(1.0)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--listen", required=True)
+    parser.add_argument("--pace-ms", type=float, default=0.0)
+    asyncio.run(serve(parser.parse_args()))
+
+
+if __name__ == "__main__":
+    main()
