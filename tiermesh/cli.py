@@ -91,6 +91,41 @@ def bronze_status(
 
 
 @app.command()
+def validate(
+    target: Annotated[str, typer.Argument(help="gold | silver | bronze | all")],
+    config: ConfigOption = None,
+    json_output: Annotated[bool, typer.Option("--json", help="JSON for CI")] = False,
+    probes: Annotated[int | None, typer.Option(help="latency probes (default: validation.probes)")] = None,
+) -> None:
+    """Check deployed tiers: health, readiness, inference, latency SLO, metrics; exit 1 on failure."""
+    import json
+
+    from rich.table import Table
+
+    from tiermesh.validate import TIERS
+    from tiermesh.validate import validate as run
+
+    settings = _settings(config)
+    targets: list[str] = [t for t in TIERS if t in settings.router.tiers] if target == "all" else [target]
+    if any(t not in TIERS for t in targets):
+        err.print(f"[red]unknown target {target!r}[/]: gold, silver, bronze or all")
+        raise typer.Exit(2)
+    checks = asyncio.run(run(settings, targets, probes or settings.validation.probes))
+    ok = all(c.ok for c in checks)
+    if json_output:
+        print(json.dumps({"ok": ok, "checks": [c.as_dict() for c in checks]}))
+    else:
+        table = Table("tier", "check", "result", "detail")
+        for c in checks:
+            table.add_row(c.tier, c.name, "[green]ok[/]" if c.ok else "[red]FAILED[/]", c.detail)
+        console.print(table)
+    if not ok:
+        failed = ", ".join(f"{c.tier}: {c.name}" for c in checks if not c.ok)
+        err.print(f"[red]failed:[/] {failed}")
+    raise typer.Exit(0 if ok else 1)
+
+
+@app.command()
 def up(
     config: ConfigOption = None,
     detach: Annotated[bool, typer.Option(help="Return once every component is healthy")] = False,

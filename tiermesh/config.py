@@ -312,6 +312,16 @@ class StateSettings(BaseModel):
     max_retries: int = Field(default=50, ge=1)
 
 
+PRODUCT_SLOS: dict[TierName, float] = {"gold": 16.0, "silver": 250.0, "bronze": 60_000.0}
+
+
+class ValidateSettings(BaseModel):
+    """`tiermesh validate`: each tier's latency SLO (p95 time to first token, ms)."""
+
+    slo_p95_ms: dict[TierName, float] = Field(default_factory=lambda: dict(PRODUCT_SLOS))
+    probes: int = Field(default=20, ge=1)
+
+
 class MeshSettings(BaseModel):
     """The local mesh that `tiermesh up` supervises."""
 
@@ -331,6 +341,7 @@ class Settings(BaseSettings):
     gold: GoldSettings = Field(default_factory=GoldSettings)
     bronze: BronzeSettings = Field(default_factory=BronzeSettings)
     state: StateSettings = Field(default_factory=StateSettings)
+    validation: ValidateSettings = Field(default_factory=ValidateSettings)
     mesh: MeshSettings = Field(default_factory=MeshSettings)
     personas: dict[str, Persona] = Field(default_factory=dict)
     # The persona of NPCs that have none configured and send none.

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
+import sys
 import time
 from typing import TYPE_CHECKING
 
@@ -213,3 +215,13 @@ async def test_silver_calls_a_game_state_tool_before_answering(mesh_stub: MeshAs
 async def test_without_tool_choice_no_tool_is_called(mesh_stub: MeshAsyncStub) -> None:
     responses = await reply(mesh_stub, ask("Hello there.", npc_id="merchant-1", max_tokens=8))
     assert not any(r.HasField("tool") for r in responses)
+
+
+async def test_validate_all_passes_against_the_local_mesh(mesh: Mesh) -> None:
+    cli = [sys.executable, "-m", "tiermesh.cli"]
+    command = [*cli, "validate", "all", "--json", "--config", str(mesh.config)]
+    result = await asyncio.to_thread(subprocess.run, command, capture_output=True, text=True, timeout=180)
+    report = json.loads(result.stdout)
+    assert result.returncode == 0, [c for c in report["checks"] if not c["ok"]]
+    names = {(c["tier"], c["name"]) for c in report["checks"]}
+    assert {("gold", "latency SLO"), ("silver", "inference"), ("bronze", "endpoint in service")} <= names
