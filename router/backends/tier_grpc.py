@@ -40,6 +40,7 @@ def tier_request(call: Call) -> tier_pb2.GenerateRequest:
         task=mesh_pb2.Task.Value(f"TASK_{call.task.upper()}"),
         intents=call.intents,
         tool_choice=mesh_pb2.ToolChoice.ValueType(call.tool_choice),
+        npc_id=call.npc_id,
     )
 
 

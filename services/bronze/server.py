@@ -78,13 +78,15 @@ class BronzeTier(tier_pb2_grpc.TierServiceServicer):
     ) -> AsyncIterator[tier_pb2.GenerateResponse]:
         messages = from_tier(request.messages)
         public = mesh_pb2.GenerateRequest(
-            prompt=messages[-1].content, task=request.task, sampling=request.sampling
+            npc_id=request.npc_id, prompt=messages[-1].content, task=request.task, sampling=request.sampling
         )
         task = mesh_pb2.Task.Name(request.task).removeprefix("TASK_").lower()
         submit = tier_pb2.SubmitJobRequest(
             messages=request.messages,
             max_tokens=request.max_tokens,
-            content_key=content_key(task, "", messages[0].content, messages[-1].content),
+            # The key the router's ResultCache looks up (router/jobs.py): a long-form
+            # Generate served here pre-warms the same content.
+            content_key=content_key(task, request.npc_id, messages[0].content, messages[-1].content),
         )
         submit.submit.request.CopyFrom(public)
         try:

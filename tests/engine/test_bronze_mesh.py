@@ -79,6 +79,14 @@ async def test_a_finished_job_prewarms_generate(mesh_stub: MeshAsyncStub) -> Non
     assert mesh_pb2.TIER_CACHE not in {r.tier for r in fresh}
 
 
+async def test_a_long_form_generate_served_by_bronze_is_cached_for_the_next(mesh_stub: MeshAsyncStub) -> None:
+    request = lore(f"A ballad about the bridge troll, verse {time.time()}.")
+    first = [r async for r in mesh_stub.Generate(request, timeout=120)]
+    assert {r.tier for r in first} == {mesh_pb2.TIER_BRONZE}
+    again = [r async for r in mesh_stub.Generate(request, timeout=30)]
+    assert [(r.text, r.tier) for r in again] == [("".join(r.text for r in first), mesh_pb2.TIER_CACHE)]
+
+
 async def test_resubmitting_with_the_same_key_returns_the_same_job(mesh_stub: MeshAsyncStub) -> None:
     key = f"quest-{time.time()}"
     first = await submit(mesh_stub, lore("A quest about a lost ring."), key)

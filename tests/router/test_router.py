@@ -66,6 +66,7 @@ async def test_tier_gets_persona_prompt_defaults_and_the_remaining_deadline(
     assert seen.request.messages[1].content == "Who goes there?"
     assert seen.request.max_tokens == 64  # dialogue's default
     assert seen.request.task == mesh_pb2.TASK_DIALOGUE
+    assert seen.request.npc_id == "guard-1"  # tiers key cached content by NPC
     assert seen.request.request_id
     # The caller's budget, less what the router already spent: never more.
     assert seen.time_remaining is not None
