@@ -39,8 +39,9 @@ def build_pipeline(
     jobs: Jobs | None = None,
     sessions: SessionStore | None = None,
 ) -> Backend:
-    """Compose the policies: intent cache → admission → fallback over planned tiers → per tier:
-    stream limit → resume → hedge → retry → balancer → replica adapter."""
+    """Compose the policies, outermost first: session context → intent cache → result
+    cache → admission → fallback over planned tiers → per tier: stream limit → resume
+    → hedge → retry → balancer → replica adapter."""
     router = settings.router
     latency = {name: TierLatency(tier.expected_ttft_s) for name, tier in router.tiers.items()}
     midstream = {task: policy.on_midstream_failure for task, policy in router.tasks.items()}

@@ -5,8 +5,11 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Protocol
 
+import grpc
+
 from router.call import Call
 from tiermesh.config import TierSettings
+from tiermesh.errors import StatusError
 from tiermesh.v1 import mesh_pb2
 
 
@@ -21,6 +24,13 @@ class TierAdapter(Protocol):
         ...
 
     async def close(self) -> None: ...
+
+
+def tier_failed(tier: str, address: str, sent: int, detail: str) -> StatusError:
+    """A replica's fault, as the caller sees it: UNAVAILABLE, naming the tier, the
+    replica and whether any token had been sent (which decides retry vs resume)."""
+    where = f"after {sent} messages" if sent else "before the first token"
+    return StatusError(grpc.StatusCode.UNAVAILABLE, f"{tier} tier at {address} failed {where}: {detail}")
 
 
 def adapter(tier: str, address: str, settings: TierSettings) -> TierAdapter:

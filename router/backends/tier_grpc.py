@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from router.backends import tier_failed
 from router.call import Call
 from tiermesh.chat import to_tier
 from tiermesh.errors import StatusError
@@ -82,11 +83,7 @@ class GrpcTier:
         code = error.code()
         if code in CALLER_CODES:
             return StatusError(code, error.details() or code.name)
-        where = f"after {sent} messages" if sent else "before the first token"
-        return StatusError(
-            grpc.StatusCode.UNAVAILABLE,
-            f"{self.name} tier at {self.address} failed {where}: {code.name}: {error.details()}",
-        )
+        return tier_failed(self.name, self.address, sent, f"{code.name}: {error.details()}")
 
     async def health(self) -> AsyncIterator[bool]:
         """Follow grpc.health.v1 Watch on this replica's own channel; reconnect forever."""

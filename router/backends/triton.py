@@ -19,6 +19,7 @@ from tritonclient.grpc import InferInput, InferRequestedOutput
 from tritonclient.grpc.aio import InferenceServerClient
 from tritonclient.utils import InferenceServerException
 
+from router.backends import tier_failed
 from router.call import Call
 from tiermesh.chat import chatml
 from tiermesh.errors import StatusError
@@ -110,10 +111,7 @@ class TritonTier:
         yield final
 
     def _status(self, detail: str, sent: int) -> StatusError:
-        where = f"after {sent} messages" if sent else "before the first token"
-        return StatusError(
-            grpc.StatusCode.UNAVAILABLE, f"{self.name} tier at {self.address} failed {where}: {detail}"
-        )
+        return tier_failed(self.name, self.address, sent, detail)
 
     async def health(self) -> AsyncIterator[bool]:
         """Triton has no grpc.health.v1: poll server and model readiness instead."""
