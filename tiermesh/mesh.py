@@ -13,7 +13,6 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.error
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -32,7 +31,7 @@ class Component:
     name: str
     argv: list[str]
     # Ready when grpc.health.v1 at `grpc_health` says SERVING, or every URL in
-    # `http_ready` answers below 500 (Triton's ready endpoints, moto, containers).
+    # `http_ready` answers 200 (Triton's ready endpoints, moto, the container, the emulator).
     grpc_health: str = ""
     http_ready: tuple[str, ...] = ()
 
@@ -61,7 +60,7 @@ def components(settings: Settings, config_file: Path | None) -> list[Component]:
             )
         if bronze.emulator_port:
             argv = [python, "-m", "services.bronze.emulator", *config]
-            started.append(Component("emulator", argv, http_ready=(f"{local}:{bronze.emulator_port}/",)))
+            started.append(Component("emulator", argv, http_ready=(f"{local}:{bronze.emulator_port}/ping",)))
         started.append(cli("bronze", bronze.listen))
     if "gold" in tiers:
         gold = settings.gold
@@ -182,21 +181,17 @@ def wait_serving(
 def wait_http_ready(
     name: str, urls: tuple[str, ...], timeout_s: float, check_alive: Callable[[], None] = lambda: None
 ) -> None:
-    """Poll `urls` until each answers with a status below 500."""
+    """Poll `urls` until each answers 200 (any other status raises HTTPError)."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         check_alive()
         try:
             for url in urls:
-                try:
-                    with urllib.request.urlopen(url, timeout=1.0):
-                        pass
-                except urllib.error.HTTPError as e:
-                    if e.code >= 500 or (e.code == 400 and "ready" in url):
-                        raise
+                with urllib.request.urlopen(url, timeout=1.0):
+                    pass
             return
-        except OSError:
-            time.sleep(0.3)  # not up yet
+        except OSError:  # refused, or not ready yet (HTTPError is an OSError)
+            time.sleep(0.3)
     raise MeshError(f"{name} not ready at {', '.join(urls)} after {timeout_s} s")
 
 

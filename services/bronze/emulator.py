@@ -113,6 +113,10 @@ class Emulator:
             },
         )
 
+    async def ping(self, request: web.Request) -> web.Response:
+        """Liveness, for whoever starts the emulator (not part of SageMaker's API)."""
+        return web.json_response({"status": "healthy"})
+
     async def work(self) -> None:
         async with aiohttp.ClientSession() as session:
             while True:
@@ -180,6 +184,7 @@ class Emulator:
     def app(self) -> web.Application:
         app = web.Application()
         app.router.add_post("/endpoints/{endpoint}/async-invocations", self.invoke_async)
+        app.router.add_get("/ping", self.ping)
 
         async def start_workers(app: web.Application) -> Any:
             tasks = [asyncio.create_task(self.work()) for _ in range(self._workers)]
