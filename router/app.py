@@ -7,6 +7,8 @@ import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
+from prometheus_client import REGISTRY
+
 from router import metrics
 from router.jobs import Jobs
 from router.pipeline import Backend
@@ -28,6 +30,7 @@ from router.state.store import store as session_store
 from router.stats import RetryBudget, TierLatency
 from tiermesh.config import Settings, TierName
 from tiermesh.serving import Serving, start_grpc_server, start_metrics, wait_for_signal
+from tiermesh.tracing import setup_tracing
 from tiermesh.v1 import mesh_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -104,8 +107,7 @@ class Router:
 
 async def start_router(settings: Settings) -> Router:
     replicas = {
-        name: ReplicaSet(name, tier, settings.router.breaker, on_change=_count_replicas)
-        for name, tier in settings.router.tiers.items()
+        name: ReplicaSet(name, tier, settings.router.breaker) for name, tier in settings.router.tiers.items()
     }
     await asyncio.gather(*(r.start() for r in replicas.values()))
     bronze = settings.router.tiers.get("bronze")
@@ -123,13 +125,13 @@ async def start_router(settings: Settings) -> Router:
     return Router(serving, replicas, jobs, sessions)
 
 
-def _count_replicas(tier: str, count: int) -> None:
-    metrics.REPLICAS.labels(tier).set(count)
-
-
 async def serve(settings: Settings) -> None:
-    start_metrics(settings.router.metrics_port)
+    setup_tracing(settings.tracing, "router")
+    metrics.initialise(settings)
     router = await start_router(settings)
+    prices = {tier: price.hourly_usd for tier, price in settings.cost.prices.items()}
+    REGISTRY.register(metrics.ReplicaCollector(router.replicas, prices))
+    start_metrics(settings.router.metrics_port)
     log.info("router listening on port %d", router.port)
     await wait_for_signal()
     await router.close(grace=2.0)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
+from opentelemetry.context import Context
+
 from tiermesh.chat import Message
 from tiermesh.config import TaskName
 from tiermesh.v1 import mesh_pb2
@@ -35,6 +37,8 @@ class Call:
     # Replica addresses this call has already used (retries, hedges and resumes
     # prefer others). Shared by every attempt of the call.
     tried: set[str] = field(default_factory=set, compare=False)
+    # The edge's span, parent of every tier attempt (tiermesh/tracing.py).
+    trace: Context | None = field(default=None, compare=False)
 
     def remaining(self) -> float:
         """Seconds left in the caller's budget (negative once it has passed)."""

@@ -1,6 +1,20 @@
-"""Router metrics: recorded once per stream, never per token (hot path)."""
+"""Router metrics: recorded once per stream, never per token (hot path).
+
+Labels are bounded: task, tier, status code, reason, cache. Never npc_id or
+session_id (one series per NPC would sink Prometheus)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from typing import TYPE_CHECKING
 
 from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:
+    from router.replicas import ReplicaSet
+    from tiermesh.config import Settings, TierName
 
 # Fine below 16 ms for Gold's SLO, coarse up to Bronze's seconds.
 LATENCY_BUCKETS = (
@@ -18,6 +32,23 @@ TIME_TO_FIRST_TOKEN = Histogram(
     "From the request reaching the router to the first delta leaving it",
     ["task", "tier"],
     buckets=LATENCY_BUCKETS,
+)
+REQUEST_DURATION = Histogram(
+    "tiermesh_router_request_duration_seconds",
+    "From the request reaching the router to the end of its stream (Gold's 16 ms SLO is on this)",
+    ["task", "tier"],
+    buckets=LATENCY_BUCKETS,
+)
+INTER_TOKEN = Histogram(
+    "tiermesh_router_inter_token_seconds",
+    "Mean gap between a stream's deltas, observed once per stream of two or more",
+    ["task", "tier"],
+    buckets=LATENCY_BUCKETS,
+)
+TOKENS = Counter(
+    "tiermesh_router_tokens",
+    "Tokens in (prompt) and out (completion) as the serving tier counted them",
+    ["task", "tier", "direction"],  # in | out
 )
 STREAM_MESSAGES = Counter(
     "tiermesh_router_stream_messages",
@@ -62,7 +93,6 @@ SHED = Counter(
 )
 RATE_LIMITED = Counter("tiermesh_router_rate_limited", "Calls refused by a client's rate limit")
 QUEUE_DEPTH = Gauge("tiermesh_router_queue_depth", "Calls waiting for a tier stream slot", ["tier"])
-REPLICAS = Gauge("tiermesh_router_replicas", "Replicas known per tier", ["tier"])
 CACHE = Counter(
     "tiermesh_router_cache_requests",
     "Cache lookups by cache and result (hit | miss | bypass)",
@@ -73,3 +103,68 @@ SESSION_STORE_ERRORS = Counter(
     "Session reads or writes that failed (the turn was served without memory)",
     ["operation"],
 )
+
+
+class ReplicaCollector(Collector):
+    """Replica state read at scrape time: breaker ejections end on a clock, not on an
+    event, so a gauge set on events would go stale. Also the tier's running cost by
+    the hour (price table × replicas), which the cost dashboard sums."""
+
+    def __init__(
+        self, replica_sets: Mapping[TierName, ReplicaSet], hourly_usd: Mapping[TierName, float]
+    ) -> None:
+        self._sets = replica_sets
+        self._hourly = hourly_usd
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        known = GaugeMetricFamily("tiermesh_router_replicas", "Replicas known per tier", labels=["tier"])
+        ejected = GaugeMetricFamily(
+            "tiermesh_router_replicas_ejected",
+            "Replicas whose breaker is open or half-open",
+            labels=["tier"],
+        )
+        unhealthy = GaugeMetricFamily(
+            "tiermesh_router_replicas_not_serving",
+            "Replicas whose health check says NOT_SERVING",
+            labels=["tier"],
+        )
+        cost = GaugeMetricFamily(
+            "tiermesh_router_tier_cost_per_hour_dollars",
+            "The tier's replicas × its node price per hour (config cost.prices)",
+            labels=["tier"],
+        )
+        for tier, replica_set in self._sets.items():
+            replicas = replica_set.replicas
+            known.add_metric([tier], len(replicas))
+            ejected.add_metric([tier], sum(r.breaker.state != "closed" for r in replicas))
+            unhealthy.add_metric([tier], sum(not r.serving for r in replicas))
+            cost.add_metric([tier], len(replicas) * self._hourly.get(tier, 0.0))
+        yield from (known, ejected, unhealthy, cost)
+
+
+def initialise(settings: Settings) -> None:
+    """Create the series every dashboard and alert reads, at zero, so rate() and
+    ratios work from the first scrape instead of appearing with the first event."""
+    for task, policy in settings.router.tasks.items():
+        for tier in policy.tiers:
+            REQUESTS.labels(task, tier, "OK")
+            for reason in ("slow", "failed", "shed", "skipped"):
+                FALLBACKS.labels(task, tier, reason)
+            for direction in ("in", "out"):
+                TOKENS.labels(task, tier, direction)
+            TIME_TO_FIRST_TOKEN.labels(task, tier)
+            REQUEST_DURATION.labels(task, tier)
+            INTER_TOKEN.labels(task, tier)
+        CANNED.labels(task)
+    for tier in settings.router.tiers:
+        SHED.labels(tier)
+        QUEUE_DEPTH.labels(tier)
+        RETRIES.labels(tier)
+        RESUMES.labels(tier)
+        for outcome in ("started", "hedge_won", "primary_won"):
+            HEDGES.labels(tier, outcome)
+        for reason in ("failures", "latency"):
+            EJECTIONS.labels(tier, reason)
+    for cache in ("intent", "result"):
+        for result in ("hit", "miss", "bypass"):
+            CACHE.labels(cache, result)

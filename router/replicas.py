@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import logging
 import socket
-from collections.abc import Callable
 
 from router.backends import TierAdapter, adapter
 from router.stats import Breaker, PeakEwma
@@ -62,12 +61,10 @@ class ReplicaSet:
         tier: str,
         settings: TierSettings,
         breaker: BreakerSettings,
-        on_change: Callable[[str, int], None] | None = None,
     ) -> None:
         self.tier = tier
         self._settings = settings
         self.breaker_settings = breaker
-        self._on_change = on_change
         self._replicas: dict[str, Replica] = {}
         self._watchers: dict[str, asyncio.Task[None]] = {}
         self._refresher: asyncio.Task[None] | None = None
@@ -93,8 +90,6 @@ class ReplicaSet:
                 self._add(address)
         for address in [a for a in self._replicas if a not in addresses]:
             await self._remove(address)
-        if self._on_change is not None:
-            self._on_change(self.tier, len(self._replicas))
 
     def _add(self, address: str) -> None:
         b = self.breaker_settings

@@ -15,6 +15,7 @@ import grpc
 from google.protobuf import any_pb2
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
+from opentelemetry.trace import SpanKind
 
 from router import metrics
 from router.jobs import Jobs
@@ -22,6 +23,7 @@ from router.pipeline import Backend
 from router.policies.session import StoreDown
 from router.state.store import SessionStore
 from router.validation import TASK_NAMES, check_session_ids, check_session_update, resolve
+from tiermesh import tracing
 from tiermesh.config import Settings
 from tiermesh.errors import StatusError, invalid
 from tiermesh.serving import status_errors
@@ -32,6 +34,7 @@ log = logging.getLogger(__name__)
 CLIENT_ID_HEADER = "x-client-id"
 Context = grpc.aio.ServicerContext[Any, Any]
 MESH_SERVICE = mesh_pb2.DESCRIPTOR.services_by_name["Mesh"].full_name
+GENERATE_SPAN = "tiermesh.v1.Mesh/Generate"
 TIER_LABELS = {value: name.removeprefix("TIER_").lower() for name, value in mesh_pb2.Tier.items()}
 
 
@@ -44,8 +47,8 @@ async def store_errors() -> AsyncIterator[None]:
         raise StatusError(grpc.StatusCode.UNAVAILABLE, f"session store unavailable: {e}") from None
 
 
-def client_id(context: grpc.aio.ServicerContext[Any, Any]) -> str:
-    for key, value in context.invocation_metadata() or ():
+def client_id(metadata: tracing.Metadata | None) -> str:
+    for key, value in metadata or ():
         if key == CLIENT_ID_HEADER:
             return str(value)[:128]
     return "anonymous"
@@ -62,6 +65,30 @@ async def abort(context: grpc.aio.ServicerContext[Any, Any], error: StatusError)
     status = status_pb2.Status(code=error.code.value[0], message=error.message, details=[detail])
     await context.abort_with_status(rpc_status.to_status(status))
     raise AssertionError("unreachable: abort_with_status raises")
+
+
+def record(
+    task: str,
+    tier: str,
+    code: grpc.StatusCode,
+    received: float,
+    ttft: float,
+    messages: int,
+    usage: mesh_pb2.Usage | None,
+) -> None:
+    """A stream's metrics, once at its end (never per token)."""
+    metrics.REQUESTS.labels(task, tier, code.name).inc()
+    if not messages:
+        return
+    duration = time.monotonic() - received
+    metrics.TIME_TO_FIRST_TOKEN.labels(task, tier).observe(ttft)
+    metrics.REQUEST_DURATION.labels(task, tier).observe(duration)
+    metrics.STREAM_MESSAGES.labels(task, tier).inc(messages)
+    if messages > 1:
+        metrics.INTER_TOKEN.labels(task, tier).observe((duration - ttft) / (messages - 1))
+    if usage is not None:
+        metrics.TOKENS.labels(task, tier, "in").inc(usage.prompt_tokens)
+        metrics.TOKENS.labels(task, tier, "out").inc(usage.completion_tokens)
 
 
 class MeshServicer(mesh_pb2_grpc.MeshServicer):
@@ -84,16 +111,26 @@ class MeshServicer(mesh_pb2_grpc.MeshServicer):
         code = grpc.StatusCode.OK
         index = 0
         ttft = 0.0
+        usage: mesh_pb2.Usage | None = None
+        metadata = context.invocation_metadata()
+        span = tracing.start_span(GENERATE_SPAN, tracing.extract(metadata), SpanKind.SERVER, task=task)
         try:
-            call = resolve(request, self._settings, context.time_remaining(), received, client_id(context))
+            call = resolve(
+                request,
+                self._settings,
+                context.time_remaining(),
+                received,
+                client_id(metadata),
+                tracing.child_context(span),
+            )
             async for response in self._pipeline.generate(call):
                 if index == 0:
                     tier = TIER_LABELS[response.tier]
                     ttft = time.monotonic() - received
-                    metrics.TIME_TO_FIRST_TOKEN.labels(task, tier).observe(ttft)
                 response.index = index
                 if response.finish_reason:
                     response.usage.time_to_first_token.FromNanoseconds(int(ttft * 1e9))
+                    usage = response.usage
                 index += 1
                 yield response
         except StatusError as e:
@@ -107,8 +144,9 @@ class MeshServicer(mesh_pb2_grpc.MeshServicer):
             code = grpc.StatusCode.INTERNAL
             await context.abort(code, "internal router error")
         finally:
-            metrics.REQUESTS.labels(task, tier, code.name).inc()
-            metrics.STREAM_MESSAGES.labels(task, tier).inc(index)
+            record(task, tier, code, received, ttft, index, usage)
+            span.set_attributes({"tier": tier, "rpc.grpc.status_code": code.value[0], "messages": index})
+            span.end()
 
     # --- jobs (Bronze) ---------------------------------------------------------
 
@@ -160,7 +198,9 @@ class MeshServicer(mesh_pb2_grpc.MeshServicer):
                         "every turn of a conversation has the same npc_id and session_id",
                     )
                 # Each turn gets its task's budget, within what is left of the stream's.
-                call = resolve(request.turn, self._settings, None, client_id=client_id(context))
+                call = resolve(
+                    request.turn, self._settings, None, client_id=client_id(context.invocation_metadata())
+                )
                 remaining = context.time_remaining()
                 if remaining is not None:
                     call = dataclasses.replace(

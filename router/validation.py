@@ -12,6 +12,7 @@ import time
 import uuid
 
 import grpc
+from opentelemetry.context import Context
 
 from router.call import Call
 from tiermesh.chat import Message
@@ -36,6 +37,7 @@ def resolve(
     time_remaining: float | None,
     now: float | None = None,
     client_id: str = "anonymous",
+    trace: Context | None = None,
 ) -> Call:
     """Validate `request` and fill in persona, defaults and the absolute deadline.
 
@@ -74,6 +76,7 @@ def resolve(
     system = request.persona or settings.persona_for(request.npc_id).system
     return Call(
         request_id=uuid.uuid4().hex,
+        trace=trace,
         task=task,
         npc_id=request.npc_id,
         session_id=request.session_id,

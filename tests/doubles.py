@@ -21,6 +21,7 @@ TierContext = grpc.aio.ServicerContext[tier_pb2.GenerateRequest, tier_pb2.Genera
 class Seen:
     request: tier_pb2.GenerateRequest
     time_remaining: float | None
+    metadata: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -55,7 +56,8 @@ class ScriptedTier(tier_pb2_grpc.TierServiceServicer):
     async def Generate(
         self, request: tier_pb2.GenerateRequest, context: TierContext
     ) -> AsyncIterator[tier_pb2.GenerateResponse]:
-        self.seen.append(Seen(request, context.time_remaining()))
+        metadata = {k: v for k, v in context.invocation_metadata() or () if isinstance(v, str)}
+        self.seen.append(Seen(request, context.time_remaining(), metadata))
         script = self.script
         try:
             if script.hang:

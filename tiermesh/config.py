@@ -297,6 +297,8 @@ class BronzeSettings(BaseModel):
     container_port: int = Field(default=0, ge=0, le=65535)
     # Create the bucket, topics, queues and the endpoint when missing (local only).
     provision: bool = False
+    # Prometheus /metrics of the bridge (jobs by state, backlog age); 0 turns it off.
+    metrics_port: int = Field(default=9466, ge=0, le=65535)
 
 
 class StateSettings(BaseModel):
@@ -329,6 +331,45 @@ class MeshSettings(BaseModel):
     run_dir: Path = Path(".run")
     # Waiting for every component to report SERVING (Silver loads a model).
     start_timeout_s: float = Field(default=300.0, gt=0)
+    # A real Prometheus scraping every component, with the alert rules loaded
+    # (0: not started; started only where the `prometheus` binary is installed).
+    prometheus_port: int = Field(default=0, ge=0, le=65535)
+    scrape_interval_s: float = Field(default=5.0, gt=0)
+
+
+class TracingSettings(BaseModel):
+    """OpenTelemetry: spans router → tier, trace context in gRPC metadata. Exported
+    over OTLP/gRPC only when an endpoint is set; otherwise tracing costs nothing."""
+
+    otlp_endpoint: str = ""
+    service_name_prefix: str = "tiermesh"
+    # Fraction of new traces kept (a caller's sampled parent is always kept).
+    sample_ratio: float = Field(default=1.0, ge=0, le=1)
+
+
+class TierPrice(BaseModel):
+    """What a tier costs. Gold/Silver: a node per replica, billed by the hour (e.g. an
+    EKS node on an EC2 GPU instance). Bronze: SageMaker instance-hours while jobs run,
+    or a flat price per job when set."""
+
+    instance_type: str = ""
+    hourly_usd: float = Field(default=0.0, ge=0)
+    per_job_usd: float = Field(default=0.0, ge=0)
+
+
+def _default_prices() -> dict[TierName, TierPrice]:
+    # On-demand us-east-1 list prices; override in config for your contract.
+    return {
+        "gold": TierPrice(instance_type="g5.xlarge", hourly_usd=1.006),
+        "silver": TierPrice(instance_type="g5.2xlarge", hourly_usd=1.212),
+        "bronze": TierPrice(instance_type="ml.g5.xlarge", hourly_usd=1.408),
+    }
+
+
+class CostSettings(BaseModel):
+    prices: dict[TierName, TierPrice] = Field(default_factory=_default_prices)
+    # Where `tiermesh cost` reads usage from (overridable per call).
+    prometheus_url: str = "http://127.0.0.1:9090"
 
 
 class Settings(BaseSettings):
@@ -343,6 +384,8 @@ class Settings(BaseSettings):
     state: StateSettings = Field(default_factory=StateSettings)
     validation: ValidateSettings = Field(default_factory=ValidateSettings)
     mesh: MeshSettings = Field(default_factory=MeshSettings)
+    tracing: TracingSettings = Field(default_factory=TracingSettings)
+    cost: CostSettings = Field(default_factory=CostSettings)
     personas: dict[str, Persona] = Field(default_factory=dict)
     # The persona of NPCs that have none configured and send none.
     default_persona: Persona = Persona(

@@ -6,8 +6,10 @@ from collections.abc import AsyncIterator
 from typing import Protocol
 
 import grpc
+from opentelemetry.trace import Span, SpanKind
 
 from router.call import Call
+from tiermesh import tracing
 from tiermesh.config import TierSettings
 from tiermesh.errors import StatusError
 from tiermesh.v1 import mesh_pb2
@@ -31,6 +33,13 @@ def tier_failed(tier: str, address: str, sent: int, detail: str) -> StatusError:
     replica and whether any token had been sent (which decides retry vs resume)."""
     where = f"after {sent} messages" if sent else "before the first token"
     return StatusError(grpc.StatusCode.UNAVAILABLE, f"{tier} tier at {address} failed {where}: {detail}")
+
+
+def attempt_span(tier: str, address: str, call: Call) -> Span:
+    """The span of one attempt at one replica, child of the call's edge span."""
+    return tracing.start_span(
+        f"{tier} attempt", call.trace, SpanKind.CLIENT, tier=tier, **{"net.peer.name": address}
+    )
 
 
 def adapter(tier: str, address: str, settings: TierSettings) -> TierAdapter:

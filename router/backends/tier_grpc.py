@@ -8,8 +8,9 @@ from collections.abc import AsyncIterator
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from router.backends import tier_failed
+from router.backends import attempt_span, tier_failed
 from router.call import Call
+from tiermesh import tracing
 from tiermesh.chat import to_tier
 from tiermesh.errors import StatusError
 from tiermesh.tier.v1 import tier_pb2
@@ -68,16 +69,20 @@ class GrpcTier:
         remaining = call.remaining()
         if remaining <= 0:
             raise StatusError(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline passed before the tier call")
-        stream = self._generate(tier_request(call), timeout=remaining)
+        span = attempt_span(self.name, self.address, call)
+        stream = self._generate(tier_request(call), timeout=remaining, metadata=tracing.inject(span))
         sent = 0
         try:
             async for response in stream:
                 sent += 1
                 yield response
         except grpc.aio.AioRpcError as e:
+            span.set_attribute("rpc.grpc.status_code", e.code().value[0])
             raise self._status(e, sent) from None
         finally:
             stream.cancel()  # no-op when finished; otherwise the tier aborts its work
+            span.set_attribute("messages", sent)
+            span.end()
 
     def _status(self, error: grpc.aio.AioRpcError, sent: int) -> StatusError:
         code = error.code()

@@ -19,8 +19,9 @@ from tritonclient.grpc import InferInput, InferRequestedOutput
 from tritonclient.grpc.aio import InferenceServerClient
 from tritonclient.utils import InferenceServerException
 
-from router.backends import tier_failed
+from router.backends import attempt_span, tier_failed
 from router.call import Call
+from tiermesh import tracing
 from tiermesh.chat import chatml
 from tiermesh.errors import StatusError
 from tiermesh.v1 import mesh_pb2
@@ -83,7 +84,10 @@ class TritonTier:
                 "request_id": call.request_id,
             }
 
-        responses = self._client.stream_infer(one_request(), stream_timeout=remaining)
+        span = attempt_span(self.name, self.address, call)
+        responses = self._client.stream_infer(
+            one_request(), stream_timeout=remaining, headers=tracing.inject_headers(span)
+        )
         sent = 0
         try:
             async for result, error in responses:
@@ -102,6 +106,8 @@ class TritonTier:
             raise self._status(str(e), sent) from None
         finally:
             responses.cancel()  # no-op when finished; otherwise Triton cancels the request
+            span.set_attribute("messages", sent)
+            span.end()
         # TensorRT-LLM marks no last delta: the finish reason follows as an empty message.
         final = mesh_pb2.GenerateResponse(tier=mesh_pb2.TIER_GOLD)
         final.finish_reason = (

@@ -24,9 +24,10 @@ from typing import Any
 import grpc
 from botocore.exceptions import BotoCoreError, ClientError
 from google.protobuf import json_format
+from prometheus_client import Counter, Gauge, Histogram
 
 from services.bronze.aws import client, provision
-from services.bronze.store import JobRecord, JobStore
+from services.bronze.store import TERMINAL, JobRecord, JobStore
 from tiermesh.chat import from_tier
 from tiermesh.config import BronzeSettings
 from tiermesh.errors import StatusError
@@ -34,6 +35,18 @@ from tiermesh.tier.v1 import tier_pb2
 from tiermesh.v1 import mesh_pb2
 
 log = logging.getLogger("tiermesh.bronze")
+JOBS = Counter("tiermesh_bronze_jobs", "Jobs entering each state", ["state"])
+JOB_SECONDS = Histogram(
+    "tiermesh_bronze_job_duration_seconds",
+    "From submission to the end state (its sum is the endpoint's busy time for cost)",
+    ["state"],
+    buckets=(1, 2, 5, 10, 30, 60, 120, 300, 600, 1800, 3600),
+)
+BACKLOG = Gauge("tiermesh_bronze_backlog_jobs", "Jobs submitted and not finished (QUEUED or RUNNING)")
+OLDEST = Gauge(
+    "tiermesh_bronze_oldest_unfinished_job_age_seconds", "Age of the oldest unfinished job (0: none)"
+)
+STATES = ("QUEUED", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED")
 # SageMaker answers these when it is busy: try again later, the job stays QUEUED.
 RETRYABLE = frozenset(
     {"ThrottlingException", "ServiceUnavailable", "InternalFailure", "ModelNotReadyException"}
@@ -66,6 +79,18 @@ class Bridge:
         self._tasks: set[asyncio.Task[None]] = set()
 
     # --- lifecycle ---------------------------------------------------------------
+
+    def backlog(self) -> list[JobRecord]:
+        return [record for record in self._records.values() if not record.finished]
+
+    def export_metrics(self) -> None:
+        """Backlog gauges read at scrape time; every state's counter from zero."""
+        BACKLOG.set_function(lambda: len(self.backlog()))
+        OLDEST.set_function(lambda: max((time.time() - r.created_at for r in self.backlog()), default=0.0))
+        for state in STATES:
+            JOBS.labels(state)
+            if state in TERMINAL:
+                JOB_SECONDS.labels(state)
 
     async def start(self) -> None:
         if self._settings.provision:
@@ -121,6 +146,7 @@ class Bridge:
         )
         await self._s3(self._store.put_input, record.job_id, payload)
         await self._s3(self._store.put, record)  # from here on, the job is never lost
+        JOBS.labels("QUEUED").inc()
         if key and (owner := await self._s3(self._store.claim, key, record.job_id)) != record.job_id:
             await self._update(record, state="CANCELLED", error=f"duplicate of {owner}")
             return await self.get(owner)
@@ -266,6 +292,10 @@ class Bridge:
         updated = replace(record, **changes, updated_at=time.time())
         await self._s3(self._store.put, updated)
         self._records[record.job_id] = updated
+        if updated.state != record.state:
+            JOBS.labels(updated.state).inc()
+            if updated.finished:
+                JOB_SECONDS.labels(updated.state).observe(updated.updated_at - updated.created_at)
         event = self._changed.pop(record.job_id, None)
         if event is not None:
             event.set()

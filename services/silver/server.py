@@ -9,10 +9,12 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import grpc
+from opentelemetry.trace import SpanKind
 from prometheus_client import Counter, Gauge
 
 from services.silver.engine import Sampling, SilverEngine
 from services.silver.tools import ToolBox, ToolError, parse_call
+from tiermesh import tracing
 from tiermesh.chat import Message, from_tier
 from tiermesh.config import Settings
 from tiermesh.errors import StatusError
@@ -75,6 +77,8 @@ class SilverServicer(tier_pb2_grpc.TierServiceServicer):
     ) -> AsyncIterator[tier_pb2.GenerateResponse]:
         RUNNING.inc()
         outcome = "error"
+        parent = tracing.extract(context.invocation_metadata())
+        span = tracing.start_span("silver Generate", parent, SpanKind.SERVER, request_id=request.request_id)
         try:
             messages = to_messages(request)
             sampling = to_sampling(request, self._settings)
@@ -91,6 +95,9 @@ class SilverServicer(tier_pb2_grpc.TierServiceServicer):
                     response.usage.prompt_tokens = delta.prompt_tokens
                     response.usage.completion_tokens = delta.completion_tokens
                     TOKENS.inc(delta.completion_tokens)
+                    span.set_attributes(
+                        {"prompt_tokens": delta.prompt_tokens, "completion_tokens": delta.completion_tokens}
+                    )
                 index += 1
                 yield response
             outcome = "ok"
@@ -103,6 +110,8 @@ class SilverServicer(tier_pb2_grpc.TierServiceServicer):
         finally:
             RUNNING.dec()
             REQUESTS.labels(outcome).inc()
+            span.set_attribute("outcome", outcome)
+            span.end()
 
     async def _use_tools(
         self, request: tier_pb2.GenerateRequest, messages: list[Message], remaining_s: float | None
@@ -192,6 +201,7 @@ async def start_silver(settings: Settings, engine: SilverEngine, tools: ToolBox 
 
 
 async def serve(settings: Settings) -> None:
+    tracing.setup_tracing(settings.tracing, "silver")
     engine = SilverEngine(settings.silver)
     ENGINE_UNFINISHED.set_function(engine.unfinished_requests)
     start_metrics(settings.silver.metrics_port)

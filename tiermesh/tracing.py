@@ -1,0 +1,77 @@
+"""OpenTelemetry tracing: one span per call at the router's edge, one per tier attempt,
+one per Generate at a tier; W3C trace context travels in gRPC metadata (`traceparent`).
+
+Off by default: with no OTLP endpoint no SDK provider is installed, the API's no-op
+tracer answers, and nothing is injected, so the data path pays a few attribute
+lookups. The spans are passed explicitly (never "current"), because the data path
+is async generators, which may be closed from another context than they ran in.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from opentelemetry import propagate, trace
+from opentelemetry.context import Context
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
+from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
+from opentelemetry.trace import Span, SpanKind, Tracer
+
+from tiermesh.config import TracingSettings
+
+Metadata = Iterable[tuple[str, Any]]
+
+
+def setup_tracing(
+    settings: TracingSettings, service: str, exporter: SpanExporter | None = None
+) -> TracerProvider | None:
+    """Install an SDK provider exporting to `settings.otlp_endpoint` (OTLP/gRPC), or to
+    `exporter` (tests). Without either, tracing stays off."""
+    if exporter is None and not settings.otlp_endpoint:
+        return None
+    if exporter is None:
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+
+        endpoint = settings.otlp_endpoint
+        exporter = OTLPSpanExporter(endpoint=endpoint, insecure=not endpoint.startswith("https://"))
+    provider = TracerProvider(
+        resource=Resource.create({"service.name": f"{settings.service_name_prefix}-{service}"}),
+        sampler=ParentBased(TraceIdRatioBased(settings.sample_ratio)),
+    )
+    provider.add_span_processor(BatchSpanProcessor(exporter))
+    trace.set_tracer_provider(provider)
+    return provider
+
+
+def tracer() -> Tracer:
+    return trace.get_tracer("tiermesh")
+
+
+def extract(metadata: Metadata | None) -> Context:
+    """The caller's trace context from incoming gRPC metadata (empty when none)."""
+    carrier = {key: value for key, value in metadata or () if isinstance(value, str)}
+    return propagate.extract(carrier) if carrier else Context()
+
+
+def start_span(name: str, parent: Context | None, kind: SpanKind, **attributes: Any) -> Span:
+    return tracer().start_span(name, context=parent, kind=kind, attributes=attributes)
+
+
+def child_context(span: Span) -> Context:
+    return trace.set_span_in_context(span)
+
+
+def inject(span: Span) -> list[tuple[str, str]]:
+    """Metadata carrying `span` as the parent of the next hop (none when not recording)."""
+    if not span.is_recording():
+        return []
+    carrier: dict[str, str] = {}
+    propagate.inject(carrier, context=trace.set_span_in_context(span))
+    return list(carrier.items())
+
+
+def inject_headers(span: Span) -> Mapping[str, str]:
+    return dict(inject(span))
