@@ -7,7 +7,7 @@ import logging
 import sys
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import grpc
 import typer
@@ -123,6 +123,140 @@ def validate(
         failed = ", ".join(f"{c.tier}: {c.name}" for c in checks if not c.ok)
         err.print(f"[red]failed:[/] {failed}")
     raise typer.Exit(0 if ok else 1)
+
+
+@app.command()
+def cost(
+    config: ConfigOption = None,
+    prometheus: Annotated[
+        str | None, typer.Option(help="Prometheus URL (default: cost.prometheus_url)")
+    ] = None,
+    window: Annotated[str, typer.Option(help="usage window: 30m, 24h, 7d")] = "24h",
+    snapshot: Annotated[
+        list[Path] | None, typer.Option(help="saved /metrics pages to read instead of Prometheus")
+    ] = None,
+    period: Annotated[str | None, typer.Option(help="what a snapshot covers (default: since start)")] = None,
+    json_output: Annotated[bool, typer.Option("--json", help="JSON for scripts")] = False,
+) -> None:
+    """Per-tier cost: the price table × usage from Prometheus (or a snapshot)."""
+    import json
+
+    from rich.table import Table
+
+    from tiermesh.cost import PrometheusError, costs, from_prometheus, from_snapshot, report
+
+    settings = _settings(config)
+    try:
+        if snapshot:
+            usage = from_snapshot(snapshot, _seconds(period) if period else None)
+        else:
+            usage = from_prometheus(prometheus or settings.cost.prometheus_url, _seconds(window))
+    except (PrometheusError, ValueError, OSError) as e:
+        err.print(f"[red]{e}[/]")
+        raise typer.Exit(1) from None
+    rows = costs(usage, settings.cost)
+    if json_output:
+        print(json.dumps(report(usage, rows), indent=2))
+        return
+
+    def usd(value: float | None, digits: int = 2) -> str:
+        return "-" if value is None else f"${value:,.{digits}f}"
+
+    table = Table(title=f"tiermesh cost over {usage.window_s / 3600:.2f} h ({usage.source})")
+    for column in ("tier", "instance", "replicas", "calls", "tokens out", "cost", "$/1k tokens", "$/call"):
+        table.add_column(column, justify="left" if column in ("tier", "instance") else "right")
+    table.add_column("$/day", justify="right")
+    table.add_column("$/week", justify="right")
+    table.add_column("$/month", justify="right")
+    for row in rows:
+        u = row.usage
+        replicas = f"{u.busy_s / 3600:.2f} h busy" if row.tier == "bronze" else f"{u.replicas:.1f}"
+        table.add_row(
+            row.tier, row.instance_type, replicas, f"{u.requests:,.0f}", f"{u.tokens_out:,.0f}",
+            usd(row.cost_usd, 4), usd(row.per_1k_tokens_usd, 4), usd(row.per_request_usd, 5),
+            usd(row.daily_usd), usd(row.weekly_usd), usd(row.monthly_usd),
+        )  # fmt: skip
+    total = report(usage, rows)["total"]
+    assert isinstance(total, dict)
+    table.add_row(
+        "total", "", "", "", "", usd(total["cost_usd"], 4), "", "",
+        usd(total["daily_usd"]), usd(total["weekly_usd"]), usd(total["monthly_usd"]), style="bold",
+    )  # fmt: skip
+    console.print(table)
+
+
+def _seconds(text: str) -> float:
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    try:
+        return float(text[:-1]) * units[text[-1]]
+    except (KeyError, ValueError, IndexError):
+        err.print(f"[red]bad duration {text!r}[/]: use e.g. 90s, 30m, 24h, 7d")
+        raise typer.Exit(2) from None
+
+
+@app.command()
+def load(
+    config_file: Annotated[Path, typer.Argument(help="a ghz JSON config (tests/load/*.json)")],
+    out: Annotated[Path | None, typer.Option(help="write the ghz-format JSON report here")] = None,
+    host: Annotated[str | None, typer.Option(help="override the config's host")] = None,
+    slo: Annotated[Path | None, typer.Option(help="SLO file; exit 1 on a breach")] = None,
+) -> None:
+    """Run a ghz config against the router with real gRPC; write a ghz-format report."""
+    import json
+
+    from tiermesh.load import load_config, run
+
+    try:
+        config = load_config(config_file.read_text())
+        result = asyncio.run(run(config, host))
+    except (ValueError, OSError) as e:
+        err.print(f"[red]{e}[/]")
+        raise typer.Exit(2) from None
+    result["name"] = result["name"] or config_file.stem
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=2))
+    _judge(result, slo, config_file.stem)
+
+
+@app.command("load-check")
+def load_check(
+    report: Annotated[Path, typer.Argument(help="a ghz-format JSON report (ghz's or ours)")],
+    slo: Annotated[Path, typer.Option(help="SLO file (tests/load/slo.yaml)")],
+    name: Annotated[str | None, typer.Option(help="SLO entry (default: the report's name)")] = None,
+) -> None:
+    """Judge a ghz-format report against its SLO: p95 latency and error rate."""
+    import json
+
+    result = json.loads(report.read_text())
+    _judge(result, slo, name or result.get("name") or report.stem)
+
+
+def _judge(result: dict[str, Any], slo_file: Path | None, name: str) -> None:
+    from tiermesh.load import Slo, check, slos, summary
+
+    console.print(f"{name}: {summary(result)}")
+    if slo_file is None:
+        return
+    wanted = slos(slo_file.read_text()).get(name, Slo())
+    verdict = check(result, wanted.p95_ms, wanted.max_error_rate)
+    if not verdict.ok:
+        err.print(f"[red]{name}: SLO breached:[/] {'; '.join(verdict.problems)}")
+        raise typer.Exit(1)
+    console.print(
+        f"[green]{name}: within SLO[/] (p95 {verdict.p95_ms:.1f} ms, errors {verdict.error_rate:.1%})"
+    )
+
+
+@app.command()
+def dashboards(
+    out: Annotated[Path, typer.Option(help="folder to write into")] = Path("helm/tiermesh/files/dashboards"),
+) -> None:
+    """Generate the Grafana dashboards (JSON) from code into the Helm chart."""
+    from tiermesh.dashboards import write
+
+    for path in write(out):
+        console.print(f"wrote {path}")
 
 
 @app.command()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -19,9 +20,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
+import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tiermesh.config import Settings
+from tiermesh.observability import RULES, prometheus_config
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -34,6 +37,8 @@ class Component:
     # `http_ready` answers 200 (Triton's ready endpoints, moto, the container, the emulator).
     grpc_health: str = ""
     http_ready: tuple[str, ...] = ()
+    # Written before the process starts (e.g. its configuration).
+    files: tuple[tuple[Path, str], ...] = ()
 
 
 def components(settings: Settings, config_file: Path | None) -> list[Component]:
@@ -71,7 +76,34 @@ def components(settings: Settings, config_file: Path | None) -> list[Component]:
     if "silver" in tiers:
         started.append(cli("silver", settings.silver.listen))
     started.append(cli("router", settings.router.listen))
+    prometheus = prometheus_component(settings)
+    if prometheus is not None:
+        started.append(prometheus)
     return started
+
+
+def prometheus_component(settings: Settings) -> Component | None:
+    """Debian's Prometheus scraping every component, with the alert rules loaded:
+    what `tiermesh cost` reads and what proves the dashboards' series exist."""
+    port = settings.mesh.prometheus_port
+    binary = shutil.which("prometheus")
+    if not port or binary is None:
+        return None
+    run_dir = settings.mesh.run_dir.resolve()
+    config = run_dir / "prometheus.yml"
+    argv = [
+        binary,
+        f"--config.file={config}",
+        f"--storage.tsdb.path={run_dir / 'prometheus'}",
+        f"--web.listen-address=127.0.0.1:{port}",
+        "--storage.tsdb.retention.time=2d",
+    ]
+    return Component(
+        "prometheus",
+        argv,
+        http_ready=(f"http://127.0.0.1:{port}/-/ready",),
+        files=((config, yaml.safe_dump(prometheus_config(settings, REPO / RULES))),),
+    )
 
 
 class MeshError(RuntimeError):
@@ -110,6 +142,8 @@ class LocalMesh:
             raise
 
     def _spawn(self, component: Component) -> int:
+        for path, text in component.files:
+            path.write_text(text)
         with self.log_file(component.name).open("ab") as log:
             process = subprocess.Popen(
                 component.argv,

@@ -1,0 +1,197 @@
+"""`tiermesh cost`: what each tier costs, from the price table and real usage.
+
+Usage comes from a Prometheus that scraped the mesh (its HTTP API, over a window)
+or from a metrics snapshot (a saved /metrics page: counters since the process
+started). Gold and Silver are billed per node-hour (price × replicas × hours);
+Bronze per SageMaker instance-hour while jobs run, or per job when priced so.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.parse
+import urllib.request
+from collections import defaultdict
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from tiermesh.config import CostSettings, TierName
+
+TIERS: tuple[TierName, ...] = ("gold", "silver", "bronze")
+HOUR = 3600.0
+
+
+@dataclass
+class TierUsage:
+    replicas: float = 0.0  # average over the window
+    requests: float = 0.0  # answered OK
+    tokens_in: float = 0.0
+    tokens_out: float = 0.0
+    busy_s: float = 0.0  # Bronze: time jobs took on the endpoint
+    jobs: float = 0.0  # Bronze: jobs that succeeded
+
+
+@dataclass
+class Usage:
+    source: str
+    window_s: float
+    tiers: dict[str, TierUsage] = field(default_factory=lambda: defaultdict(TierUsage))
+
+
+@dataclass
+class TierCost:
+    tier: str
+    instance_type: str
+    usage: TierUsage
+    cost_usd: float
+    per_1k_tokens_usd: float | None
+    per_request_usd: float | None
+    daily_usd: float
+    weekly_usd: float
+    monthly_usd: float
+
+
+# --- usage from a real Prometheus ---------------------------------------------------
+
+
+class PrometheusError(RuntimeError):
+    pass
+
+
+def instant(url: str, promql: str) -> list[dict[str, object]]:
+    """One instant query over Prometheus's HTTP API: its result vector."""
+    query = urllib.parse.urlencode({"query": promql})
+    try:
+        with urllib.request.urlopen(f"{url.rstrip('/')}/api/v1/query?{query}", timeout=10) as response:
+            body = json.loads(response.read())
+    except OSError as e:
+        raise PrometheusError(f"Prometheus at {url} unreachable: {e}") from None
+    if body.get("status") != "success":
+        raise PrometheusError(f"query {promql!r} failed: {body.get('error')}")
+    result: list[dict[str, object]] = body["data"]["result"]
+    return result
+
+
+def by_tier(url: str, promql: str, label: str = "tier") -> dict[str, float]:
+    found = {}
+    for sample in instant(url, promql):
+        metric = sample["metric"]
+        value = sample["value"]
+        assert isinstance(metric, dict)
+        assert isinstance(value, list)
+        found[str(metric.get(label, ""))] = float(value[1])
+    return found
+
+
+def from_prometheus(url: str, window_s: float) -> Usage:
+    """Usage over the last `window_s`, or over the time Prometheus has data for, if
+    shorter (so a mesh up for ten minutes is not billed for an hour)."""
+    w = f"{int(window_s)}s"
+    first_seen = by_tier(url, f'min_over_time(timestamp(up{{job="tiermesh-router"}})[{w}:15s])', "job")
+    if not first_seen:
+        raise PrometheusError(f"Prometheus at {url} has no tiermesh-router target data")
+    covered = min(window_s, max(time.time() - min(first_seen.values()), 1.0))
+    usage = Usage(source=url, window_s=covered)
+    c = f"{int(covered)}s"
+    for tier, value in by_tier(url, f"max by (tier) (avg_over_time(tiermesh_router_replicas[{c}]))").items():
+        usage.tiers[tier].replicas = value
+    ok = f'sum by (tier) (increase(tiermesh_router_requests_total{{code="OK"}}[{c}]))'
+    for tier, value in by_tier(url, ok).items():
+        if tier in TIERS:
+            usage.tiers[tier].requests = value
+    for direction in ("in", "out"):
+        tokens = f'sum by (tier) (increase(tiermesh_router_tokens_total{{direction="{direction}"}}[{c}]))'
+        for tier, value in by_tier(url, tokens).items():
+            if tier in TIERS:
+                setattr(usage.tiers[tier], f"tokens_{direction}", value)
+    busy = by_tier(url, f"sum(increase(tiermesh_bronze_job_duration_seconds_sum[{c}]))")
+    jobs = by_tier(url, f'sum(increase(tiermesh_bronze_jobs_total{{state="SUCCEEDED"}}[{c}]))')
+    usage.tiers["bronze"].busy_s = sum(busy.values())
+    usage.tiers["bronze"].jobs = sum(jobs.values())
+    return usage
+
+
+# --- usage from a metrics snapshot ---------------------------------------------------
+
+
+def from_snapshot(paths: list[Path], period_s: float | None = None) -> Usage:
+    """Usage from saved /metrics pages (router, and Bronze's for its jobs). Counters
+    run from process start: the period is `period_s`, or file time − process start."""
+    samples: list[tuple[str, dict[str, str], float]] = []
+    started: list[float] = []
+    taken = max(path.stat().st_mtime for path in paths)
+    for path in paths:
+        for metric_family in text_string_to_metric_families(path.read_text()):
+            for s in metric_family.samples:
+                samples.append((s.name, s.labels, s.value))
+                if s.name == "process_start_time_seconds":
+                    started.append(s.value)
+    if period_s is None:
+        if not started:
+            raise ValueError("the snapshot has no process_start_time_seconds: give --period")
+        period_s = max(taken - min(started), 1.0)
+    usage = Usage(source=", ".join(str(p) for p in paths), window_s=period_s)
+    for name, labels, value in samples:
+        tier = labels.get("tier", "")
+        if name == "tiermesh_router_replicas" and tier in TIERS:
+            usage.tiers[tier].replicas = value
+        elif name == "tiermesh_router_requests_total" and tier in TIERS and labels.get("code") == "OK":
+            usage.tiers[tier].requests += value
+        elif name == "tiermesh_router_tokens_total" and tier in TIERS:
+            t = usage.tiers[tier]
+            if labels.get("direction") == "in":
+                t.tokens_in += value
+            else:
+                t.tokens_out += value
+        elif name == "tiermesh_bronze_job_duration_seconds_sum":
+            usage.tiers["bronze"].busy_s += value
+        elif name == "tiermesh_bronze_jobs_total" and labels.get("state") == "SUCCEEDED":
+            usage.tiers["bronze"].jobs += value
+    return usage
+
+
+# --- prices × usage ----------------------------------------------------------------
+
+
+def costs(usage: Usage, prices: CostSettings) -> list[TierCost]:
+    hours = usage.window_s / HOUR
+    rows = []
+    for tier in TIERS:
+        if tier not in usage.tiers or tier not in prices.prices:
+            continue
+        u, price = usage.tiers[tier], prices.prices[tier]
+        if tier == "bronze":
+            cost = price.per_job_usd * u.jobs if price.per_job_usd else price.hourly_usd * u.busy_s / HOUR
+        else:
+            cost = price.hourly_usd * u.replicas * hours
+        per_hour = cost / hours if hours else 0.0
+        rows.append(
+            TierCost(
+                tier=tier,
+                instance_type=price.instance_type,
+                usage=u,
+                cost_usd=cost,
+                per_1k_tokens_usd=cost / u.tokens_out * 1000 if u.tokens_out else None,
+                per_request_usd=cost / u.requests if u.requests else None,
+                daily_usd=per_hour * 24,
+                weekly_usd=per_hour * 24 * 7,
+                monthly_usd=per_hour * 24 * 30,
+            )
+        )
+    return rows
+
+
+def report(usage: Usage, rows: list[TierCost]) -> dict[str, object]:
+    total = {
+        key: sum(getattr(row, key) for row in rows)
+        for key in ("cost_usd", "daily_usd", "weekly_usd", "monthly_usd")
+    }
+    return {
+        "source": usage.source,
+        "window_s": usage.window_s,
+        "tiers": [asdict(row) for row in rows],
+        "total": total,
+    }
