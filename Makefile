@@ -25,11 +25,13 @@ help:
 	@echo "make test-fast   the same without the engine tests"
 	@echo "make bench  benchmarks into bench/results/"
 
-setup: $(STAMPS)/venv $(STAMPS)/venv-gold $(STAMPS)/redis $(STUBS) $(BUF)
+setup: $(STAMPS)/venv $(STAMPS)/venv-gold $(STAMPS)/debian $(STUBS) $(BUF)
 
-# Debian's redis-server: session state shared by router replicas (and its tests).
-$(STAMPS)/redis:
-	command -v redis-server >/dev/null || (apt-get update -q && apt-get install -y -q redis-server)
+# Debian's redis-server (session state shared by router replicas) and prometheus
+# (the local mesh's metrics, promtool for the alert rules' tests).
+$(STAMPS)/debian:
+	command -v redis-server >/dev/null && command -v prometheus >/dev/null && command -v promtool >/dev/null || \
+	  (apt-get update -q && apt-get install -y -q --no-install-recommends redis-server prometheus)
 	mkdir -p $(STAMPS) && touch $@
 
 $(STAMPS)/venv: pyproject.toml

@@ -131,7 +131,7 @@ async def serve(settings: Settings) -> None:
     router = await start_router(settings)
     prices = {tier: price.hourly_usd for tier, price in settings.cost.prices.items()}
     REGISTRY.register(metrics.ReplicaCollector(router.replicas, prices))
-    start_metrics(settings.router.metrics_port)
+    start_metrics(settings.router.metrics_port, settings.router.listen)
     log.info("router listening on port %d", router.port)
     await wait_for_signal()
     await router.close(grace=2.0)

@@ -61,18 +61,35 @@ class PrometheusError(RuntimeError):
     pass
 
 
-def instant(url: str, promql: str) -> list[dict[str, object]]:
-    """One instant query over Prometheus's HTTP API: its result vector."""
-    query = urllib.parse.urlencode({"query": promql})
+def api(url: str, endpoint: str, **params: object) -> object:
+    """One call to Prometheus's HTTP API: its `data`."""
+    query = urllib.parse.urlencode(params)
     try:
-        with urllib.request.urlopen(f"{url.rstrip('/')}/api/v1/query?{query}", timeout=10) as response:
+        with urllib.request.urlopen(f"{url.rstrip('/')}/api/v1/{endpoint}?{query}", timeout=10) as response:
             body = json.loads(response.read())
     except OSError as e:
         raise PrometheusError(f"Prometheus at {url} unreachable: {e}") from None
     if body.get("status") != "success":
-        raise PrometheusError(f"query {promql!r} failed: {body.get('error')}")
-    result: list[dict[str, object]] = body["data"]["result"]
+        raise PrometheusError(f"{endpoint} {params} failed: {body.get('error')}")
+    return body["data"]
+
+
+def instant(url: str, promql: str) -> list[dict[str, object]]:
+    data = api(url, "query", query=promql)
+    assert isinstance(data, dict)
+    result: list[dict[str, object]] = data["result"]
     return result
+
+
+def first_sample(url: str, selector: str, window_s: float) -> float | None:
+    """When, within the last `window_s`, Prometheus first has `selector` (a range
+    query at ~1000 steps: precise to a thousandth of the window)."""
+    end = time.time()
+    step = max(window_s / 1000, 1.0)
+    data = api(url, "query_range", query=selector, start=end - window_s, end=end, step=step)
+    assert isinstance(data, dict)
+    times = [float(series["values"][0][0]) for series in data["result"] if series["values"]]
+    return min(times, default=None)
 
 
 def by_tier(url: str, promql: str, label: str = "tier") -> dict[str, float]:
@@ -89,11 +106,10 @@ def by_tier(url: str, promql: str, label: str = "tier") -> dict[str, float]:
 def from_prometheus(url: str, window_s: float) -> Usage:
     """Usage over the last `window_s`, or over the time Prometheus has data for, if
     shorter (so a mesh up for ten minutes is not billed for an hour)."""
-    w = f"{int(window_s)}s"
-    first_seen = by_tier(url, f'min_over_time(timestamp(up{{job="tiermesh-router"}})[{w}:15s])', "job")
-    if not first_seen:
+    first = first_sample(url, 'up{job="tiermesh-router"}', window_s)
+    if first is None:
         raise PrometheusError(f"Prometheus at {url} has no tiermesh-router target data")
-    covered = min(window_s, max(time.time() - min(first_seen.values()), 1.0))
+    covered = min(window_s, max(time.time() - first, 1.0))
     usage = Usage(source=url, window_s=covered)
     c = f"{int(covered)}s"
     for tier, value in by_tier(url, f"max by (tier) (avg_over_time(tiermesh_router_replicas[{c}]))").items():

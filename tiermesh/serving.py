@@ -72,9 +72,11 @@ async def start_grpc_server(
     return serving_state
 
 
-def start_metrics(port: int, host: str = "127.0.0.1") -> None:
-    """Expose the process's Prometheus registry on http://host:port/metrics (0: off)."""
+def start_metrics(port: int, listen: str = "127.0.0.1:0") -> None:
+    """Expose the process's Prometheus registry on http://host:port/metrics (0: off),
+    on the interface the service itself listens on (`listen`'s host)."""
     if port:
+        host = listen.rpartition(":")[0].strip("[]") or "127.0.0.1"
         start_http_server(port, addr=host)
 
 

@@ -128,7 +128,7 @@ async def serve(settings: Settings) -> None:
     bridge = Bridge(settings.bronze)
     await bridge.start()
     bridge.export_metrics()
-    start_metrics(settings.bronze.metrics_port)
+    start_metrics(settings.bronze.metrics_port, settings.bronze.listen)
     serving = await start_grpc_server(
         settings.bronze.listen,
         lambda server: register(server, bridge),

@@ -204,7 +204,7 @@ async def serve(settings: Settings) -> None:
     tracing.setup_tracing(settings.tracing, "silver")
     engine = SilverEngine(settings.silver)
     ENGINE_UNFINISHED.set_function(engine.unfinished_requests)
-    start_metrics(settings.silver.metrics_port)
+    start_metrics(settings.silver.metrics_port, settings.silver.listen)
     tools = ToolBox(settings.silver.mcp_servers, settings.silver.tool_timeout_s)
     await tools.start()
     silver = await start_silver(settings, engine, tools)

@@ -41,7 +41,9 @@ BRONZE_SETTINGS = {
     "runtime_url": "http://127.0.0.1:8185",
     # Small, so a test can go over it with a valid prompt.
     "max_payload_bytes": 4096,
+    "metrics_port": 9566,
 }
+PROMETHEUS = "http://127.0.0.1:9190"
 
 
 @dataclass(frozen=True)
@@ -69,7 +71,7 @@ class Mesh:
 
 def start_mesh(config: dict[str, Any], run_dir: Path) -> Path:
     """`tiermesh up --detach` with `config` written into `run_dir`; the config path."""
-    config["mesh"] = {"run_dir": str(run_dir)}
+    config["mesh"] = {**config.get("mesh", {}), "run_dir": str(run_dir)}
     path = run_dir / "mesh.yaml"
     path.write_text(yaml.safe_dump(config))
     env = {k: v for k, v in os.environ.items() if not k.startswith("TIERMESH_")}
@@ -101,6 +103,7 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
     config["gold"].update(GOLD_PORTS)
     config["router"]["tiers"]["bronze"]["endpoints"] = [BRONZE]
     config["bronze"].update(BRONZE_SETTINGS)
+    config["mesh"] = {"prometheus_port": 9190, "scrape_interval_s": 1}
     path = start_mesh(config, tmp_path_factory.mktemp("mesh"))
     yield Mesh(
         path,

@@ -1,0 +1,106 @@
+"""Operations on the real local mesh: a real Prometheus scrapes it, every series the
+dashboards and alerts read exists and every query they run evaluates; `tiermesh
+cost` reads that Prometheus; the ghz-format load tests hold their SLOs."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+import urllib.parse
+import urllib.request
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from tests.engine.conftest import PROMETHEUS, ROUTER, Mesh
+from tests.fakes import request
+from tiermesh import dashboards
+from tiermesh.observability import rule_expressions, used_series
+from tiermesh.v1 import mesh_pb2
+
+if TYPE_CHECKING:
+    from tiermesh.v1.mesh_pb2_grpc import MeshAsyncStub
+
+pytestmark = pytest.mark.engine
+REPORTS = Path("reports/load")
+
+
+def promql(expr: str) -> list[dict[str, Any]]:
+    url = f"{PROMETHEUS}/api/v1/query?" + urllib.parse.urlencode({"query": expr})
+    with urllib.request.urlopen(url, timeout=10) as response:
+        body = json.loads(response.read())
+    assert body["status"] == "success", body
+    result: list[dict[str, Any]] = body["data"]["result"]
+    return result
+
+
+async def until(condition: Any, within_s: float = 20.0) -> None:
+    async with asyncio.timeout(within_s):
+        while not await asyncio.to_thread(condition):  # noqa: ASYNC110  (polling another process)
+            await asyncio.sleep(0.5)
+
+
+async def traffic(stub: MeshAsyncStub) -> None:
+    """A little of each task, so histograms and token counters have samples."""
+    intent = request(npc_id="guard-1", task=mesh_pb2.TASK_INTENT, prompt="A wolf howls outside the gate.")
+    dialogue = request(prompt="Good evening.", max_tokens=8)
+    for req in (intent, dialogue):
+        [r async for r in stub.Generate(req, timeout=60)]
+
+
+async def test_prometheus_scrapes_every_series_the_dashboards_and_alerts_read(
+    mesh: Mesh, mesh_stub: MeshAsyncStub
+) -> None:
+    await traffic(mesh_stub)
+    jobs = {"tiermesh-router", "tiermesh-silver", "tiermesh-gold", "tiermesh-bronze"}
+    await until(lambda: {r["metric"]["job"] for r in promql("up == 1")} >= jobs)
+    await until(lambda: bool(promql('tiermesh_router_tokens_total{direction="out"} > 0')))
+    missing = [name for name in sorted(used_series()) if not promql(f"count({name})")]
+    assert missing == []
+
+
+def test_every_dashboard_query_and_rule_evaluates(mesh: Mesh) -> None:
+    expressions = rule_expressions() + [q.replace("$__rate_interval", "1m") for q in dashboards.queries()]
+    for expr in expressions:
+        promql(expr)  # a parse or evaluation error fails here
+    rules = json.loads(urllib.request.urlopen(f"{PROMETHEUS}/api/v1/rules", timeout=10).read())
+    loaded = {rule["name"] for group in rules["data"]["groups"] for rule in group["rules"]}
+    assert {"TiermeshGoldLatencyHigh", "TiermeshBronzeBacklogOld"} <= loaded
+
+
+async def test_cost_reads_the_real_prometheus(mesh: Mesh, mesh_stub: MeshAsyncStub) -> None:
+    await until(lambda: bool(promql('tiermesh_router_requests_total{code="OK"} > 0')))
+    await asyncio.sleep(2)  # two scrapes: increase() needs a before and an after
+    command = [sys.executable, "-m", "tiermesh.cli", "cost", "--config", str(mesh.config)]
+    command += ["--prometheus", PROMETHEUS, "--window", "1h"]
+    result = await asyncio.to_thread(subprocess.run, [*command, "--json"], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    tiers = {row["tier"]: row for row in report["tiers"]}
+    assert tiers["silver"]["usage"]["replicas"] == pytest.approx(1.0)
+    assert tiers["silver"]["cost_usd"] > 0
+    assert 0 < report["window_s"] <= 3600  # the time Prometheus has data for, not the whole hour
+    assert report["total"]["monthly_usd"] > report["total"]["daily_usd"] > 0
+    table = await asyncio.to_thread(
+        subprocess.run, command, capture_output=True, text=True, env={"COLUMNS": "200"}
+    )
+    assert "silver" in table.stdout
+    assert "total" in table.stdout
+
+
+@pytest.mark.parametrize("name", ["intent", "dialogue"])
+def test_ghz_load_test_holds_its_slo(mesh: Mesh, name: str) -> None:
+    """The short load tests CI runs on every build; reports kept in reports/load/."""
+    out = REPORTS / f"{name}.json"
+    command = [sys.executable, "-m", "tiermesh.cli", "load", f"tests/load/{name}.json"]
+    command += ["--host", ROUTER, "--out", str(out), "--slo", "tests/load/slo.yaml"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
+    print(result.stdout, result.stderr)
+    assert result.returncode == 0, result.stdout + result.stderr
+    report = json.loads(out.read_text())
+    assert report["statusCodeDistribution"] == {"OK": report["count"]}
+    check = [sys.executable, "-m", "tiermesh.cli", "load-check", str(out), "--slo", "tests/load/slo.yaml"]
+    assert subprocess.run(check, capture_output=True, check=False).returncode == 0
