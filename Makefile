@@ -17,7 +17,7 @@ export PATH := $(abspath $(BIN)):$(PATH)
 PROTOS := $(shell find protos -name '*.proto')
 STUBS := tiermesh/v1/mesh_pb2.py tiermesh/tier/v1/tier_pb2.py
 
-.PHONY: help setup protos model run test test-fast lint bench bench-tools contract-baseline clean
+.PHONY: help setup protos model run test test-fast lint bench bench-tools contract-baseline certs load clean
 
 help:
 	@echo "make run    install, prepare the model, start the local mesh and stream an NPC conversation"
@@ -95,6 +95,22 @@ bench: setup model bench-tools
 bench-tools:
 	command -v nginx >/dev/null && command -v haproxy >/dev/null && command -v h2load >/dev/null || \
 	  (apt-get update -q && apt-get install -y -q nginx-light haproxy nghttp2-client)
+
+# A local CA and certificates: mesh mTLS, the router's edge, a game client (.certs/).
+certs: $(STAMPS)/venv
+	$(BIN)/tiermesh certs --out .certs
+
+# The ghz-format load tests against a local mesh started for them: ghz itself when it
+# is on PATH, `tiermesh load` otherwise; reports in reports/load/, judged by the SLOs.
+LOAD_CONFIGS := $(wildcard tests/load/*.json)
+load: setup model
+	$(BIN)/tiermesh up --detach
+	mkdir -p reports/load
+	status=0; for config in $(LOAD_CONFIGS); do name=$$(basename $$config .json); \
+	  if command -v ghz >/dev/null; then ghz --config $$config -O json -o reports/load/$$name.json; \
+	  else $(BIN)/tiermesh load $$config --out reports/load/$$name.json; fi; \
+	  $(BIN)/tiermesh load-check reports/load/$$name.json --slo tests/load/slo.yaml --name $$name || status=1; \
+	done; $(BIN)/tiermesh down; exit $$status
 
 # Run on a release: the contract that `buf breaking` compares against.
 contract-baseline: $(BUF)

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from prometheus_client import REGISTRY
 
 from router import metrics
+from router.auth import auth_interceptors, client_quotas
 from router.jobs import Jobs
 from router.pipeline import Backend
 from router.policies.admission import Admission
@@ -67,8 +68,11 @@ def build_pipeline(
         canned_line=lambda call: settings.persona_for(call.npc_id).fallback_line,
         canned_tasks=frozenset(task for task, policy in router.tasks.items() if policy.canned),
     )
-    if router.admission.rate_per_s:
-        pipeline = Admission(pipeline, router.admission.rate_per_s, router.admission.burst)
+    quotas = client_quotas(settings.security.auth)
+    if router.admission.rate_per_s or quotas:
+        # Unlimited by default when only some clients have quotas.
+        rate = router.admission.rate_per_s or float("inf")
+        pipeline = Admission(pipeline, rate, router.admission.burst, quotas=quotas)
     cached = frozenset(task for task, policy in router.tasks.items() if policy.result_cache)
     if jobs is not None and cached:
         pipeline = ResultCache(pipeline, jobs.lookup, cached)
@@ -107,7 +111,8 @@ class Router:
 
 async def start_router(settings: Settings) -> Router:
     replicas = {
-        name: ReplicaSet(name, tier, settings.router.breaker) for name, tier in settings.router.tiers.items()
+        name: ReplicaSet(name, tier, settings.router.breaker, settings.security.mesh_tls)
+        for name, tier in settings.router.tiers.items()
     }
     await asyncio.gather(*(r.start() for r in replicas.values()))
     bronze = settings.router.tiers.get("bronze")
@@ -121,6 +126,8 @@ async def start_router(settings: Settings) -> Router:
         ),
         [MESH_SERVICE],
         max_message_bytes=settings.router.max_message_bytes,
+        tls=settings.security.edge_tls,
+        interceptors=auth_interceptors(settings.security.auth),
     )
     return Router(serving, replicas, jobs, sessions)
 

@@ -13,6 +13,7 @@ from tiermesh.config import Settings
 from tiermesh.content import content_key
 from tiermesh.errors import StatusError
 from tiermesh.tier.v1 import tier_pb2, tier_pb2_grpc
+from tiermesh.tls import aio_channel
 from tiermesh.v1 import mesh_pb2
 
 # What Bronze says about a job is the caller's business; anything else is Bronze down.
@@ -38,7 +39,7 @@ class Jobs:
     def __init__(self, settings: Settings, address: str) -> None:
         self._settings = settings
         self._address = address
-        self._channel = grpc.aio.insecure_channel(address)
+        self._channel = aio_channel(address, settings.security.mesh_tls)
         self._stub = tier_pb2_grpc.JobsStub(self._channel)
 
     def _status(self, error: grpc.aio.AioRpcError) -> StatusError:

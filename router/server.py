@@ -18,6 +18,7 @@ from grpc_status import rpc_status
 from opentelemetry.trace import SpanKind
 
 from router import metrics
+from router.auth import CLIENT
 from router.jobs import Jobs
 from router.pipeline import Backend
 from router.policies.session import StoreDown
@@ -48,6 +49,9 @@ async def store_errors() -> AsyncIterator[None]:
 
 
 def client_id(metadata: tracing.Metadata | None) -> str:
+    """Who is calling: the authenticated client, else what it says it is."""
+    if (authenticated := CLIENT.get()) is not None:
+        return authenticated
     for key, value in metadata or ():
         if key == CLIENT_ID_HEADER:
             return str(value)[:128]

@@ -249,6 +249,37 @@ def _judge(result: dict[str, Any], slo_file: Path | None, name: str) -> None:
 
 
 @app.command()
+def certs(out: Annotated[Path, typer.Option(help="folder for the PEM files")] = Path(".certs")) -> None:
+    """A local CA and the mesh's certificates (mesh mTLS, router edge, a game client)."""
+    from tiermesh.certs import write_local_certs
+
+    for path in write_local_certs(out):
+        console.print(f"wrote {path}")
+
+
+@app.command()
+def health(
+    address: Annotated[str, typer.Argument(help="host:port of a tiermesh gRPC server")],
+    config: ConfigOption = None,
+) -> None:
+    """Exit 0 when the server's grpc.health.v1 says SERVING (a TLS-aware pod probe)."""
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    from tiermesh.tls import sync_channel
+
+    settings = _settings(config)
+    try:
+        with sync_channel(address, settings.security.mesh_tls) as channel:
+            reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=3)
+    except grpc.RpcError as e:
+        err.print(f"[red]{e.code().name}[/]: {e.details()}")
+        raise typer.Exit(1) from None
+    serving = reply.status == health_pb2.HealthCheckResponse.SERVING
+    console.print(health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status))
+    raise typer.Exit(0 if serving else 1)
+
+
+@app.command()
 def dashboards(
     out: Annotated[Path, typer.Option(help="folder to write into")] = Path("helm/tiermesh/files/dashboards"),
 ) -> None:

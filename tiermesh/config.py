@@ -337,6 +337,83 @@ class MeshSettings(BaseModel):
     scrape_interval_s: float = Field(default=5.0, gt=0)
 
 
+class TlsSettings(BaseModel):
+    """PEM files (Kubernetes secrets in the chart; `make certs` locally). Serving: cert
+    and key, and with require_client_cert the peer must show a certificate signed by
+    `ca` (mutual TLS). Dialling: `ca` verifies the server; cert and key identify us."""
+
+    cert: str = ""
+    key: str = ""
+    ca: str = ""
+    require_client_cert: bool = False
+    # The name on the server's certificate, when dialling by IP (dns:/// replicas).
+    server_name: str = ""
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.ca or (self.cert and self.key))
+
+    @model_validator(mode="after")
+    def _complete(self) -> TlsSettings:
+        if bool(self.cert) != bool(self.key):
+            raise ValueError("TLS needs both cert and key (or neither)")
+        if self.require_client_cert and not self.ca:
+            raise ValueError("require_client_cert needs a ca to verify client certificates with")
+        return self
+
+
+class ApiKey(BaseModel):
+    """A client's API key, by its SHA-256 (hex): the key itself never sits in config."""
+
+    client_id: str = Field(min_length=1, max_length=128)
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    # This client's quota (token bucket); unset: router.admission's.
+    rate_per_s: float | None = Field(default=None, gt=0)
+    burst: int | None = Field(default=None, ge=1)
+
+
+class JwtSettings(BaseModel):
+    """Bearer JWTs: HS256 with a shared secret (set it from a secret, by environment:
+    TIERMESH_SECURITY__AUTH__JWT__SECRET), or RS/ES with a public key file."""
+
+    secret: str = ""
+    public_key_file: str = ""
+    algorithms: list[str] = Field(default_factory=lambda: ["HS256"])
+    issuer: str = ""
+    audience: str = ""
+    # The claim naming the client (its quota key).
+    client_claim: str = "sub"
+
+
+class Quota(BaseModel):
+    rate_per_s: float = Field(gt=0)
+    burst: int = Field(ge=1)
+
+
+class AuthSettings(BaseModel):
+    """Who may call the router: `x-api-key: <key>` or `authorization: Bearer <jwt>`."""
+
+    required: bool = False
+    api_keys: list[ApiKey] = Field(default_factory=list)
+    jwt: JwtSettings | None = None
+    # Quotas of clients authenticated by JWT (API keys carry their own).
+    quotas: dict[str, Quota] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _some_way_in(self) -> AuthSettings:
+        if self.required and not self.api_keys and self.jwt is None:
+            raise ValueError("auth.required needs api_keys or jwt")
+        return self
+
+
+class SecuritySettings(BaseModel):
+    # Game clients → router.
+    edge_tls: TlsSettings = Field(default_factory=TlsSettings)
+    # Router ↔ tiers (mutual): tiers serve with it, the router dials with it.
+    mesh_tls: TlsSettings = Field(default_factory=TlsSettings)
+    auth: AuthSettings = Field(default_factory=AuthSettings)
+
+
 class TracingSettings(BaseModel):
     """OpenTelemetry: spans router → tier, trace context in gRPC metadata. Exported
     over OTLP/gRPC only when an endpoint is set; otherwise tracing costs nothing."""
@@ -385,6 +462,7 @@ class Settings(BaseSettings):
     validation: ValidateSettings = Field(default_factory=ValidateSettings)
     mesh: MeshSettings = Field(default_factory=MeshSettings)
     tracing: TracingSettings = Field(default_factory=TracingSettings)
+    security: SecuritySettings = Field(default_factory=SecuritySettings)
     cost: CostSettings = Field(default_factory=CostSettings)
     personas: dict[str, Persona] = Field(default_factory=dict)
     # The persona of NPCs that have none configured and send none.

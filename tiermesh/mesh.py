@@ -23,8 +23,9 @@ import grpc
 import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from tiermesh.config import Settings
+from tiermesh.config import Settings, TlsSettings
 from tiermesh.observability import RULES, prometheus_config
+from tiermesh.tls import sync_channel
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -39,6 +40,8 @@ class Component:
     http_ready: tuple[str, ...] = ()
     # Written before the process starts (e.g. its configuration).
     files: tuple[tuple[Path, str], ...] = ()
+    # How the readiness check dials `grpc_health` (None: plaintext).
+    tls: TlsSettings | None = None
 
 
 def components(settings: Settings, config_file: Path | None) -> list[Component]:
@@ -47,8 +50,15 @@ def components(settings: Settings, config_file: Path | None) -> list[Component]:
     config = ["--config", str(config_file.resolve())] if config_file else []
     python, gold_python = sys.executable, str(REPO / settings.gold.python)
 
-    def cli(command: str, listen: str) -> Component:
-        return Component(command, [python, "-m", "tiermesh.cli", command, *config], grpc_health=listen)
+    security = settings.security
+    # The router's edge is checked as a client of the mesh's own CA would check it.
+    edge_client = (
+        security.mesh_tls.model_copy(update={"ca": security.edge_tls.ca}) if security.edge_tls.ca else None
+    )
+
+    def cli(command: str, listen: str, tls: TlsSettings | None = security.mesh_tls) -> Component:
+        argv = [python, "-m", "tiermesh.cli", command, *config]
+        return Component(command, argv, grpc_health=listen, tls=tls)
 
     tiers = settings.router.tiers
     started: list[Component] = []
@@ -75,7 +85,7 @@ def components(settings: Settings, config_file: Path | None) -> list[Component]:
         started.append(Component("gold", argv, http_ready=ready))
     if "silver" in tiers:
         started.append(cli("silver", settings.silver.listen))
-    started.append(cli("router", settings.router.listen))
+    started.append(cli("router", settings.router.listen, edge_client))
     prometheus = prometheus_component(settings)
     if prometheus is not None:
         started.append(prometheus)
@@ -166,7 +176,7 @@ class LocalMesh:
         if component.http_ready:
             wait_http_ready(component.name, component.http_ready, timeout, check_alive)
         else:
-            wait_serving(component.name, component.grpc_health, timeout, check_alive)
+            wait_serving(component.name, component.grpc_health, timeout, check_alive, component.tls)
 
     def down(self, timeout: float = 20.0) -> list[str]:
         """SIGTERM every component (router first), SIGKILL what outlives `timeout`."""
@@ -193,12 +203,16 @@ class LocalMesh:
 
 
 def wait_serving(
-    name: str, address: str, timeout_s: float, check_alive: Callable[[], None] = lambda: None
+    name: str,
+    address: str,
+    timeout_s: float,
+    check_alive: Callable[[], None] = lambda: None,
+    tls: TlsSettings | None = None,
 ) -> None:
     """Poll grpc.health.v1 at `address` until SERVING; `check_alive` raises if the
     process behind it died (no point waiting for a dead server)."""
     deadline = time.monotonic() + timeout_s
-    with grpc.insecure_channel(address) as channel:
+    with sync_channel(address, tls) as channel:
         health = health_pb2_grpc.HealthStub(channel)
         while time.monotonic() < deadline:
             check_alive()

@@ -15,7 +15,9 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 
+from tiermesh.config import TlsSettings
 from tiermesh.errors import StatusError
+from tiermesh.tls import server_credentials
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +46,8 @@ async def start_grpc_server(
     *,
     max_message_bytes: int = 1 << 20,
     serving: bool = True,
+    tls: TlsSettings | None = None,
+    interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
 ) -> Serving:
     """Start a grpc.aio server with `register`ed services, health and reflection.
 
@@ -52,10 +56,11 @@ async def start_grpc_server(
     itself, before any handler runs.
     """
     server = grpc.aio.server(
+        interceptors=interceptors,
         options=[
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.so_reuseport", 0),
-        ]
+        ],
     )
     register(server)
     health_servicer = health.aio.HealthServicer()
@@ -63,7 +68,8 @@ async def start_grpc_server(
     reflection.enable_server_reflection(
         [*service_names, health.SERVICE_NAME, reflection.SERVICE_NAME], server
     )
-    port = server.add_insecure_port(listen)
+    credentials = server_credentials(tls) if tls is not None else None
+    port = server.add_secure_port(listen, credentials) if credentials else server.add_insecure_port(listen)
     if port == 0:
         raise OSError(f"cannot listen on {listen}")
     await server.start()

@@ -18,8 +18,9 @@ from dataclasses import asdict, dataclass
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from tiermesh.config import Settings
+from tiermesh.config import Settings, TlsSettings
 from tiermesh.tier.v1 import tier_pb2, tier_pb2_grpc
+from tiermesh.tls import aio_channel
 from tiermesh.v1 import mesh_pb2
 
 TIERS = ("gold", "silver", "bronze")
@@ -72,9 +73,9 @@ async def latency_check(
     )
 
 
-async def grpc_health(tier: str, address: str, service: str = "") -> Check:
+async def grpc_health(tier: str, address: str, service: str = "", tls: TlsSettings | None = None) -> Check:
     try:
-        async with grpc.aio.insecure_channel(address) as channel:
+        async with aio_channel(address, tls) as channel:
             reply = await health_pb2_grpc.HealthStub(channel).Check(
                 health_pb2.HealthCheckRequest(service=service), timeout=3
             )
@@ -91,7 +92,8 @@ async def grpc_health(tier: str, address: str, service: str = "") -> Check:
 
 async def validate_silver(settings: Settings, probes: int) -> list[Check]:
     silver = settings.silver
-    checks = [await grpc_health("silver", silver.listen, "tiermesh.tier.v1.TierService")]
+    tls = settings.security.mesh_tls
+    checks = [await grpc_health("silver", silver.listen, "tiermesh.tier.v1.TierService", tls)]
     if not checks[0].ok:
         return checks
     request = tier_pb2.GenerateRequest(
@@ -100,7 +102,7 @@ async def validate_silver(settings: Settings, probes: int) -> list[Check]:
         max_tokens=4,
         sampling=mesh_pb2.SamplingOptions(temperature=0.0),
     )
-    async with grpc.aio.insecure_channel(silver.listen) as channel:
+    async with aio_channel(silver.listen, tls) as channel:
         stub = tier_pb2_grpc.TierServiceStub(channel)
 
         async def probe() -> float:
@@ -165,7 +167,11 @@ async def validate_gold(settings: Settings, probes: int) -> list[Check]:
 async def validate_bronze(settings: Settings, probes: int) -> list[Check]:
     from services.bronze.aws import endpoint_status
 
-    checks = [await grpc_health("bronze", settings.bronze.listen, "tiermesh.tier.v1.Jobs")]
+    checks = [
+        await grpc_health(
+            "bronze", settings.bronze.listen, "tiermesh.tier.v1.Jobs", settings.security.mesh_tls
+        )
+    ]
     status = await asyncio.to_thread(endpoint_status, settings.bronze)
     checks += [Check("bronze", c.name, c.ok, c.detail) for c in status.checks]
     return checks

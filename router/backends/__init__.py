@@ -10,7 +10,7 @@ from opentelemetry.trace import Span, SpanKind
 
 from router.call import Call
 from tiermesh import tracing
-from tiermesh.config import TierSettings
+from tiermesh.config import TierSettings, TlsSettings
 from tiermesh.errors import StatusError
 from tiermesh.v1 import mesh_pb2
 
@@ -42,11 +42,11 @@ def attempt_span(tier: str, address: str, call: Call) -> Span:
     )
 
 
-def adapter(tier: str, address: str, settings: TierSettings) -> TierAdapter:
+def adapter(tier: str, address: str, settings: TierSettings, tls: TlsSettings | None = None) -> TierAdapter:
     if settings.protocol == "triton":
         from router.backends.triton import TritonTier
 
-        return TritonTier(tier, address, settings.triton_model, settings.health_retry_s)
+        return TritonTier(tier, address, settings.triton_model, settings.health_retry_s, tls)
     from router.backends.tier_grpc import GrpcTier
 
-    return GrpcTier(tier, address, settings.health_service, settings.health_retry_s)
+    return GrpcTier(tier, address, settings.health_service, settings.health_retry_s, tls)

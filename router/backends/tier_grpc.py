@@ -12,8 +12,10 @@ from router.backends import attempt_span, tier_failed
 from router.call import Call
 from tiermesh import tracing
 from tiermesh.chat import to_tier
+from tiermesh.config import TlsSettings
 from tiermesh.errors import StatusError
 from tiermesh.tier.v1 import tier_pb2
+from tiermesh.tls import aio_channel
 from tiermesh.v1 import mesh_pb2
 
 GENERATE = "/tiermesh.tier.v1.TierService/Generate"
@@ -50,13 +52,18 @@ class GrpcTier:
     """One tier replica over one HTTP/2 channel."""
 
     def __init__(
-        self, name: str, address: str, health_service: str = "", health_retry_s: float = 1.0
+        self,
+        name: str,
+        address: str,
+        health_service: str = "",
+        health_retry_s: float = 1.0,
+        tls: TlsSettings | None = None,
     ) -> None:
         self.name = name
         self.address = address
         self._health_service = health_service
         self._health_retry_s = health_retry_s
-        self.channel = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+        self.channel = aio_channel(address, tls, CHANNEL_OPTIONS)
         # Tier messages are wire-compatible with the public response: decode them as
         # that type so the router relays them without a field-by-field copy.
         self._generate = self.channel.unary_stream(

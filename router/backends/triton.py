@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import re
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -23,7 +24,9 @@ from router.backends import attempt_span, tier_failed
 from router.call import Call
 from tiermesh import tracing
 from tiermesh.chat import chatml
+from tiermesh.config import TlsSettings
 from tiermesh.errors import StatusError
+from tiermesh.tls import channel_options
 from tiermesh.v1 import mesh_pb2
 
 
@@ -60,15 +63,35 @@ def ensemble_inputs(call: Call) -> list[InferInput]:
     return inputs
 
 
+def triton_client(address: str, tls: TlsSettings | None) -> InferenceServerClient:
+    """Triton's gRPC client, over mutual TLS when the mesh has it."""
+    if tls is None or not tls.enabled:
+        return InferenceServerClient(address)
+
+    def pem(path: str) -> bytes | None:
+        return Path(path).read_bytes() if path else None
+
+    return InferenceServerClient(
+        address,
+        ssl=True,
+        root_certificates=pem(tls.ca),
+        private_key=pem(tls.key),
+        certificate_chain=pem(tls.cert),
+        channel_args=channel_options(tls),
+    )
+
+
 class TritonTier:
     """One Triton replica over one gRPC channel."""
 
-    def __init__(self, name: str, address: str, model: str, health_retry_s: float = 1.0) -> None:
+    def __init__(
+        self, name: str, address: str, model: str, health_retry_s: float = 1.0, tls: TlsSettings | None = None
+    ) -> None:
         self.name = name
         self.address = address
         self._model = model
         self._health_retry_s = health_retry_s
-        self._client = InferenceServerClient(address)
+        self._client = triton_client(address, tls)
         self._outputs = [InferRequestedOutput("text_output")]
 
     async def generate(self, call: Call) -> AsyncIterator[mesh_pb2.GenerateResponse]:

@@ -134,6 +134,7 @@ async def serve(settings: Settings) -> None:
         lambda server: register(server, bridge),
         ["tiermesh.tier.v1.Jobs", "tiermesh.tier.v1.TierService"],
         serving=False,
+        tls=settings.security.mesh_tls,
     )
     health = asyncio.create_task(follow_endpoint(settings.bronze, serving))
     log.info("bronze bridge on port %d, endpoint %s", serving.port, settings.bronze.endpoint_name)

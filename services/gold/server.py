@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from services.gold.engine import LlamaPool
-from tiermesh.config import GoldSettings, load_settings
+from tiermesh.config import GoldSettings, TlsSettings, load_settings
 
 log = logging.getLogger("tiermesh.gold")
 MODEL = "ensemble"
@@ -90,7 +90,7 @@ class Ensemble:
                 yield text_output(piece)
 
 
-def serve(settings: GoldSettings) -> None:
+def serve(settings: GoldSettings, tls: TlsSettings | None = None) -> None:
     # Triton's Python stub links libpython: point it at this interpreter's, or the
     # system's (another patch release) fails model load with an RLock error.
     libdir = str(sysconfig.get_config_var("LIBDIR"))
@@ -107,6 +107,12 @@ def serve(settings: GoldSettings) -> None:
         http_port=settings.http_port,
         metrics_port=settings.metrics_port,
     )
+    if tls is not None and tls.cert:
+        # Triton's own TLS on gRPC; mutual when the mesh requires client certificates.
+        config.grpc_use_ssl = True
+        config.grpc_use_ssl_mutual = tls.require_client_cert
+        config.grpc_server_cert, config.grpc_server_key = tls.cert, tls.key
+        config.grpc_root_cert = tls.ca
     optional = [
         Tensor(name="temperature", dtype=np.float32, shape=(1,), optional=True),
         Tensor(name="top_k", dtype=np.int32, shape=(1,), optional=True),
@@ -147,7 +153,8 @@ def main() -> None:
     parser.add_argument("--config", "-c", default=None)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    serve(load_settings(args.config).gold)
+    settings = load_settings(args.config)
+    serve(settings.gold, settings.security.mesh_tls)
 
 
 if __name__ == "__main__":

@@ -191,6 +191,7 @@ async def start_silver(settings: Settings, engine: SilverEngine, tools: ToolBox 
         ),
         [tier_pb2.DESCRIPTOR.services_by_name["TierService"].full_name],
         serving=False,
+        tls=settings.security.mesh_tls,
     )
 
     async def load() -> None:

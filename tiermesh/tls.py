@@ -1,0 +1,53 @@
+"""gRPC credentials from TlsSettings: one place that reads the PEM files, so every
+server and channel of the mesh does TLS (or plaintext) the same way."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from tiermesh.config import TlsSettings
+
+Options = Sequence[tuple[str, Any]]
+
+
+def _read(path: str) -> bytes | None:
+    return Path(path).read_bytes() if path else None
+
+
+def server_credentials(tls: TlsSettings) -> grpc.ServerCredentials | None:
+    """None: serve plaintext."""
+    if not (tls.cert and tls.key):
+        return None
+    key, cert = _read(tls.key), _read(tls.cert)
+    assert key is not None
+    assert cert is not None
+    return grpc.ssl_server_credentials(
+        [(key, cert)], root_certificates=_read(tls.ca), require_client_auth=tls.require_client_cert
+    )
+
+
+def channel_credentials(tls: TlsSettings) -> grpc.ChannelCredentials:
+    return grpc.ssl_channel_credentials(
+        root_certificates=_read(tls.ca), private_key=_read(tls.key), certificate_chain=_read(tls.cert)
+    )
+
+
+def channel_options(tls: TlsSettings | None, options: Options = ()) -> list[tuple[str, Any]]:
+    named = [("grpc.ssl_target_name_override", tls.server_name)] if tls and tls.server_name else []
+    return [*options, *named]
+
+
+def aio_channel(address: str, tls: TlsSettings | None = None, options: Options = ()) -> grpc.aio.Channel:
+    if tls is None or not tls.enabled:
+        return grpc.aio.insecure_channel(address, options=list(options))
+    return grpc.aio.secure_channel(address, channel_credentials(tls), options=channel_options(tls, options))
+
+
+def sync_channel(address: str, tls: TlsSettings | None = None) -> grpc.Channel:
+    if tls is None or not tls.enabled:
+        return grpc.insecure_channel(address)
+    return grpc.secure_channel(address, channel_credentials(tls), options=channel_options(tls))
