@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 import grpc
 
+from tiermesh.config import TlsSettings
 from tiermesh.serving import Serving, start_grpc_server
 from tiermesh.tier.v1 import tier_pb2, tier_pb2_grpc
 from tiermesh.v1 import mesh_pb2
@@ -79,9 +80,12 @@ class ScriptedTier(tier_pb2_grpc.TierServiceServicer):
             raise
 
 
-async def start_scripted_tier(tier: ScriptedTier, listen: str = "127.0.0.1:0") -> Serving:
+async def start_scripted_tier(
+    tier: ScriptedTier, listen: str = "127.0.0.1:0", tls: TlsSettings | None = None
+) -> Serving:
     return await start_grpc_server(
         listen,
         lambda server: tier_pb2_grpc.add_TierServiceServicer_to_server(tier, server),
         ["tiermesh.tier.v1.TierService"],
+        tls=tls,
     )
