@@ -14,6 +14,7 @@ from typing import Any
 import grpc
 import pytest
 import yaml
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tests.engine.conftest import start_mesh, stop_mesh
 from tests.fakes import request
@@ -77,7 +78,7 @@ async def test_silver_refuses_callers_without_the_mesh_certificate(secure_mesh: 
     for channel in (grpc.aio.insecure_channel(SILVER), grpc.aio.secure_channel(SILVER, server_only)):
         async with channel:
             with pytest.raises(grpc.aio.AioRpcError) as caught:
-                await channel.unary_unary("/grpc.health.v1.Health/Check")(b"", timeout=5)
+                await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
             assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
 
 
