@@ -29,8 +29,8 @@ def query(expr: str, legend: str) -> prometheus.Dataquery:
     return prometheus.Dataquery().expr(expr).legend_format(legend).datasource(DATASOURCE)
 
 
-def p95(metric: str, by: str = "tier") -> str:
-    return f"histogram_quantile(0.95, sum by ({by}, le) (rate({metric}_bucket[$__rate_interval])))"
+def quantile(q: float, metric: str, by: str = "tier") -> str:
+    return f"histogram_quantile({q}, sum by ({by}, le) (rate({metric}_bucket[$__rate_interval])))"
 
 
 def rate(selector: str, by: str = "tier") -> str:
@@ -88,7 +88,7 @@ def overview() -> dash.Dashboard:
                 graph(
                     "p95 time to first token by tier",
                     "s",
-                    query(p95("tiermesh_router_time_to_first_token_seconds"), "{{tier}}"),
+                    query(quantile(0.95, "tiermesh_router_time_to_first_token_seconds"), "{{tier}}"),
                 ),
                 (GOLD_SLO_S, "orange"),
                 (SILVER_TTFT_SLO_S, "red"),
@@ -99,7 +99,7 @@ def overview() -> dash.Dashboard:
                 graph(
                     "p95 request duration by tier (Gold SLO: 16 ms)",
                     "s",
-                    query(p95("tiermesh_router_request_duration_seconds"), "{{tier}}"),
+                    query(quantile(0.95, "tiermesh_router_request_duration_seconds"), "{{tier}}"),
                 ),
                 (GOLD_SLO_S, "red"),
             )
@@ -108,11 +108,7 @@ def overview() -> dash.Dashboard:
             graph(
                 "Mean inter-token gap, p50 of streams",
                 "s",
-                query(
-                    "histogram_quantile(0.5, sum by (tier, le) "
-                    "(rate(tiermesh_router_inter_token_seconds_bucket[$__rate_interval])))",
-                    "{{tier}}",
-                ),
+                query(quantile(0.5, "tiermesh_router_inter_token_seconds"), "{{tier}}"),
             )
         )
         .with_row(dash.Row("Throughput"))

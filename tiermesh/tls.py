@@ -14,7 +14,8 @@ from tiermesh.config import TlsSettings
 Options = Sequence[tuple[str, Any]]
 
 
-def _read(path: str) -> bytes | None:
+def read_pem(path: str) -> bytes | None:
+    """A PEM file's bytes; None for an unset path."""
     return Path(path).read_bytes() if path else None
 
 
@@ -22,17 +23,19 @@ def server_credentials(tls: TlsSettings) -> grpc.ServerCredentials | None:
     """None: serve plaintext."""
     if not (tls.cert and tls.key):
         return None
-    key, cert = _read(tls.key), _read(tls.cert)
+    key, cert = read_pem(tls.key), read_pem(tls.cert)
     assert key is not None
     assert cert is not None
     return grpc.ssl_server_credentials(
-        [(key, cert)], root_certificates=_read(tls.ca), require_client_auth=tls.require_client_cert
+        [(key, cert)], root_certificates=read_pem(tls.ca), require_client_auth=tls.require_client_cert
     )
 
 
 def channel_credentials(tls: TlsSettings) -> grpc.ChannelCredentials:
     return grpc.ssl_channel_credentials(
-        root_certificates=_read(tls.ca), private_key=_read(tls.key), certificate_chain=_read(tls.cert)
+        root_certificates=read_pem(tls.ca),
+        private_key=read_pem(tls.key),
+        certificate_chain=read_pem(tls.cert),
     )
 
 

@@ -1,10 +1,10 @@
 """OpenTelemetry tracing: one span per call at the router's edge, one per tier attempt,
-one per Generate at a tier; W3C trace context travels in gRPC metadata (`traceparent`).
+one per Generate at Silver; W3C trace context travels in gRPC metadata (`traceparent`).
 
-Off by default: with no OTLP endpoint no SDK provider is installed, the API's no-op
-tracer answers, and nothing is injected, so the data path pays a few attribute
-lookups. The spans are passed explicitly (never "current"), because the data path
-is async generators, which may be closed from another context than they ran in.
+Off by default: with no OTLP endpoint no SDK provider is installed and the data path
+extracts, creates and injects nothing (one global read per call). The spans are
+passed explicitly (never "current"), because the data path is async generators,
+which may be closed from another context than they ran in.
 """
 
 from __future__ import annotations
@@ -23,6 +23,8 @@ from opentelemetry.trace import Span, SpanKind, Tracer
 from tiermesh.config import TracingSettings
 
 Metadata = Iterable[tuple[str, Any]]
+# Set by setup_tracing; None: tracing is off.
+_tracer: Tracer | None = None
 
 
 def setup_tracing(
@@ -43,25 +45,30 @@ def setup_tracing(
     )
     provider.add_span_processor(BatchSpanProcessor(exporter))
     trace.set_tracer_provider(provider)
+    global _tracer
+    _tracer = provider.get_tracer("tiermesh")
     return provider
 
 
-def tracer() -> Tracer:
-    return trace.get_tracer("tiermesh")
-
-
-def extract(metadata: Metadata | None) -> Context:
-    """The caller's trace context from incoming gRPC metadata (empty when none)."""
+def extract(metadata: Metadata | None) -> Context | None:
+    """The caller's trace context from incoming gRPC metadata (None when tracing is off)."""
+    if _tracer is None:
+        return None
     carrier = {key: value for key, value in metadata or () if isinstance(value, str)}
     return propagate.extract(carrier) if carrier else Context()
 
 
 def start_span(name: str, parent: Context | None, kind: SpanKind, **attributes: Any) -> Span:
-    return tracer().start_span(name, context=parent, kind=kind, attributes=attributes)
+    """A span, or the invalid no-op span when tracing is off."""
+    if _tracer is None:
+        return trace.INVALID_SPAN
+    return _tracer.start_span(name, context=parent, kind=kind, attributes=attributes)
 
 
-def child_context(span: Span) -> Context:
-    return trace.set_span_in_context(span)
+def child_context(span: Span) -> Context | None:
+    """A context with `span` as parent, for what the call does next (None when off).
+    A sampled-out span is parent too: its children stay out with it."""
+    return None if _tracer is None else trace.set_span_in_context(span)
 
 
 def inject(span: Span) -> list[tuple[str, str]]:

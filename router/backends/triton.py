@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import re
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import grpc
@@ -26,7 +25,7 @@ from tiermesh import tracing
 from tiermesh.chat import chatml
 from tiermesh.config import TlsSettings
 from tiermesh.errors import StatusError
-from tiermesh.tls import channel_options
+from tiermesh.tls import channel_options, read_pem
 from tiermesh.v1 import mesh_pb2
 
 
@@ -67,16 +66,12 @@ def triton_client(address: str, tls: TlsSettings | None) -> InferenceServerClien
     """Triton's gRPC client, over mutual TLS when the mesh has it."""
     if tls is None or not tls.enabled:
         return InferenceServerClient(address)
-
-    def pem(path: str) -> bytes | None:
-        return Path(path).read_bytes() if path else None
-
     return InferenceServerClient(
         address,
         ssl=True,
-        root_certificates=pem(tls.ca),
-        private_key=pem(tls.key),
-        certificate_chain=pem(tls.cert),
+        root_certificates=read_pem(tls.ca),
+        private_key=read_pem(tls.key),
+        certificate_chain=read_pem(tls.cert),
         channel_args=channel_options(tls),
     )
 

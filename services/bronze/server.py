@@ -19,7 +19,6 @@ from tiermesh.content import content_key
 from tiermesh.errors import StatusError
 from tiermesh.serving import Serving, start_grpc_server, start_metrics, status_errors, wait_for_signal
 from tiermesh.tier.v1 import tier_pb2, tier_pb2_grpc
-from tiermesh.tracing import setup_tracing
 from tiermesh.v1 import mesh_pb2
 
 log = logging.getLogger("tiermesh.bronze")
@@ -124,7 +123,6 @@ def register(server: grpc.aio.Server, bridge: Bridge) -> None:
 
 
 async def serve(settings: Settings) -> None:
-    setup_tracing(settings.tracing, "bronze")
     bridge = Bridge(settings.bronze)
     await bridge.start()
     bridge.export_metrics()

@@ -8,8 +8,6 @@ import asyncio
 import json
 import subprocess
 import sys
-import urllib.parse
-import urllib.request
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -18,6 +16,7 @@ import pytest
 from tests.engine.conftest import PROMETHEUS, ROUTER, Mesh
 from tests.fakes import request
 from tiermesh import dashboards
+from tiermesh.cost import api, instant
 from tiermesh.observability import rule_expressions, used_series
 from tiermesh.v1 import mesh_pb2
 
@@ -29,12 +28,8 @@ REPORTS = Path("reports/load")
 
 
 def promql(expr: str) -> list[dict[str, Any]]:
-    url = f"{PROMETHEUS}/api/v1/query?" + urllib.parse.urlencode({"query": expr})
-    with urllib.request.urlopen(url, timeout=10) as response:
-        body = json.loads(response.read())
-    assert body["status"] == "success", body
-    result: list[dict[str, Any]] = body["data"]["result"]
-    return result
+    """An instant query's result; a query Prometheus refuses raises PrometheusError."""
+    return instant(PROMETHEUS, expr)
 
 
 async def until(condition: Any, within_s: float = 20.0) -> None:
@@ -66,8 +61,9 @@ def test_every_dashboard_query_and_rule_evaluates(mesh: Mesh) -> None:
     expressions = rule_expressions() + [q.replace("$__rate_interval", "1m") for q in dashboards.queries()]
     for expr in expressions:
         promql(expr)  # a parse or evaluation error fails here
-    rules = json.loads(urllib.request.urlopen(f"{PROMETHEUS}/api/v1/rules", timeout=10).read())
-    loaded = {rule["name"] for group in rules["data"]["groups"] for rule in group["rules"]}
+    rules = api(PROMETHEUS, "rules")
+    assert isinstance(rules, dict)
+    loaded = {rule["name"] for group in rules["groups"] for rule in group["rules"]}
     assert {"TiermeshGoldLatencyHigh", "TiermeshBronzeBacklogOld"} <= loaded
 
 
