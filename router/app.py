@@ -128,17 +128,20 @@ async def start_router(settings: Settings) -> Router:
         max_message_bytes=settings.router.max_message_bytes,
         tls=settings.security.edge_tls,
         interceptors=auth_interceptors(settings.security.auth),
+        reuse_port=settings.router.data_path.workers > 1,
     )
     return Router(serving, replicas, jobs, sessions)
 
 
-async def serve(settings: Settings) -> None:
+async def serve(settings: Settings, worker: int = 0) -> None:
+    """One router process; worker i of several serves /metrics on metrics_port + i."""
     setup_tracing(settings.tracing, "router")
     metrics.initialise(settings)
     router = await start_router(settings)
     prices = {tier: price.hourly_usd for tier, price in settings.cost.prices.items()}
     REGISTRY.register(metrics.ReplicaCollector(router.replicas, prices))
-    start_metrics(settings.router.metrics_port, settings.router.listen)
-    log.info("router listening on port %d", router.port)
+    metrics_port = settings.router.metrics_port
+    start_metrics(metrics_port + worker if metrics_port else 0, settings.router.listen)
+    log.info("router worker %d listening on port %d", worker, router.port)
     await wait_for_signal()
     await router.close(grace=2.0)

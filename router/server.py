@@ -8,8 +8,8 @@ import contextlib
 import dataclasses
 import logging
 import time
-from collections.abc import AsyncIterator
-from typing import Any, NoReturn
+from collections.abc import AsyncGenerator, AsyncIterator
+from typing import Any, NoReturn, TypeVar
 
 import grpc
 from google.protobuf import any_pb2
@@ -19,6 +19,8 @@ from opentelemetry.trace import SpanKind
 
 from router import metrics
 from router.auth import CLIENT
+from router.call import Call
+from router.coalesce import coalesced
 from router.jobs import Jobs
 from router.pipeline import Backend
 from router.policies.session import StoreDown
@@ -31,6 +33,7 @@ from tiermesh.serving import status_errors
 from tiermesh.v1 import mesh_pb2, mesh_pb2_grpc
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 CLIENT_ID_HEADER = "x-client-id"
 Context = grpc.aio.ServicerContext[Any, Any]
@@ -88,11 +91,19 @@ def record(
     metrics.TIME_TO_FIRST_TOKEN.labels(task, tier).observe(ttft)
     metrics.REQUEST_DURATION.labels(task, tier).observe(duration)
     metrics.STREAM_MESSAGES.labels(task, tier).inc(messages)
-    if messages > 1:
-        metrics.INTER_TOKEN.labels(task, tier).observe((duration - ttft) / (messages - 1))
+    # Coalescing merges deltas: the tier's token count, when it gives one, is the truth.
+    tokens = usage.completion_tokens if usage is not None and usage.completion_tokens else messages
+    if tokens > 1:
+        metrics.INTER_TOKEN.labels(task, tier).observe((duration - ttft) / (tokens - 1))
     if usage is not None:
         metrics.TOKENS.labels(task, tier, "in").inc(usage.prompt_tokens)
         metrics.TOKENS.labels(task, tier, "out").inc(usage.completion_tokens)
+
+
+async def one_by_one(stream: AsyncIterator[T]) -> AsyncGenerator[T]:
+    """Each message as it comes (`data_path.coalesce: false`)."""
+    async for message in stream:
+        yield message
 
 
 class MeshServicer(mesh_pb2_grpc.MeshServicer):
@@ -127,16 +138,17 @@ class MeshServicer(mesh_pb2_grpc.MeshServicer):
                 client_id(metadata),
                 tracing.child_context(span),
             )
-            async for response in self._pipeline.generate(call):
-                if index == 0:
-                    tier = TIER_LABELS[response.tier]
-                    ttft = time.monotonic() - received
-                response.index = index
-                if response.finish_reason:
-                    response.usage.time_to_first_token.FromNanoseconds(int(ttft * 1e9))
-                    usage = response.usage
-                index += 1
-                yield response
+            async with contextlib.aclosing(self._relay(call)) as responses:
+                async for response in responses:
+                    if index == 0:
+                        tier = TIER_LABELS[response.tier]
+                        ttft = time.monotonic() - received
+                    response.index = index
+                    if response.finish_reason:
+                        response.usage.time_to_first_token.FromNanoseconds(int(ttft * 1e9))
+                        usage = response.usage
+                    index += 1
+                    yield response
         except StatusError as e:
             code = e.code
             await abort(context, e)
@@ -151,6 +163,11 @@ class MeshServicer(mesh_pb2_grpc.MeshServicer):
             record(task, tier, code, received, ttft, index, usage)
             span.set_attributes({"tier": tier, "rpc.grpc.status_code": code.value[0], "messages": index})
             span.end()
+
+    def _relay(self, call: Call) -> AsyncGenerator[mesh_pb2.GenerateResponse]:
+        """The pipeline's stream as the caller gets it: coalesced unless configured off."""
+        stream = self._pipeline.generate(call)
+        return coalesced(stream) if self._settings.router.data_path.coalesce else one_by_one(stream)
 
     # --- jobs (Bronze) ---------------------------------------------------------
 
@@ -210,8 +227,11 @@ class MeshServicer(mesh_pb2_grpc.MeshServicer):
                     call = dataclasses.replace(
                         call, deadline=min(call.deadline, time.monotonic() + remaining)
                     )
-                async with asyncio.timeout(call.remaining()):
-                    async for response in self._pipeline.generate(call):
+                async with (
+                    asyncio.timeout(call.remaining()),
+                    contextlib.aclosing(self._relay(call)) as deltas,
+                ):
+                    async for response in deltas:
                         yield mesh_pb2.ConverseResponse(turn=turn, delta=response)
                 async with store_errors():
                     session = await self._sessions.get(call.npc_id, call.session_id)

@@ -40,11 +40,9 @@ def _logging() -> None:
 @app.command()
 def router(config: ConfigOption = None) -> None:
     """Serve tiermesh.v1.Mesh (the router) in the foreground."""
-    from router.app import serve
+    from router.workers import run
 
-    settings = _settings(config)
-    _logging()
-    asyncio.run(serve(settings))
+    run(_settings(config))
 
 
 @app.command()

@@ -163,6 +163,19 @@ class AdmissionSettings(BaseModel):
     burst: int = Field(default=50, ge=1)
 
 
+class DataPathSettings(BaseModel):
+    """How the router relays streams (bench/proxy.py measures each choice)."""
+
+    # Merge the text deltas already waiting when the caller reads slower than the
+    # tier writes (router/coalesce.py). A lone delta is never delayed.
+    coalesce: bool = True
+    # uvloop wakes on gRPC's completions for less than asyncio's own loop.
+    event_loop: Literal["uvloop", "asyncio"] = "uvloop"
+    # Router processes sharing the listen port (SO_REUSEPORT: the kernel spreads
+    # connections). Worker i serves /metrics on metrics_port + i.
+    workers: int = Field(default=1, ge=1, le=64)
+
+
 class RouterSettings(BaseModel):
     listen: str = "127.0.0.1:50051"
     # Intent sets larger than this are refused (each label costs the tier work).
@@ -178,6 +191,7 @@ class RouterSettings(BaseModel):
     retry_budget: RetryBudgetSettings = Field(default_factory=RetryBudgetSettings)
     admission: AdmissionSettings = Field(default_factory=AdmissionSettings)
     intent_cache: IntentCacheSettings = Field(default_factory=IntentCacheSettings)
+    data_path: DataPathSettings = Field(default_factory=DataPathSettings)
 
     @field_validator("tasks", mode="before")
     @classmethod
@@ -479,6 +493,16 @@ class Settings(BaseSettings):
         if bad:
             raise ValueError(f"persona names must be valid npc ids: {bad}")
         return personas
+
+    @model_validator(mode="after")
+    def _workers_share_state(self) -> Settings:
+        # Each worker is its own process: in-memory sessions would split between them.
+        if self.router.data_path.workers > 1:
+            if self.state.backend != "redis":
+                raise ValueError("router.data_path.workers > 1 needs state.backend: redis")
+            if self.router.listen.endswith(":0"):
+                raise ValueError("router.data_path.workers > 1 needs a fixed listen port")
+        return self
 
     @classmethod
     def settings_customise_sources(

@@ -6,11 +6,12 @@ import asyncio
 import functools
 import logging
 import signal
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import grpc
+import uvloop
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
@@ -48,18 +49,20 @@ async def start_grpc_server(
     serving: bool = True,
     tls: TlsSettings | None = None,
     interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
+    reuse_port: bool = False,
 ) -> Serving:
     """Start a grpc.aio server with `register`ed services, health and reflection.
 
     Health starts NOT_SERVING when `serving` is False (an engine still loading).
     A request larger than `max_message_bytes` fails with RESOURCE_EXHAUSTED in gRPC
-    itself, before any handler runs.
+    itself, before any handler runs. With `reuse_port`, several processes may listen on
+    one port (the kernel spreads connections); otherwise a busy port is an error.
     """
     server = grpc.aio.server(
         interceptors=interceptors,
         options=[
             ("grpc.max_receive_message_length", max_message_bytes),
-            ("grpc.so_reuseport", 0),
+            ("grpc.so_reuseport", int(reuse_port)),
         ],
     )
     register(server)
@@ -84,6 +87,14 @@ def start_metrics(port: int, listen: str = "127.0.0.1:0") -> None:
     if port:
         host = listen.rpartition(":")[0].strip("[]") or "127.0.0.1"
         start_http_server(port, addr=host)
+
+
+def run(main: Coroutine[Any, Any, None], event_loop: Literal["uvloop", "asyncio"] = "asyncio") -> None:
+    """Run a service's main coroutine on the chosen event loop."""
+    if event_loop == "uvloop":
+        uvloop.run(main)
+    else:
+        asyncio.run(main)
 
 
 async def wait_for_signal() -> None:

@@ -1,6 +1,9 @@
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import shutil
+import subprocess
+import time
+from collections.abc import AsyncIterator, Iterator
 
 import grpc
 import pytest
@@ -10,6 +13,30 @@ from router.app import Router, start_router
 from tests.doubles import ScriptedTier, start_scripted_tier
 from tiermesh.config import Persona, RouterSettings, Settings, TierSettings
 from tiermesh.v1 import mesh_pb2_grpc
+
+REDIS_PORT = 6391
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[str]:
+    """A real redis-server (Debian's) for the tests of shared state."""
+    binary = shutil.which("redis-server")
+    assert binary, "redis-server is installed by `make setup` (Debian package redis-server)"
+    process = subprocess.Popen(
+        [binary, "--port", str(REDIS_PORT), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+        stdout=subprocess.DEVNULL,
+    )
+    url = f"redis://127.0.0.1:{REDIS_PORT}/0"
+    deadline = time.monotonic() + 10
+    while (
+        subprocess.run(["redis-cli", "-p", str(REDIS_PORT), "ping"], capture_output=True, check=False).stdout
+        != b"PONG\n"
+    ):
+        assert time.monotonic() < deadline, "redis-server did not start"
+        time.sleep(0.1)
+    yield url
+    process.terminate()
+    process.wait(10)
 
 
 def router_settings(silver_endpoint: str) -> Settings:

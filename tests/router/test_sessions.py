@@ -5,10 +5,7 @@ redis-server (Debian's), started here."""
 from __future__ import annotations
 
 import asyncio
-import shutil
-import subprocess
-import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
 import grpc
@@ -25,29 +22,6 @@ from tiermesh.v1 import mesh_pb2, mesh_pb2_grpc
 
 if TYPE_CHECKING:
     from tiermesh.v1.mesh_pb2_grpc import MeshAsyncStub
-
-REDIS_PORT = 6391
-
-
-@pytest.fixture(scope="session")
-def redis_server() -> Iterator[str]:
-    binary = shutil.which("redis-server")
-    assert binary, "redis-server is installed by `make setup` (Debian package redis-server)"
-    process = subprocess.Popen(
-        [binary, "--port", str(REDIS_PORT), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-        stdout=subprocess.DEVNULL,
-    )
-    url = f"redis://127.0.0.1:{REDIS_PORT}/0"
-    deadline = time.monotonic() + 10
-    while (
-        subprocess.run(["redis-cli", "-p", str(REDIS_PORT), "ping"], capture_output=True, check=False).stdout
-        != b"PONG\n"
-    ):
-        assert time.monotonic() < deadline, "redis-server did not start"
-        time.sleep(0.1)
-    yield url
-    process.terminate()
-    process.wait(10)
 
 
 def settings(silver: list[str], gold: list[str], state: StateSettings) -> Settings:

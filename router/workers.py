@@ -1,0 +1,62 @@
+"""Running the router: one process, or several on one port.
+
+gRPC streams are pinned to the connection that opened them, and one Python process
+relays on one core. With `router.data_path.workers: N` the router starts N processes
+that all listen on the port with SO_REUSEPORT; the kernel spreads new connections
+among them. They share sessions through Redis (config refuses anything else).
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import signal
+from multiprocessing.connection import wait
+from types import FrameType
+
+from tiermesh.config import Settings
+from tiermesh.serving import run as run_service
+
+log = logging.getLogger(__name__)
+
+
+def worker(settings: Settings, index: int = 0) -> None:
+    from router.app import serve
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    run_service(serve(settings, index), settings.router.data_path.event_loop)
+
+
+def run(settings: Settings) -> None:
+    """Serve in the foreground until SIGTERM/SIGINT. With several workers, this process
+    only supervises: when one worker dies, all stop, so the supervisor above restarts
+    the router whole rather than running it short of a worker."""
+    count = settings.router.data_path.workers
+    if count == 1:
+        worker(settings)
+        return
+    spawn = multiprocessing.get_context("spawn")  # fresh interpreters: no gRPC state forked
+    processes = [
+        spawn.Process(target=worker, args=(settings, i), name=f"tiermesh-router-{i}") for i in range(count)
+    ]
+    stopping = False
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        nonlocal stopping
+        stopping = True
+        for process in processes:
+            process.terminate()  # SIGTERM: each worker drains its streams
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    for process in processes:
+        process.start()
+    wait([process.sentinel for process in processes])
+    failed = not stopping
+    if failed:
+        log.error("a router worker exited; stopping the others")
+        stop(signal.SIGTERM, None)
+    for process in processes:
+        process.join()
+    if failed:
+        raise SystemExit(1)
