@@ -1,208 +1,214 @@
 """The router's data path against nginx and HAProxy, side by side.
 
-One backend (bench/stream_backend.py) streams 16 small messages per call. Four paths
-reach it: directly, through nginx `grpc_pass`, through HAProxy (h2), and through the
-tiermesh router with its full pipeline (validation, sessions layer, caches,
-admission, planner, fallback, balancer, retry, metrics). h2load (a C client) drives
-each path, one stream at a time and with 64 concurrent streams; the project's own
-client measures time to first message and per-call time. Rounds interleave the
-paths; medians and ratios to nginx are reported.
+Backends (bench/stream_backend.py) stream 16 small messages per call: a burst, or
+paced one every 5 ms like an engine, or a first token and then silence (idle). nginx
+`grpc_pass` (one worker), HAProxy (h2, one thread) and tiermesh routers (full
+pipeline: validation, caches, admission, planner, fallback, balancer, retry,
+metrics) relay them. A bare grpc.aio pass-through (bench/passthrough.py) shows the
+floor a Python grpc.aio relay stands on. Four routers show what each data-path choice is worth: the
+shipped default (uvloop, coalescing), the same without coalescing, the pre-#9 data
+path (asyncio, message by message), and the default with two SO_REUSEPORT workers.
 
-    python -m bench.proxy [--calls 2000] [--rounds 3]
+Measured, in rounds that interleave the paths (medians of rounds; "vs nginx" is the
+median of each round's ratio, so both sides of a ratio ran minutes apart at most):
+- burst stream, one at a time (h2load), and with 64 at once: on one connection, and
+  on four (what lets several router workers share the load);
+- the project's client: time to first message, per call, messages per call;
+- paced stream: time to first token, and each token's trip from the backend's send to
+  the client (timestamps in the tokens), direct vs nginx vs router;
+- once: memory per idle open stream (RSS with N streams open, minus before).
+
+    python -m bench.proxy [--calls 1000] [--rounds 5] [--idle-streams 1000]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import re
-import shutil
-import subprocess
+import os
 import sys
 import tempfile
-import time
+from functools import partial
 from pathlib import Path
+from typing import Any
 
-import grpc
-import yaml
+from bench.paths import MESSAGES, REQUEST, grpc_frame, missing_tools, router_config, rss_kb, running, settle
+from bench.report import median, table, update_readme, write
+from bench.stream_clients import burst_client, check, h2load, idle_streams, paced_client
 
-from bench.report import median, table, write
-from tiermesh.mesh import wait_serving
-from tiermesh.v1 import mesh_pb2, mesh_pb2_grpc
-
-BACKEND = "127.0.0.1:7201"
-PATHS = {"backend": "127.0.0.1:7201", "nginx": "127.0.0.1:7202", "haproxy": "127.0.0.1:7203",
-         "router": "127.0.0.1:7204"}  # fmt: skip
-METHOD = "/tiermesh.v1.Mesh/Generate"
-MESSAGES = 16
-REQUEST = mesh_pb2.GenerateRequest(
-    npc_id="guard-1", prompt="x", task=mesh_pb2.TASK_DIALOGUE, max_tokens=MESSAGES
-)
-
-NGINX = """worker_processes 1; daemon off; error_log {work}/nginx.err; pid {work}/nginx.pid;
-events {{ worker_connections 1024; }}
-http {{ access_log off; client_body_temp_path {work}; keepalive_requests 1000000;
-  upstream be {{ server {backend}; keepalive 16; keepalive_requests 1000000; }}
-  server {{ listen {listen} http2; location / {{ grpc_pass grpc://be; }} }} }}
-"""
-HAPROXY = """global
-  nbthread 1
-defaults
-  mode http
-  timeout connect 5s
-  timeout client 30s
-  timeout server 30s
-frontend fe
-  bind {listen} proto h2
-  default_backend be
-backend be
-  server s1 {backend} proto h2
-"""
-
-
-def grpc_frame(message: bytes) -> bytes:
-    return b"\x00" + len(message).to_bytes(4, "big") + message
-
-
-def h2load(address: str, body: Path, calls: int, streams: int) -> dict[str, float]:
-    out = subprocess.run(
-        ["h2load", "-n", str(calls), "-c", "1", "-m", str(streams), "-d", str(body),
-         "-H", "content-type: application/grpc", "-H", "te: trailers", f"http://{address}{METHOD}"],
-        capture_output=True, text=True, timeout=300, check=True,
-    ).stdout  # fmt: skip
-    finished = re.search(r"finished in (\S+), ([\d.]+) req/s", out)
-    done = re.search(r"requests: \d+ total, \d+ started, (\d+) done, (\d+) succeeded", out)
-    per_request = re.search(r"time for request:\s+(\S+)\s+(\S+)\s+(\S+)", out)
-    if not (finished and done and per_request):
-        raise RuntimeError(f"unexpected h2load output:\n{out}")
-    mean_ms = milliseconds(per_request.group(3))
-    return {"req_per_s": float(finished.group(2)), "succeeded": int(done.group(2)), "mean_ms": mean_ms}
-
-
-def milliseconds(value: str) -> float:
-    """h2load's durations: '1.52ms', '296us', '1.2s'."""
-    for unit, scale in (("ms", 1.0), ("us", 0.001), ("s", 1000.0)):
-        if value.endswith(unit):
-            return float(value.removesuffix(unit)) * scale
-    raise ValueError(value)
-
-
-async def own_client(address: str, calls: int) -> dict[str, float]:
-    """Sequential calls with a grpc.aio client: time to first message and per call."""
-    firsts, totals = [], []
-    async with grpc.aio.insecure_channel(address) as channel:
-        stub = mesh_pb2_grpc.MeshStub(channel)
-        for _ in range(calls):
-            started = time.perf_counter()
-            first = 0.0
-            count = 0
-            async for _response in stub.Generate(REQUEST, timeout=10):
-                first = first or time.perf_counter() - started
-                count += 1
-            assert count == MESSAGES
-            firsts.append(first)
-            totals.append(time.perf_counter() - started)
-    return {"ttfm_ms": median(firsts) * 1000, "call_ms": median(totals) * 1000}
-
-
-async def check(address: str) -> None:
-    """A full, OK stream through this path, before anything is timed."""
-    async with grpc.aio.insecure_channel(address) as channel:
-        responses = [r async for r in mesh_pb2_grpc.MeshStub(channel).Generate(REQUEST, timeout=10)]
-    if len(responses) != MESSAGES or not responses[-1].finish_reason:
-        raise RuntimeError(f"{address} did not relay a full stream")
+BACKEND, PACED, IDLE = "127.0.0.1:7201", "127.0.0.1:7211", "127.0.0.1:7221"
+NGINX, HAPROXY, PASSTHROUGH = "127.0.0.1:7202", "127.0.0.1:7203", "127.0.0.1:7208"
+PASSTHROUGH_PACED = "127.0.0.1:7218"
+NGINX_PACED, NGINX_IDLE = "127.0.0.1:7212", "127.0.0.1:7222"
+ROUTER_PACED, ROUTER_IDLE = "127.0.0.1:7214", "127.0.0.1:7224"
+REDIS_PORT = 7230
+DEFAULT = "router"
+BEFORE = "router, pre-#9 (asyncio, no coalescing)"
+# Router variants on the burst backend: listen address and router.data_path.
+ROUTERS: dict[str, tuple[str, dict[str, Any]]] = {
+    DEFAULT: ("127.0.0.1:7204", {}),
+    "router, no coalescing": ("127.0.0.1:7205", {"coalesce": False}),
+    BEFORE: ("127.0.0.1:7206", {"coalesce": False, "event_loop": "asyncio"}),
+    "router, 2 workers": ("127.0.0.1:7207", {"workers": 2}),
+}  # fmt: skip
+FLOOR = "grpc.aio pass-through"  # bench/passthrough.py: a relay hop and nothing else
+BURST_PATHS = {"backend": BACKEND, "nginx": NGINX, "haproxy": HAPROXY, FLOOR: PASSTHROUGH} | {
+    name: address for name, (address, _) in ROUTERS.items()
+}
+PACED_PATHS = {"backend": PACED, "nginx": NGINX_PACED, FLOOR: PASSTHROUGH_PACED, DEFAULT: ROUTER_PACED}
+# Path: its address and the process whose memory is read.
+IDLE_PATHS = {"nginx": (NGINX_IDLE, "nginx"), DEFAULT: (ROUTER_IDLE, "router (idle)")}
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--calls", type=int, default=2000)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--calls", type=int, default=1000, help="h2load calls per path and round")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--paced-calls", type=int, default=20, help="paced calls per path and round")
+    parser.add_argument("--idle-streams", type=int, default=1000)
     args = parser.parse_args()
-    for tool in ("nginx", "haproxy", "h2load"):
-        if not shutil.which(tool):
-            sys.exit(
-                f"{tool} is missing: `make bench-tools` installs nginx-light, haproxy and nghttp2-client"
-            )
+    if missing := missing_tools():
+        sys.exit(f"missing: {', '.join(missing)} (`make bench-tools` installs them)")
     work = Path(tempfile.mkdtemp(prefix="tiermesh-proxy-"))
     body = work / "request.bin"
     body.write_bytes(grpc_frame(REQUEST.SerializeToString()))
-    (work / "nginx.conf").write_text(NGINX.format(work=work, backend=BACKEND, listen=PATHS["nginx"]))
-    (work / "haproxy.cfg").write_text(HAPROXY.format(backend=BACKEND, listen=PATHS["haproxy"]))
-    task = {"tiers": ["silver"], "default_max_tokens": 16, "max_tokens_limit": 64, "default_deadline_s": 10}
-    config = {
-        "router": {
-            "listen": PATHS["router"],
-            "metrics_port": 0,
-            "tiers": {"silver": {"endpoints": [BACKEND], "expected_ttft_s": 0.002}},
-            "tasks": dict.fromkeys(("intent", "bark", "dialogue", "longform"), task),
-        },
-        "personas": {"guard-1": {"system": "You guard the gate."}},
-    }
-    (work / "router.yaml").write_text(yaml.safe_dump(config))
-    py = sys.executable
-    commands = [
-        [py, "-m", "bench.stream_backend", "--listen", BACKEND],
-        ["nginx", "-c", str(work / "nginx.conf")],
-        ["haproxy", "-f", str(work / "haproxy.cfg")],
-        [py, "-m", "tiermesh.cli", "router", "--config", str(work / "router.yaml")],
-    ]
-    with (work / "err.log").open("ab") as errors:
-        processes = [subprocess.Popen(c, stdout=subprocess.DEVNULL, stderr=errors) for c in commands]
-    try:
-        wait_serving("backend", BACKEND, 30)
-        wait_serving("router", PATHS["router"], 30)
-        time.sleep(1.0)  # nginx and HAProxy have no health service: give them a moment
-        for address in PATHS.values():
+    samples: dict[str, dict[str, list[float]]] = {}
+
+    def sample(path: str, key: str, value: float) -> None:
+        samples.setdefault(path, {}).setdefault(key, []).append(value)
+
+    with running(work) as processes:
+        processes.backend("backend", BACKEND)
+        processes.backend("paced backend", PACED, pace_ms=5)
+        processes.backend("idle backend", IDLE, pace_ms=3_600_000)
+        processes.nginx({NGINX: BACKEND, NGINX_PACED: PACED, NGINX_IDLE: IDLE})
+        processes.haproxy(HAPROXY, BACKEND)
+        processes.passthrough(FLOOR, PASSTHROUGH, BACKEND)
+        processes.passthrough(f"{FLOOR} (paced)", PASSTHROUGH_PACED, PACED)
+        redis = processes.redis(REDIS_PORT)
+        for name, (listen, data_path) in ROUTERS.items():
+            processes.router(name, router_config(listen, BACKEND, data_path, redis))
+        processes.router("router (paced)", router_config(ROUTER_PACED, PACED))
+        processes.router("router (idle)", router_config(ROUTER_IDLE, IDLE))
+        settle()
+        for address in BURST_PATHS.values():
             asyncio.run(check(address))
-        results: dict[str, dict[str, list[float]]] = {p: {} for p in PATHS}
         for _ in range(args.rounds):
-            for name, address in PATHS.items():
-                one = h2load(address, body, args.calls, streams=1)
-                many = h2load(address, body, args.calls * 2, streams=64)
-                own = asyncio.run(own_client(address, min(args.calls, 300)))
-                for key, value in (
-                    ("h2load_ms", one["mean_ms"]),
-                    ("h2load_calls_per_s", one["req_per_s"]),
-                    ("relay_msgs_per_s_64", many["req_per_s"] * MESSAGES),
-                    ("client_ttfm_ms", own["ttfm_ms"]),
-                    ("client_call_ms", own["call_ms"]),
-                ):
-                    results[name].setdefault(key, []).append(value)  # fmt: skip
-                if one["succeeded"] != args.calls or many["succeeded"] != args.calls * 2:
-                    raise RuntimeError(f"{name}: calls failed under load: {one} {many}")
-    finally:
-        for process in processes:
-            process.terminate()
-        for process in processes:
-            process.wait(10)
-    print(report(results, args.calls, args.rounds))
+            for name, address in BURST_PATHS.items():
+                one = h2load(address, body, args.calls)
+                sample(name, "burst_ms", one["mean_ms"])
+                for connections, key in ((1, "relay_1conn"), (4, "relay_4conn")):
+                    many = h2load(address, body, 2 * args.calls, connections, 64 // connections)
+                    sample(name, f"{key}_tokens_per_s", many["calls_per_s"] * MESSAGES)
+                own = asyncio.run(burst_client(address, min(args.calls, 300)))
+                for key, value in own.items():
+                    sample(name, f"client_{key}", value)
+            for name, address in PACED_PATHS.items():
+                for key, value in asyncio.run(paced_client(address, args.paced_calls)).items():
+                    sample(name, f"paced_{key}", value)
+        idle = {
+            name: asyncio.run(
+                idle_streams(address, args.idle_streams, partial(rss_kb, processes.pid(process)))
+            )
+            for name, (address, process) in IDLE_PATHS.items()
+        }
+    print(report(samples, idle, args))
 
 
-def report(results: dict[str, dict[str, list[float]]], calls: int, rounds: int) -> str:
-    medians = {p: {k: median(v) for k, v in r.items()} for p, r in results.items()}
-    nginx = medians["nginx"]
-    rows = [
-        (path, f"{m['h2load_ms']:.2f}", f"{m['h2load_ms'] / nginx['h2load_ms']:.2f}x",
-         f"{m['relay_msgs_per_s_64']:.0f}", f"{m['relay_msgs_per_s_64'] / nginx['relay_msgs_per_s_64']:.2f}x",
-         f"{m['client_ttfm_ms']:.2f}", f"{m['client_call_ms']:.2f}")
-        for path, m in medians.items()
+def ratio(samples: dict[str, dict[str, list[float]]], path: str, key: str, to: str = "nginx") -> float:
+    """Median over rounds of path/to for one measure: each ratio from one round."""
+    return median([a / b for a, b in zip(samples[path][key], samples[to][key], strict=True)])
+
+
+def report(
+    samples: dict[str, dict[str, list[float]]], idle: dict[str, dict[str, float]], args: argparse.Namespace
+) -> str:
+    medians = {path: {key: median(values) for key, values in by.items()} for path, by in samples.items()}
+    burst_rows = [
+        (path, f"{m['burst_ms']:.2f}", f"{ratio(samples, path, 'burst_ms'):.2f}×",
+         f"{m['relay_1conn_tokens_per_s']:,.0f}", f"{ratio(samples, path, 'relay_1conn_tokens_per_s'):.2f}×",
+         f"{m['relay_4conn_tokens_per_s']:,.0f}", f"{ratio(samples, path, 'relay_4conn_tokens_per_s'):.2f}×",
+         f"{m['client_ttfm_ms']:.2f}", f"{m['client_call_ms']:.2f}", f"{m['client_messages_per_call']:.1f}")
+        for path, m in medians.items() if path in BURST_PATHS
     ]  # fmt: skip
-    headers = ("path", "ms per call (h2load, 1 stream)", "vs nginx", "msgs/s (64 streams)", "vs nginx",
-               "first msg ms (own client)", "call ms (own client)")  # fmt: skip
-    router = medians["router"]
+    direct = medians["backend"]
+    ttft, trip = "paced_ttft_ms", "paced_token_trip_ms"
+    paced_rows = [
+        (path, f"{m[ttft]:.3f}", f"{m[ttft] - direct[ttft]:+.3f}",
+         f"{m[trip]:.3f}", f"{m[trip] - direct[trip]:+.3f}")
+        for path, m in medians.items() if path in PACED_PATHS
+    ]  # fmt: skip
+    idle_rows = [
+        (path, f"{m['rss_before_kb'] / 1024:.1f}", f"{m['rss_open_kb'] / 1024:.1f}",
+         f"{m['rss_after_kb'] / 1024:.1f}", f"{m['kb_per_stream']:.1f}")
+        for path, m in idle.items()
+    ]  # fmt: skip
+    router = medians[DEFAULT]
+    added_ttft = router["paced_ttft_ms"] - direct["paced_ttft_ms"]
+    added_trip = router["paced_token_trip_ms"] - direct["paced_token_trip_ms"]
+    burst_ratio = ratio(samples, DEFAULT, "burst_ms")
+    floor = medians[FLOOR]
+    relay = ratio(samples, DEFAULT, "relay_1conn_tokens_per_s")
+    summary = "\n".join(
+        (
+            f"- Burst stream through the router: **{burst_ratio:.2f}×** nginx's time (target ≤ 1.5×, "
+            f"stretch 1.2×); before #9: {ratio(samples, BEFORE, 'burst_ms'):.2f}×; a bare grpc.aio "
+            f"pass-through: {ratio(samples, FLOOR, 'burst_ms'):.2f}×.",
+            f"- Paced stream, medians: the router adds **{added_trip:.3f} ms** per token (target ≤ 0.15) "
+            f"and **{added_ttft:.3f} ms** to the first token (target ≤ 0.5); the bare pass-through adds "
+            f"{floor[trip] - direct[trip]:.3f} ms and {floor[ttft] - direct[ttft]:.3f} ms.",
+            f"- Relay, 64 streams on one connection: **{relay:.2f}×** nginx's tokens/s; "
+            "two router workers, 64 streams on four connections: "
+            f"**{ratio(samples, 'router, 2 workers', 'relay_4conn_tokens_per_s'):.2f}×**.",
+            f"- Idle open stream: **{idle[DEFAULT]['kb_per_stream']:.1f} KiB** in the router, "
+            f"{idle['nginx']['kb_per_stream']:.1f} KiB in nginx.",
+        )
+    )
+    tables = (
+        "### Burst streams (16 messages per call)\n\n"
+        + table(
+            (
+                "path",
+                "ms per call, 1 stream (h2load)",
+                "vs nginx",
+                "tokens/s, 64 streams 1 conn",
+                "vs nginx",
+                "tokens/s, 64 streams 4 conns",
+                "vs nginx",
+                "first msg ms (own client)",
+                "call ms (own client)",
+                "messages per call",
+            ),
+            burst_rows,
+        )
+        + "\n\n### Paced streams (a token every 5 ms; own client, medians)\n\n"
+        + table(
+            ("path", "time to first token ms", "added", "token trip ms (backend send → client)", "added"),
+            paced_rows,
+        )
+        + f"\n\n### Idle open streams ({args.idle_streams} at once, first token then silence)\n\n"
+        + table(
+            ("path", "RSS before MiB", "RSS open MiB", "RSS after cancel MiB", "KiB per stream"), idle_rows
+        )
+    )
     markdown = (
         "# Proxy data path: tiermesh router vs nginx and HAProxy\n\n"
-        f"A 16-message burst stream per call from one Python backend, on loopback, 2 vCPU. h2load: "
-        f"{calls} calls one stream at a time and {2 * calls} with 64 concurrent streams on one "
-        f"connection; own client: grpc.aio, sequential. Medians of {rounds} interleaved rounds.\n\n"
-        + table(headers, rows)
-        + f"\n\nRouter / nginx, burst stream: **{router['h2load_ms'] / nginx['h2load_ms']:.2f}×** "
-        "(target ≤ 1.5×). Relay capacity of one router process: "
-        f"**{router['relay_msgs_per_s_64'] / nginx['relay_msgs_per_s_64']:.2f}×** nginx's.\n"
+        f"Loopback on this machine ({os.cpu_count()} vCPU), backends, proxies and clients sharing it. "
+        f"{args.rounds} interleaved rounds; h2load {args.calls} calls one at a time and "
+        f"{2 * args.calls} with 64 at once; own client (grpc.aio) 300 sequential burst calls and "
+        f"{args.paced_calls} paced calls per round. Medians of rounds; ratios are medians of "
+        "per-round ratios. `python -m bench.proxy` (in `make bench`) rewrites this.\n\n"
+        + summary
+        + "\n\n"
+        + tables
+        + "\n"
     )
-    data = {"calls": calls, "rounds": rounds, "medians": medians, "samples": results}
+    data = {"args": vars(args), "medians": medians, "idle": idle, "samples": samples}
     json_path, md_path = write("proxy", data, markdown)
-    return f"{markdown}\nwritten: {json_path}, {md_path}"
+    update_readme("proxy", summary + "\n\n" + tables)
+    return f"{markdown}\nwritten: {json_path}, {md_path}, README.md"
 
 
 if __name__ == "__main__":

@@ -39,3 +39,14 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def update_readme(name: str, markdown: str, readme: Path = Path("README.md")) -> None:
+    """Replace what README.md holds between `<!-- bench:name -->` and `<!-- /bench:name -->`."""
+    start, end = f"<!-- bench:{name} -->", f"<!-- /bench:{name} -->"
+    text = readme.read_text()
+    if start not in text or end not in text:
+        raise ValueError(f"README.md has no {start} … {end} section")
+    head, _, rest = text.partition(start)
+    _, _, tail = rest.partition(end)
+    readme.write_text(f"{head}{start}\n{markdown.strip()}\n{end}{tail}")

@@ -4,14 +4,18 @@ identical work from identical code.
 
     python -m bench.stream_backend --listen 127.0.0.1:7201 [--pace-ms 5]
 
-Each call streams `max_tokens` messages (16 in the benchmark), optionally one every
-`pace_ms` like a real engine.
+Each call streams `max_tokens` messages (16 in the benchmark). Unpaced, they are
+pre-serialised and sent back to back (a burst). Paced, the first goes at once and
+each next one `pace_ms` later, like a real engine; each then carries its send time
+(`@<monotonic ns>` as its text) so a client on this machine can tell how long every
+token took to reach it.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -30,18 +34,33 @@ def messages(count: int) -> list[bytes]:
     return [m.SerializeToString() for m in out]
 
 
+def stamped(index: int, count: int) -> bytes:
+    message = mesh_pb2.GenerateResponse(
+        text=f"@{time.monotonic_ns()}", index=index, tier=mesh_pb2.TIER_SILVER
+    )
+    if index == count - 1:
+        message.finish_reason = mesh_pb2.FINISH_REASON_LENGTH
+        message.usage.completion_tokens = count
+    return message.SerializeToString()
+
+
 def stream_handler(pace_s: float) -> Callable[..., AsyncIterator[bytes]]:
     """An async generator function: grpc.aio inspects the handler to see that."""
     cache: dict[int, list[bytes]] = {}
 
-    async def stream(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[bytes]:
+    async def burst(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[bytes]:
         count = max(1, request.max_tokens)
         for payload in cache.setdefault(count, messages(count)):
-            if pace_s:
-                await asyncio.sleep(pace_s)
             yield payload
 
-    return stream
+    async def paced(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[bytes]:
+        count = max(1, request.max_tokens)
+        for index in range(count):
+            if index:
+                await asyncio.sleep(pace_s)
+            yield stamped(index, count)
+
+    return paced if pace_s else burst
 
 
 def register(server: grpc.aio.Server, stream: Callable[..., AsyncIterator[bytes]]) -> None:

@@ -15,7 +15,6 @@ from collections.abc import AsyncGenerator, AsyncIterator
 
 from tiermesh.v1 import mesh_pb2
 
-
 # A merged message stays far below any client's receive limit (gRPC's default: 4 MiB).
 MAX_MERGED_CHARS = 16 * 1024
 

@@ -23,10 +23,16 @@ class Attempt(Generic[T]):
         self.first.cancel()
         with contextlib.suppress(BaseException):
             await self.first
-        aclose = getattr(self.stream, "aclose", None)
-        if aclose is not None:
-            with contextlib.suppress(BaseException):
-                await aclose()
+        await close(self.stream)
+
+
+async def close(stream: AsyncIterator[T]) -> None:
+    """Close a stream (an async generator: its `finally` blocks run, cancelling the tier
+    call below it). Whatever closing raises is of no interest to a caller that is done."""
+    aclose = getattr(stream, "aclose", None)
+    if aclose is not None:
+        with contextlib.suppress(BaseException):
+            await aclose()
 
 
 async def first_ready(attempts: list[Attempt[T]], within_s: float | None) -> Attempt[T] | None:

@@ -63,6 +63,11 @@ async def start_grpc_server(
         options=[
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.so_reuseport", int(reuse_port)),
+            # The router pings its tiers every 30 s to keep idle streams alive. gRPC's
+            # default (one ping per 5 min without data) answers that with a GOAWAY,
+            # killing every stream on the connection.
+            ("grpc.http2.min_recv_ping_interval_without_data_ms", 15_000),
+            ("grpc.keepalive_permit_without_calls", 1),
         ],
     )
     register(server)

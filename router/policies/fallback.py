@@ -8,6 +8,7 @@ tier's Resume policy). Nothing here ever waits past the caller's deadline.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -19,7 +20,7 @@ from router.call import Call
 from router.pipeline import Backend
 from router.policies.planner import Step, TierPlanner
 from router.stats import TierLatency
-from router.streams import Attempt, first_ready
+from router.streams import close
 from tiermesh.config import TaskName, TierName
 from tiermesh.errors import StatusError
 from tiermesh.v1 import mesh_pb2
@@ -52,21 +53,22 @@ class Fallback:
             raise StatusError(grpc.StatusCode.UNAVAILABLE, f"no tier serves {call.task} requests")
         failures: list[StatusError] = []
         for step in steps:
-            attempt = Attempt(
-                self._tiers[step.tier].generate(dataclasses.replace(call, first_token_by=step.first_token_by))
+            stream = self._tiers[step.tier].generate(
+                dataclasses.replace(call, first_token_by=step.first_token_by)
             )
             try:
-                error = await self._first_token(call, step, attempt)
-                if error is None:
-                    yield attempt.first.result()
-                    async for response in attempt.stream:
-                        yield response
-                    return
-                failures.append(error)
+                first = await self._first_token(call, step, stream)
+                if isinstance(first, StatusError):
+                    failures.append(first)
+                    continue
+                yield first
+                async for response in stream:
+                    yield response
+                return
             finally:
                 # Whatever ends this step (a failure, the caller leaving, the stream's
                 # end) ends the attempt: its tier call must not outlive it.
-                await attempt.cancel()
+                await close(stream)
         if line and call.remaining() > 0:
             metrics.CANNED.labels(call.task).inc()
             yield mesh_pb2.GenerateResponse(
@@ -76,12 +78,18 @@ class Fallback:
         raise self._summary(call, failures, skipped)
 
     async def _first_token(
-        self, call: Call, step: Step, attempt: Attempt[mesh_pb2.GenerateResponse]
-    ) -> StatusError | None:
-        """None once the attempt has its first message; else why this tier is given up."""
+        self, call: Call, step: Step, stream: AsyncIterator[mesh_pb2.GenerateResponse]
+    ) -> mesh_pb2.GenerateResponse | StatusError:
+        """The tier's first message; or why this tier is given up. Awaited in place (no
+        task): giving up on the first token ends the attempt anyway."""
         started = time.monotonic()
-        ready = await first_ready([attempt], within_s=max(0.0, step.first_token_by - started))
-        if ready is None:
+        timeout = asyncio.timeout(max(0.0, step.first_token_by - started))
+        try:
+            async with timeout:
+                first = await anext(stream)
+        except TimeoutError:
+            if not timeout.expired():
+                raise
             # A censored sample: this tier took at least this long.
             self._latency[step.tier].observe(time.monotonic() - started)
             metrics.FALLBACKS.labels(call.task, step.tier, "slow").inc()
@@ -89,17 +97,16 @@ class Fallback:
                 grpc.StatusCode.DEADLINE_EXCEEDED,
                 f"{step.tier} gave no first token within {step.first_token_by - started:.3f}s",
             )
-        error = attempt.first.exception()
-        if isinstance(error, StopAsyncIteration):
-            error = StatusError(grpc.StatusCode.UNAVAILABLE, f"{step.tier} sent nothing")
-        if error is None:
-            self._latency[step.tier].observe(time.monotonic() - started)
-            return None
-        if not isinstance(error, StatusError) or error.code in CALLER_FAULTS:
-            raise error
-        reason = "shed" if error.code == grpc.StatusCode.RESOURCE_EXHAUSTED else "failed"
-        metrics.FALLBACKS.labels(call.task, step.tier, reason).inc()
-        return error
+        except StopAsyncIteration:
+            return StatusError(grpc.StatusCode.UNAVAILABLE, f"{step.tier} sent nothing")
+        except StatusError as error:
+            if error.code in CALLER_FAULTS:
+                raise
+            reason = "shed" if error.code == grpc.StatusCode.RESOURCE_EXHAUSTED else "failed"
+            metrics.FALLBACKS.labels(call.task, step.tier, reason).inc()
+            return error
+        self._latency[step.tier].observe(time.monotonic() - started)
+        return first
 
     @staticmethod
     def _summary(call: Call, failures: list[StatusError], skipped: list[TierName]) -> StatusError:

@@ -1,0 +1,171 @@
+"""The proxy benchmarks' processes on loopback: stream backends, nginx, HAProxy, Redis
+and tiermesh routers, started together and stopped together."""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tiermesh.mesh import wait_serving
+from tiermesh.v1 import mesh_pb2
+
+MESSAGES = 16
+METHOD = "/tiermesh.v1.Mesh/Generate"
+REQUEST = mesh_pb2.GenerateRequest(
+    npc_id="guard-1", prompt="x", task=mesh_pb2.TASK_DIALOGUE, max_tokens=MESSAGES
+)
+TOOLS = {
+    "nginx": "nginx-light",
+    "haproxy": "haproxy",
+    "h2load": "nghttp2-client",
+    "redis-server": "redis-server",
+}
+
+NGINX = """worker_processes 1; daemon off; error_log {work}/nginx.err; pid {work}/nginx.pid;
+events {{ worker_connections 4096; }}
+http {{ access_log off; client_body_temp_path {work}; keepalive_requests 1000000;
+  grpc_read_timeout 900s; grpc_send_timeout 900s;
+{servers}
+}}
+"""
+NGINX_SERVER = """  upstream be{port} {{ server {backend}; keepalive 16; keepalive_requests 1000000; }}
+  server {{ listen {listen} http2; location / {{ grpc_pass grpc://be{port}; }} }}"""
+HAPROXY = """global
+  nbthread 1
+defaults
+  mode http
+  timeout connect 5s
+  timeout client 30s
+  timeout server 30s
+frontend fe
+  bind {listen} proto h2
+  default_backend be
+backend be
+  server s1 {backend} proto h2
+"""
+
+
+def missing_tools() -> list[str]:
+    return [package for tool, package in TOOLS.items() if not shutil.which(tool)]
+
+
+def grpc_frame(message: bytes) -> bytes:
+    """A gRPC length-prefixed message, as h2load sends it for a body."""
+    return b"\x00" + len(message).to_bytes(4, "big") + message
+
+
+def router_config(
+    listen: str, backend: str, data_path: Mapping[str, Any] | None = None, redis_url: str = ""
+) -> dict[str, Any]:
+    """The router's full pipeline (validation, caches, admission, planner, fallback,
+    balancer, retry, metrics) with one Silver replica: the backend."""
+    task = {"tiers": ["silver"], "default_max_tokens": 16, "max_tokens_limit": 64, "default_deadline_s": 10}
+    config: dict[str, Any] = {
+        "router": {
+            "listen": listen,
+            "metrics_port": 0,
+            "tiers": {"silver": {"endpoints": [backend], "expected_ttft_s": 0.002}},
+            "tasks": dict.fromkeys(("intent", "bark", "dialogue", "longform"), task),
+            "data_path": dict(data_path or {}),
+        },
+        "personas": {"guard-1": {"system": "You guard the gate."}},
+    }
+    if redis_url:
+        config["state"] = {"backend": "redis", "redis_url": redis_url}
+    return config
+
+
+def rss_kb(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no VmRSS for {pid}")
+
+
+def children(pid: int) -> list[int]:
+    return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
+class Processes:
+    """Started processes by name; all are stopped when the `running` block ends."""
+
+    def __init__(self, work: Path) -> None:
+        self.work = work
+        self.popen: dict[str, subprocess.Popen[bytes]] = {}
+        self._errors = (work / "err.log").open("ab")
+
+    def start(self, name: str, command: list[str]) -> None:
+        self.popen[name] = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=self._errors)
+
+    def backend(self, name: str, listen: str, pace_ms: float = 0.0) -> None:
+        self.start(name, [sys.executable, "-m", "bench.stream_backend", "--listen", listen,
+                          "--pace-ms", str(pace_ms)])  # fmt: skip
+        wait_serving(name, listen, 30)
+
+    def passthrough(self, name: str, listen: str, backend: str) -> None:
+        self.start(
+            name, [sys.executable, "-m", "bench.passthrough", "--listen", listen, "--backend", backend]
+        )
+
+    def router(self, name: str, config: dict[str, Any]) -> None:
+        path = self.work / f"{name.replace(' ', '_')}.yaml"
+        path.write_text(yaml.safe_dump(config))
+        self.start(name, [sys.executable, "-m", "tiermesh.cli", "router", "--config", str(path)])
+        wait_serving(name, config["router"]["listen"], 60)
+
+    def nginx(self, routes: Mapping[str, str]) -> None:
+        """One nginx worker; `routes` maps each listen address to its backend."""
+        servers = "\n".join(
+            NGINX_SERVER.format(port=listen.rpartition(":")[2], listen=listen, backend=backend)
+            for listen, backend in routes.items()
+        )
+        conf = self.work / "nginx.conf"
+        conf.write_text(NGINX.format(work=self.work, servers=servers))
+        self.start("nginx", ["nginx", "-c", str(conf)])
+
+    def haproxy(self, listen: str, backend: str) -> None:
+        conf = self.work / "haproxy.cfg"
+        conf.write_text(HAPROXY.format(listen=listen, backend=backend))
+        self.start("haproxy", ["haproxy", "-f", str(conf)])
+
+    def redis(self, port: int) -> str:
+        self.start("redis", ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                             "--appendonly", "no"])  # fmt: skip
+        return f"redis://127.0.0.1:{port}/0"
+
+    def pid(self, name: str) -> int:
+        """The process doing the relaying: nginx's worker, not its master."""
+        pid = self.popen[name].pid
+        return children(pid)[0] if name == "nginx" else pid
+
+    def stop(self) -> None:
+        for process in self.popen.values():
+            process.terminate()
+        for process in self.popen.values():
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(10)
+                continue
+            process.kill()
+        self._errors.close()
+
+
+@contextlib.contextmanager
+def running(work: Path) -> Iterator[Processes]:
+    processes = Processes(work)
+    try:
+        yield processes
+    finally:
+        processes.stop()
+
+
+def settle(seconds: float = 1.0) -> None:
+    """nginx and HAProxy have no health service: give them a moment to listen."""
+    time.sleep(seconds)

@@ -1,0 +1,115 @@
+"""Soak: the router's memory under steady streaming for a long time (10 min default).
+
+One burst backend, one router (the shipped data path, full pipeline). In each slice,
+h2load keeps 64 streams going over four connections, and the project's client opens
+streams and walks away after the first token (the cancellation path, where leaks
+hide). The router's RSS is read after every slice; the verdict compares the last
+slices with the first ones after warm-up and fits a slope over the run.
+
+    python -m bench.soak [--seconds 600] [--slice-s 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import grpc
+
+from bench.paths import REQUEST, grpc_frame, missing_tools, router_config, rss_kb, running
+from bench.report import table, update_readme, write
+from bench.stream_clients import check, h2load
+from tiermesh.v1 import mesh_pb2_grpc
+
+BACKEND, ROUTER = "127.0.0.1:7241", "127.0.0.1:7244"
+WARM_UP_SLICES = 3
+
+
+async def walk_away(address: str, calls: int) -> None:
+    """Streams cancelled after their first message."""
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = mesh_pb2_grpc.MeshStub(channel)
+        for _ in range(calls):
+            call = stub.Generate(REQUEST, timeout=10)
+            await call.read()
+            call.cancel()
+
+
+def slope_kb_per_min(samples: list[tuple[float, int]]) -> float:
+    """Least-squares slope of RSS over time."""
+    times = [t / 60 for t, _ in samples]
+    values = [float(rss) for _, rss in samples]
+    return statistics.linear_regression(times, values).slope
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--seconds", type=float, default=600)
+    parser.add_argument("--slice-s", type=float, default=20)
+    args = parser.parse_args()
+    if missing := missing_tools():
+        sys.exit(f"missing: {', '.join(missing)} (`make bench-tools` installs them)")
+    work = Path(tempfile.mkdtemp(prefix="tiermesh-soak-"))
+    body = work / "request.bin"
+    body.write_bytes(grpc_frame(REQUEST.SerializeToString()))
+    samples: list[tuple[float, int]] = []
+    calls = 0
+    with running(work) as processes:
+        processes.backend("backend", BACKEND)
+        processes.router("router", router_config(ROUTER, BACKEND))
+        asyncio.run(check(ROUTER))
+        pid = processes.pid("router")
+        started = time.monotonic()
+        while time.monotonic() - started < args.seconds:
+            slice_started = time.monotonic()
+            while time.monotonic() - slice_started < args.slice_s:
+                h2load(ROUTER, body, 2000, connections=4, streams=16)
+                asyncio.run(walk_away(ROUTER, 100))
+                calls += 2100
+            samples.append((time.monotonic() - started, rss_kb(pid)))
+            print(f"{samples[-1][0]:6.0f} s  RSS {samples[-1][1] / 1024:.1f} MiB  calls {calls}", flush=True)
+    print(report(samples, calls, args))
+
+
+def report(samples: list[tuple[float, int]], calls: int, args: argparse.Namespace) -> str:
+    settled = samples[WARM_UP_SLICES:]
+    first = statistics.median(rss for _, rss in settled[:3])
+    last = statistics.median(rss for _, rss in settled[-3:])
+    slope = slope_kb_per_min(settled)
+    summary = (
+        f"Router RSS over {samples[-1][0] / 60:.1f} min of streaming ({calls:,} calls, 1 in 21 "
+        f"cancelled after the first token): {first / 1024:.1f} MiB after warm-up, {last / 1024:.1f} MiB "
+        f"at the end (**{(last - first) / 1024:+.1f} MiB**), slope **{slope:+.1f} KiB/min**."
+    )
+    rows = [(f"{t:.0f}", f"{rss / 1024:.1f}") for t, rss in samples]
+    markdown = (
+        "# Soak: router memory under steady streaming\n\n"
+        f"`python -m bench.soak --seconds {args.seconds:.0f}`: h2load 64 streams on 4 connections "
+        "(16-message bursts) and 100 walk-away streams per pass, RSS read every "
+        f"{args.slice_s:.0f} s; the first {WARM_UP_SLICES} readings are warm-up.\n\n"
+        + summary
+        + "\n\n"
+        + table(("seconds", "RSS MiB"), rows)
+        + "\n"
+    )
+    data = {
+        "args": vars(args),
+        "calls": calls,
+        "samples": samples,
+        "rss_change_kb": last - first,
+        "slope_kb_per_min": slope,
+    }
+    json_path, md_path = write("soak", data, markdown)
+    update_readme("soak", summary)
+    return f"{markdown}\nwritten: {json_path}, {md_path}, README.md"
+
+
+if __name__ == "__main__":
+    main()
