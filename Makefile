@@ -90,6 +90,7 @@ bench: setup model bench-tools
 	$(BIN)/python -m bench.gold
 	$(BIN)/python -m bench.overload
 	$(BIN)/python -m bench.proxy
+	$(BIN)/python -m bench.soak --walk-aways 0
 	$(BIN)/python -m bench.soak
 
 # Debian's nginx, HAProxy and h2load: the proxy baseline the router is measured against.

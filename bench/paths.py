@@ -7,6 +7,7 @@ import contextlib
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -53,8 +54,15 @@ backend be
 """
 
 
-def missing_tools() -> list[str]:
-    return [package for tool, package in TOOLS.items() if not shutil.which(tool)]
+def workspace(name: str) -> tuple[Path, Path]:
+    """A fresh folder for configs and logs, and the h2load request body in it; exits
+    when a tool is missing."""
+    if missing := [package for tool, package in TOOLS.items() if not shutil.which(tool)]:
+        sys.exit(f"missing: {', '.join(missing)} (`make bench-tools` installs them)")
+    work = Path(tempfile.mkdtemp(prefix=f"tiermesh-{name}-"))
+    body = work / "request.bin"
+    body.write_bytes(grpc_frame(REQUEST.SerializeToString()))
+    return work, body
 
 
 def grpc_frame(message: bytes) -> bytes:

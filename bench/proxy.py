@@ -26,19 +26,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import sys
-import tempfile
 from functools import partial
-from pathlib import Path
 from typing import Any
 
-from bench.paths import MESSAGES, REQUEST, grpc_frame, missing_tools, router_config, rss_kb, running, settle
+from bench.paths import MESSAGES, router_config, rss_kb, running, settle, workspace
 from bench.report import median, table, update_readme, write
 from bench.stream_clients import burst_client, check, h2load, idle_streams, paced_client
 
 BACKEND, PACED, IDLE = "127.0.0.1:7201", "127.0.0.1:7211", "127.0.0.1:7221"
 NGINX, HAPROXY, PASSTHROUGH = "127.0.0.1:7202", "127.0.0.1:7203", "127.0.0.1:7208"
-PASSTHROUGH_PACED = "127.0.0.1:7218"
+PASSTHROUGH_PACED, PASSTHROUGH_IDLE = "127.0.0.1:7218", "127.0.0.1:7228"
 NGINX_PACED, NGINX_IDLE = "127.0.0.1:7212", "127.0.0.1:7222"
 ROUTER_PACED, ROUTER_IDLE = "127.0.0.1:7214", "127.0.0.1:7224"
 REDIS_PORT = 7230
@@ -57,7 +54,11 @@ BURST_PATHS = {"backend": BACKEND, "nginx": NGINX, "haproxy": HAPROXY, FLOOR: PA
 }
 PACED_PATHS = {"backend": PACED, "nginx": NGINX_PACED, FLOOR: PASSTHROUGH_PACED, DEFAULT: ROUTER_PACED}
 # Path: its address and the process whose memory is read.
-IDLE_PATHS = {"nginx": (NGINX_IDLE, "nginx"), DEFAULT: (ROUTER_IDLE, "router (idle)")}
+IDLE_PATHS = {
+    "nginx": (NGINX_IDLE, "nginx"),
+    FLOOR: (PASSTHROUGH_IDLE, f"{FLOOR} (idle)"),
+    DEFAULT: (ROUTER_IDLE, "router (idle)"),
+}
 
 
 def main() -> None:
@@ -69,11 +70,7 @@ def main() -> None:
     parser.add_argument("--paced-calls", type=int, default=20, help="paced calls per path and round")
     parser.add_argument("--idle-streams", type=int, default=1000)
     args = parser.parse_args()
-    if missing := missing_tools():
-        sys.exit(f"missing: {', '.join(missing)} (`make bench-tools` installs them)")
-    work = Path(tempfile.mkdtemp(prefix="tiermesh-proxy-"))
-    body = work / "request.bin"
-    body.write_bytes(grpc_frame(REQUEST.SerializeToString()))
+    work, body = workspace("proxy")
     samples: dict[str, dict[str, list[float]]] = {}
 
     def sample(path: str, key: str, value: float) -> None:
@@ -87,6 +84,7 @@ def main() -> None:
         processes.haproxy(HAPROXY, BACKEND)
         processes.passthrough(FLOOR, PASSTHROUGH, BACKEND)
         processes.passthrough(f"{FLOOR} (paced)", PASSTHROUGH_PACED, PACED)
+        processes.passthrough(f"{FLOOR} (idle)", PASSTHROUGH_IDLE, IDLE)
         redis = processes.redis(REDIS_PORT)
         for name, (listen, data_path) in ROUTERS.items():
             processes.router(name, router_config(listen, BACKEND, data_path, redis))
@@ -163,6 +161,7 @@ def report(
             "two router workers, 64 streams on four connections: "
             f"**{ratio(samples, 'router, 2 workers', 'relay_4conn_tokens_per_s'):.2f}×**.",
             f"- Idle open stream: **{idle[DEFAULT]['kb_per_stream']:.1f} KiB** in the router, "
+            f"{idle[FLOOR]['kb_per_stream']:.1f} KiB in the bare pass-through, "
             f"{idle['nginx']['kb_per_stream']:.1f} KiB in nginx.",
         )
     )

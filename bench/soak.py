@@ -14,14 +14,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import statistics
-import sys
-import tempfile
 import time
-from pathlib import Path
 
 import grpc
 
-from bench.paths import REQUEST, grpc_frame, missing_tools, router_config, rss_kb, running
+from bench.paths import REQUEST, router_config, rss_kb, running, workspace
 from bench.report import table, update_readme, write
 from bench.stream_clients import check, h2load
 from tiermesh.v1 import mesh_pb2_grpc
@@ -53,26 +50,35 @@ def main() -> None:
     )
     parser.add_argument("--seconds", type=float, default=600)
     parser.add_argument("--slice-s", type=float, default=20)
+    parser.add_argument(
+        "--walk-aways", type=int, default=100,
+        help="streams cancelled after their first token, per pass (0: complete streams only)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--relay", choices=("router", "passthrough"), default="router",
+        help="passthrough: bench/passthrough.py instead, to tell the router's memory from grpc.aio's",
+    )  # fmt: skip
     args = parser.parse_args()
-    if missing := missing_tools():
-        sys.exit(f"missing: {', '.join(missing)} (`make bench-tools` installs them)")
-    work = Path(tempfile.mkdtemp(prefix="tiermesh-soak-"))
-    body = work / "request.bin"
-    body.write_bytes(grpc_frame(REQUEST.SerializeToString()))
+    work, body = workspace("soak")
     samples: list[tuple[float, int]] = []
     calls = 0
     with running(work) as processes:
         processes.backend("backend", BACKEND)
-        processes.router("router", router_config(ROUTER, BACKEND))
+        if args.relay == "router":
+            processes.router("router", router_config(ROUTER, BACKEND))
+        else:
+            processes.passthrough("passthrough", ROUTER, BACKEND)
+            time.sleep(1.0)
         asyncio.run(check(ROUTER))
-        pid = processes.pid("router")
+        pid = processes.pid(args.relay)
         started = time.monotonic()
         while time.monotonic() - started < args.seconds:
             slice_started = time.monotonic()
             while time.monotonic() - slice_started < args.slice_s:
                 h2load(ROUTER, body, 2000, connections=4, streams=16)
-                asyncio.run(walk_away(ROUTER, 100))
-                calls += 2100
+                if args.walk_aways:
+                    asyncio.run(walk_away(ROUTER, args.walk_aways))
+                calls += 2000 + args.walk_aways
             samples.append((time.monotonic() - started, rss_kb(pid)))
             print(f"{samples[-1][0]:6.0f} s  RSS {samples[-1][1] / 1024:.1f} MiB  calls {calls}", flush=True)
     print(report(samples, calls, args))
@@ -83,17 +89,25 @@ def report(samples: list[tuple[float, int]], calls: int, args: argparse.Namespac
     first = statistics.median(rss for _, rss in settled[:3])
     last = statistics.median(rss for _, rss in settled[-3:])
     slope = slope_kb_per_min(settled)
+    name = "soak" if args.walk_aways else "soak-complete-streams"
+    relay = "Router" if args.relay == "router" else "Bare grpc.aio pass-through"
+    cancelled = (
+        f"1 in {(2000 + args.walk_aways) / args.walk_aways:.0f} cancelled after the first token"
+        if args.walk_aways
+        else "every stream complete"
+    )
     summary = (
-        f"Router RSS over {samples[-1][0] / 60:.1f} min of streaming ({calls:,} calls, 1 in 21 "
-        f"cancelled after the first token): {first / 1024:.1f} MiB after warm-up, {last / 1024:.1f} MiB "
-        f"at the end (**{(last - first) / 1024:+.1f} MiB**), slope **{slope:+.1f} KiB/min**."
+        f"{relay} RSS over {samples[-1][0] / 60:.1f} min of streaming ({calls:,} calls, {cancelled}): "
+        f"{first / 1024:.1f} MiB after warm-up, {last / 1024:.1f} MiB at the end "
+        f"(**{(last - first) / 1024:+.1f} MiB**), slope **{slope:+.1f} KiB/min**."
     )
     rows = [(f"{t:.0f}", f"{rss / 1024:.1f}") for t, rss in samples]
     markdown = (
-        "# Soak: router memory under steady streaming\n\n"
-        f"`python -m bench.soak --seconds {args.seconds:.0f}`: h2load 64 streams on 4 connections "
-        "(16-message bursts) and 100 walk-away streams per pass, RSS read every "
-        f"{args.slice_s:.0f} s; the first {WARM_UP_SLICES} readings are warm-up.\n\n"
+        "# Soak: memory under steady streaming\n\n"
+        f"`python -m bench.soak --seconds {args.seconds:.0f} --walk-aways {args.walk_aways} --relay "
+        f"{args.relay}`: h2load 64 streams on 4 connections (16-message bursts) and "
+        f"{args.walk_aways} walk-away streams per pass, RSS read every {args.slice_s:.0f} s; the first "
+        f"{WARM_UP_SLICES} readings are warm-up.\n\n"
         + summary
         + "\n\n"
         + table(("seconds", "RSS MiB"), rows)
@@ -106,8 +120,9 @@ def report(samples: list[tuple[float, int]], calls: int, args: argparse.Namespac
         "rss_change_kb": last - first,
         "slope_kb_per_min": slope,
     }
-    json_path, md_path = write("soak", data, markdown)
-    update_readme("soak", summary)
+    json_path, md_path = write(name, data, markdown)
+    if args.relay == "router":
+        update_readme(name, summary)
     return f"{markdown}\nwritten: {json_path}, {md_path}, README.md"
 
 
