@@ -4,6 +4,7 @@ and tiermesh routers, started together and stopped together."""
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 import subprocess
 import sys
@@ -110,8 +111,10 @@ class Processes:
         self.popen: dict[str, subprocess.Popen[bytes]] = {}
         self._errors = (work / "err.log").open("ab")
 
-    def start(self, name: str, command: list[str]) -> None:
-        self.popen[name] = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=self._errors)
+    def start(self, name: str, command: list[str], env: Mapping[str, str] | None = None) -> None:
+        self.popen[name] = subprocess.Popen(
+            command, stdout=subprocess.DEVNULL, stderr=self._errors, env={**os.environ, **(env or {})}
+        )
 
     def backend(self, name: str, listen: str, pace_ms: float = 0.0) -> None:
         self.start(name, [sys.executable, "-m", "bench.stream_backend", "--listen", listen,
@@ -123,10 +126,10 @@ class Processes:
             name, [sys.executable, "-m", "bench.passthrough", "--listen", listen, "--backend", backend]
         )
 
-    def router(self, name: str, config: dict[str, Any]) -> None:
+    def router(self, name: str, config: dict[str, Any], env: Mapping[str, str] | None = None) -> None:
         path = self.work / f"{name.replace(' ', '_')}.yaml"
         path.write_text(yaml.safe_dump(config))
-        self.start(name, [sys.executable, "-m", "tiermesh.cli", "router", "--config", str(path)])
+        self.start(name, [sys.executable, "-m", "tiermesh.cli", "router", "--config", str(path)], env)
         wait_serving(name, config["router"]["listen"], 60)
 
     def nginx(self, routes: Mapping[str, str]) -> None:

@@ -5,9 +5,10 @@ paced one every 5 ms like an engine, or a first token and then silence (idle). n
 `grpc_pass` (one worker), HAProxy (h2, one thread) and tiermesh routers (full
 pipeline: validation, caches, admission, planner, fallback, balancer, retry,
 metrics) relay them. A bare grpc.aio pass-through (bench/passthrough.py) shows the
-floor a Python grpc.aio relay stands on. Four routers show what each data-path choice is worth: the
+floor a Python grpc.aio relay stands on. Five routers show what each choice is worth: the
 shipped default (uvloop, coalescing), the same without coalescing, the pre-#9 data
-path (asyncio, message by message), and the default with two SO_REUSEPORT workers.
+path (asyncio, message by message), the default with two SO_REUSEPORT workers, and the
+default with gRPC core's EventEngine poller for Python turned off.
 
 Measured, in rounds that interleave the paths (medians of rounds; "vs nginx" is the
 median of each round's ratio, so both sides of a ratio ran minutes apart at most):
@@ -41,16 +42,21 @@ ROUTER_PACED, ROUTER_IDLE = "127.0.0.1:7214", "127.0.0.1:7224"
 REDIS_PORT = 7230
 DEFAULT = "router"
 BEFORE = "router, pre-#9 (asyncio, no coalescing)"
-# Router variants on the burst backend: listen address and router.data_path.
-ROUTERS: dict[str, tuple[str, dict[str, Any]]] = {
-    DEFAULT: ("127.0.0.1:7204", {}),
-    "router, no coalescing": ("127.0.0.1:7205", {"coalesce": False}),
-    BEFORE: ("127.0.0.1:7206", {"coalesce": False, "event_loop": "asyncio"}),
-    "router, 2 workers": ("127.0.0.1:7207", {"workers": 2}),
+# Router variants on the burst backend: listen address, router.data_path, environment.
+# The last turns off gRPC core's EventEngine poller for Python (an experiment flag of
+# grpcio 1.81, not a setting of ours): measured, not shipped.
+ROUTERS: dict[str, tuple[str, dict[str, Any], dict[str, str]]] = {
+    DEFAULT: ("127.0.0.1:7204", {}, {}),
+    "router, no coalescing": ("127.0.0.1:7205", {"coalesce": False}, {}),
+    BEFORE: ("127.0.0.1:7206", {"coalesce": False, "event_loop": "asyncio"}, {}),
+    "router, 2 workers": ("127.0.0.1:7207", {"workers": 2}, {}),
+    "router, GRPC_EXPERIMENTS=-event_engine_poller_for_python": (
+        "127.0.0.1:7209", {}, {"GRPC_EXPERIMENTS": "-event_engine_poller_for_python"},
+    ),
 }  # fmt: skip
 FLOOR = "grpc.aio pass-through"  # bench/passthrough.py: a relay hop and nothing else
 BURST_PATHS = {"backend": BACKEND, "nginx": NGINX, "haproxy": HAPROXY, FLOOR: PASSTHROUGH} | {
-    name: address for name, (address, _) in ROUTERS.items()
+    name: address for name, (address, _, _) in ROUTERS.items()
 }
 PACED_PATHS = {"backend": PACED, "nginx": NGINX_PACED, FLOOR: PASSTHROUGH_PACED, DEFAULT: ROUTER_PACED}
 # Path: its address and the process whose memory is read.
@@ -86,8 +92,8 @@ def main() -> None:
         processes.passthrough(f"{FLOOR} (paced)", PASSTHROUGH_PACED, PACED)
         processes.passthrough(f"{FLOOR} (idle)", PASSTHROUGH_IDLE, IDLE)
         redis = processes.redis(REDIS_PORT)
-        for name, (listen, data_path) in ROUTERS.items():
-            processes.router(name, router_config(listen, BACKEND, data_path, redis))
+        for name, (listen, data_path, env) in ROUTERS.items():
+            processes.router(name, router_config(listen, BACKEND, data_path, redis), env)
         processes.router("router (paced)", router_config(ROUTER_PACED, PACED))
         processes.router("router (idle)", router_config(ROUTER_IDLE, IDLE))
         settle()

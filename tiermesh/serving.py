@@ -50,6 +50,7 @@ async def start_grpc_server(
     tls: TlsSettings | None = None,
     interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
     reuse_port: bool = False,
+    min_ping_interval_ms: int = 15_000,
 ) -> Serving:
     """Start a grpc.aio server with `register`ed services, health and reflection.
 
@@ -66,7 +67,7 @@ async def start_grpc_server(
             # The router pings its tiers every 30 s to keep idle streams alive. gRPC's
             # default (one ping per 5 min without data) answers that with a GOAWAY,
             # killing every stream on the connection.
-            ("grpc.http2.min_recv_ping_interval_without_data_ms", 15_000),
+            ("grpc.http2.min_ping_interval_without_data_ms", min_ping_interval_ms),
             ("grpc.keepalive_permit_without_calls", 1),
         ],
     )
