@@ -44,6 +44,8 @@ def secure_mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path
         },
         "silver": {**base["silver"], "listen": SILVER, "metrics_port": 0, "mcp_servers": []},
         "personas": base["personas"],
+        # The CPU stand-ins' SLOs, as the local mesh has them (not production's 250 ms).
+        "validation": base["validation"],
         "security": {
             "edge_tls": {**pem, "cert": str(certs / "edge.crt"), "key": str(certs / "edge.key")},
             "mesh_tls": {**mesh_pem, "require_client_cert": True},
