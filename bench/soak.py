@@ -18,7 +18,7 @@ import time
 
 import grpc
 
-from bench.paths import REQUEST, router_config, rss_kb, running, workspace
+from bench.paths import REQUEST, router_config, rss_kb, running, settle, workspace
 from bench.report import table, update_readme, write
 from bench.stream_clients import check, h2load
 from tiermesh.v1 import mesh_pb2_grpc
@@ -68,7 +68,7 @@ def main() -> None:
             processes.router("router", router_config(ROUTER, BACKEND))
         else:
             processes.passthrough("passthrough", ROUTER, BACKEND)
-            time.sleep(1.0)
+            settle()
         asyncio.run(check(ROUTER))
         pid = processes.pid(args.relay)
         started = time.monotonic()

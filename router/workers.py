@@ -15,6 +15,7 @@ from multiprocessing.connection import wait
 from types import FrameType
 
 from tiermesh.config import Settings
+from tiermesh.logs import setup_logging
 from tiermesh.serving import run as run_service
 
 log = logging.getLogger(__name__)
@@ -23,7 +24,7 @@ log = logging.getLogger(__name__)
 def worker(settings: Settings, index: int = 0) -> None:
     from router.app import serve
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging()
     run_service(serve(settings, index), settings.router.data_path.event_loop)
 
 

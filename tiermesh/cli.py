@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 import sys
 import time
 from pathlib import Path
@@ -14,6 +13,7 @@ import typer
 from rich.console import Console
 
 from tiermesh.config import Settings, config_path, load_settings
+from tiermesh.logs import setup_logging
 
 app = typer.Typer(help="tiermesh: a gRPC token-streaming inference mesh for game NPCs.")
 console = Console()
@@ -33,10 +33,6 @@ def _settings(config: Path | None) -> Settings:
         raise typer.Exit(2) from None
 
 
-def _logging() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-
-
 @app.command()
 def router(config: ConfigOption = None) -> None:
     """Serve tiermesh.v1.Mesh (the router) in the foreground."""
@@ -51,7 +47,7 @@ def silver(config: ConfigOption = None) -> None:
     from services.silver.server import serve
 
     settings = _settings(config)
-    _logging()
+    setup_logging()
     asyncio.run(serve(settings))
 
 
@@ -61,7 +57,7 @@ def bronze(config: ConfigOption = None) -> None:
     from services.bronze.server import serve
 
     settings = _settings(config)
-    _logging()
+    setup_logging()
     asyncio.run(serve(settings))
 
 

@@ -32,6 +32,7 @@ from aiohttp import web
 
 from services.bronze.aws import client, parse_s3
 from tiermesh.config import BronzeSettings, load_settings
+from tiermesh.logs import setup_logging
 
 log = logging.getLogger("tiermesh.bronze.emulator")
 
@@ -200,7 +201,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--config", "-c", default=None)
     args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging()
     settings = load_settings(args.config).bronze
     emulator = Emulator(settings, f"http://127.0.0.1:{settings.container_port}")
     web.run_app(emulator.app(), host="127.0.0.1", port=settings.emulator_port, print=None)

@@ -23,6 +23,7 @@ import numpy as np
 
 from services.gold.engine import LlamaPool
 from tiermesh.config import GoldSettings, TlsSettings, load_settings
+from tiermesh.logs import setup_logging
 
 log = logging.getLogger("tiermesh.gold")
 MODEL = "ensemble"
@@ -152,7 +153,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--config", "-c", default=None)
     args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging()
     settings = load_settings(args.config)
     serve(settings.gold, settings.security.mesh_tls)
 

@@ -16,6 +16,7 @@ import pytest
 import pytest_asyncio
 import yaml
 
+from bench.paths import children
 from tests.doubles import ScriptedTier
 from tiermesh.config import load_settings
 from tiermesh.mesh import wait_serving
@@ -29,8 +30,7 @@ REQUEST = mesh_pb2.GenerateRequest(npc_id="guard-1", prompt="hi", task=mesh_pb2.
 
 def worker_pids(parent: int) -> list[int]:
     """The spawned workers (not multiprocessing's resource tracker)."""
-    children = Path(f"/proc/{parent}/task/{parent}/children").read_text().split()
-    return [int(pid) for pid in children if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+    return [pid for pid in children(parent) if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()]
 
 
 def running(pid: int) -> bool:
