@@ -4,13 +4,17 @@ gRPC streams are pinned to the connection that opened them, and one Python proce
 relays on one core. With `router.data_path.workers: N` the router starts N processes
 that all listen on the port with SO_REUSEPORT; the kernel spreads new connections
 among them. They share sessions through Redis (config refuses anything else).
+With `pin_cpus: true`, worker i runs on the i-th CPU the router may use.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import multiprocessing
+import os
 import signal
+import threading
 from multiprocessing.connection import wait
 from types import FrameType
 
@@ -21,10 +25,41 @@ from tiermesh.serving import run as run_service
 log = logging.getLogger(__name__)
 
 
+def pin_to_cpu(index: int) -> int:
+    """Run this process, every thread it has and every thread those start, on the
+    index-th CPU it may use (round robin past the last); returns that CPU."""
+    allowed = sorted(os.sched_getaffinity(0))
+    cpu = allowed[index % len(allowed)]
+    for thread in os.listdir("/proc/self/task"):
+        with contextlib.suppress(ProcessLookupError):  # a thread that has just ended
+            os.sched_setaffinity(int(thread), {cpu})
+    return cpu
+
+
+def stop_with_supervisor() -> None:
+    """A spawned worker stops when its supervisor dies, even by SIGKILL: otherwise it would
+    serve on, holding the port, with nobody to restart the router."""
+    supervisor = multiprocessing.parent_process()
+    if supervisor is None:
+        return
+
+    def watch() -> None:
+        wait([supervisor.sentinel])
+        os.kill(os.getpid(), signal.SIGTERM)  # the worker's own drain and stop
+
+    threading.Thread(target=watch, name="supervisor-watch", daemon=True).start()
+
+
 def worker(settings: Settings, index: int = 0) -> None:
     from router.app import serve
 
     setup_logging()
+    stop_with_supervisor()
+    if settings.router.data_path.pin_cpus:
+        try:
+            log.info("router worker %d runs on CPU %d", index, pin_to_cpu(index))
+        except OSError as e:  # a tuning setting, not a reason to stay down
+            log.warning("router worker %d not pinned to a CPU: %s", index, e)
     run_service(serve(settings, index), settings.router.data_path.event_loop)
 
 

@@ -10,6 +10,7 @@ import sys
 import urllib.request
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -34,7 +35,12 @@ def worker_pids(parent: int) -> list[int]:
 
 
 def running(pid: int) -> bool:
-    return Path(f"/proc/{pid}").exists()
+    """Alive, not a zombie (an orphan's exit may never be reaped in a container)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rpartition(")")[2].split()[0] != "Z"
 
 
 def requests_served(metrics_port: int) -> float:
@@ -47,8 +53,34 @@ def requests_served(metrics_port: int) -> float:
     )
 
 
+def cpus(listed: str) -> set[int]:
+    """'0-2,5' → {0, 1, 2, 5}: the kernel's CPU list format."""
+    out: set[int] = set()
+    for part in listed.split(","):
+        first, _, last = part.partition("-")
+        out.update(range(int(first), int(last or first) + 1))
+    return out
+
+
+def thread_cpus(pid: int) -> list[set[int]]:
+    """The CPUs each thread of `pid` may run on."""
+    found = []
+    for status in Path(f"/proc/{pid}/task").glob("*/status"):
+        for line in status.read_text().splitlines():
+            if line.startswith("Cpus_allowed_list:"):
+                found.append(cpus(line.split(":", 1)[1].strip()))
+    return found
+
+
 @pytest.fixture
-def config(tmp_path: Path, scripted_silver: tuple[ScriptedTier, int], redis_server: str) -> Path:
+def data_path() -> dict[str, Any]:
+    return {"workers": WORKERS}
+
+
+@pytest.fixture
+def config(
+    tmp_path: Path, scripted_silver: tuple[ScriptedTier, int], redis_server: str, data_path: dict[str, Any]
+) -> Path:
     _, port = scripted_silver
     path = tmp_path / "router.yaml"
     path.write_text(
@@ -58,7 +90,7 @@ def config(tmp_path: Path, scripted_silver: tuple[ScriptedTier, int], redis_serv
                     "listen": LISTEN,
                     "metrics_port": METRICS_PORT,
                     "tiers": {"silver": {"endpoints": [f"127.0.0.1:{port}"]}},
-                    "data_path": {"workers": WORKERS},
+                    "data_path": data_path,
                 },
                 "state": {"backend": "redis", "redis_url": redis_server},
             }
@@ -77,8 +109,12 @@ async def workers(config: Path) -> AsyncIterator[asyncio.subprocess.Process]:
         yield parent
     finally:
         if parent.returncode is None:
-            parent.kill()
-            await parent.wait()
+            parent.terminate()
+            try:
+                await asyncio.wait_for(parent.wait(), 20)
+            except TimeoutError:
+                parent.kill()
+                await parent.wait()
 
 
 async def test_connections_spread_over_workers_that_all_serve(
@@ -103,6 +139,22 @@ async def test_connections_spread_over_workers_that_all_serve(
     assert await asyncio.wait_for(workers.wait(), 20) == 0
 
 
+@pytest.mark.parametrize("data_path", [{"workers": WORKERS, "pin_cpus": True}])
+async def test_pinned_workers_run_each_on_one_cpu_of_its_own(workers: asyncio.subprocess.Process) -> None:
+    allowed = sorted(os.sched_getaffinity(0))
+    per_worker = []
+    for pid in worker_pids(workers.pid):
+        threads = thread_cpus(pid)
+        assert len(threads) > 1, "gRPC's threads are there too"
+        assert all(len(cpus) == 1 for cpus in threads), f"every thread on one CPU: {threads}"
+        assert len({min(cpus) for cpus in threads}) == 1, f"all threads on the same CPU: {threads}"
+        per_worker.append(min(threads[0]))
+    assert sorted(per_worker) == sorted(allowed[i % len(allowed)] for i in range(WORKERS))
+    async with grpc.aio.insecure_channel(LISTEN) as channel:
+        replies = [r async for r in mesh_pb2_grpc.MeshStub(channel).Generate(REQUEST, timeout=10)]
+    assert "".join(r.text for r in replies) == "Halt! Who goes there?"
+
+
 async def test_a_dead_worker_stops_the_router_so_it_restarts_whole(
     workers: asyncio.subprocess.Process,
 ) -> None:
@@ -110,6 +162,17 @@ async def test_a_dead_worker_stops_the_router_so_it_restarts_whole(
     os.kill(pids[0], signal.SIGKILL)
     assert await asyncio.wait_for(workers.wait(), 20) == 1
     assert not any(map(running, pids[1:])), "the other workers were stopped and reaped"
+
+
+async def test_workers_stop_when_their_supervisor_is_killed(workers: asyncio.subprocess.Process) -> None:
+    pids = worker_pids(workers.pid)
+    workers.kill()
+    await workers.wait()
+    for _ in range(100):
+        if not any(map(running, pids)):
+            break
+        await asyncio.sleep(0.1)
+    assert not any(map(running, pids)), "no orphaned worker holds the port"
 
 
 def test_workers_need_shared_state(tmp_path: Path) -> None:
