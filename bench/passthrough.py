@@ -3,7 +3,9 @@ request bytes go to the backend and its raw response bytes come back: no parsing
 policies, no metrics, on uvloop like the router. The proxy benchmark runs it beside
 the router to show what grpc.aio itself costs per hop, i.e. what bounds the router.
 
-    python -m bench.passthrough --listen 127.0.0.1:7208 --backend 127.0.0.1:7201
+    python -m bench.passthrough --listen 127.0.0.1:7208 --backend 127.0.0.1:7201 [--pin-cpu]
+
+`--pin-cpu` runs it on one CPU, as `router.data_path.pin_cpus` runs the router.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import grpc
 import uvloop
 
 from bench.paths import METHOD
+from router.workers import pin_to_cpu
 
 
 def identity(message: bytes) -> bytes:
@@ -46,7 +49,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--listen", required=True)
     parser.add_argument("--backend", required=True)
+    parser.add_argument("--pin-cpu", action="store_true")
     args = parser.parse_args()
+    if args.pin_cpu:
+        pin_to_cpu(0)
     uvloop.run(serve(args.listen, args.backend))
 
 

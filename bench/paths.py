@@ -121,10 +121,10 @@ class Processes:
                           "--pace-ms", str(pace_ms)])  # fmt: skip
         wait_serving(name, listen, 30)
 
-    def passthrough(self, name: str, listen: str, backend: str) -> None:
-        self.start(
-            name, [sys.executable, "-m", "bench.passthrough", "--listen", listen, "--backend", backend]
-        )
+    def relay(self, name: str, module: str, listen: str, backend: str, *flags: str) -> None:
+        """A reference relay of bench/: `passthrough` (grpc.aio) or `tcp_relay` (bytes)."""
+        command = ["--listen", listen, "--backend", backend, *flags]
+        self.start(name, [sys.executable, "-m", f"bench.{module}", *command])
 
     def router(self, name: str, config: dict[str, Any], env: Mapping[str, str] | None = None) -> None:
         path = self.work / f"{name.replace(' ', '_')}.yaml"

@@ -5,10 +5,12 @@ paced one every 5 ms like an engine, or a first token and then silence (idle). n
 `grpc_pass` (one worker), HAProxy (h2, one thread) and tiermesh routers (full
 pipeline: validation, caches, admission, planner, fallback, balancer, retry,
 metrics) relay them. A bare grpc.aio pass-through (bench/passthrough.py) shows the
-floor a Python grpc.aio relay stands on. Five routers show what each choice is worth: the
+floor a Python grpc.aio relay stands on, and a byte relay (bench/tcp_relay.py) what is
+left of it without HTTP/2 and gRPC. Seven routers show what each choice is worth: the
 shipped default (uvloop, coalescing), the same without coalescing, the pre-#9 data
-path (asyncio, message by message), the default with two SO_REUSEPORT workers, and the
-default with gRPC core's EventEngine poller for Python turned off.
+path (asyncio, message by message), pinned to one CPU (`pin_cpus`), two SO_REUSEPORT
+workers unpinned and pinned, and pinned with gRPC core's EventEngine poller for Python
+turned off.
 
 Measured, in rounds that interleave the paths (medians of rounds; "vs nginx" is the
 median of each round's ratio, so both sides of a ratio ran minutes apart at most):
@@ -39,26 +41,47 @@ NGINX, HAPROXY, PASSTHROUGH = "127.0.0.1:7202", "127.0.0.1:7203", "127.0.0.1:720
 PASSTHROUGH_PACED, PASSTHROUGH_IDLE = "127.0.0.1:7218", "127.0.0.1:7228"
 NGINX_PACED, NGINX_IDLE = "127.0.0.1:7212", "127.0.0.1:7222"
 ROUTER_PACED, ROUTER_IDLE = "127.0.0.1:7214", "127.0.0.1:7224"
+TCP_RELAY, TCP_RELAY_PACED = "127.0.0.1:7240", "127.0.0.1:7241"
+PASSTHROUGH_PINNED_PACED, ROUTER_PINNED_PACED = "127.0.0.1:7242", "127.0.0.1:7244"
 REDIS_PORT = 7230
 DEFAULT = "router"
+PINNED = "router, pinned (pin_cpus)"
+WORKERS = "router, 2 workers"
+WORKERS_PINNED = "router, 2 workers, pinned"
 BEFORE = "router, pre-#9 (asyncio, no coalescing)"
 # Router variants on the burst backend: listen address, router.data_path, environment.
-# The last turns off gRPC core's EventEngine poller for Python (an experiment flag of
-# grpcio 1.81, not a setting of ours): measured, not shipped.
+# The last also turns off gRPC core's EventEngine poller for Python (an experiment flag
+# of grpcio 1.81, not a setting of ours): measured, not shipped.
 ROUTERS: dict[str, tuple[str, dict[str, Any], dict[str, str]]] = {
     DEFAULT: ("127.0.0.1:7204", {}, {}),
     "router, no coalescing": ("127.0.0.1:7205", {"coalesce": False}, {}),
     BEFORE: ("127.0.0.1:7206", {"coalesce": False, "event_loop": "asyncio"}, {}),
-    "router, 2 workers": ("127.0.0.1:7207", {"workers": 2}, {}),
-    "router, GRPC_EXPERIMENTS=-event_engine_poller_for_python": (
-        "127.0.0.1:7209", {}, {"GRPC_EXPERIMENTS": "-event_engine_poller_for_python"},
+    PINNED: ("127.0.0.1:7209", {"pin_cpus": True}, {}),
+    WORKERS: ("127.0.0.1:7207", {"workers": 2}, {}),
+    WORKERS_PINNED: ("127.0.0.1:7245", {"workers": 2, "pin_cpus": True}, {}),
+    "router, pinned, GRPC_EXPERIMENTS=-event_engine_poller_for_python": (
+        "127.0.0.1:7246", {"pin_cpus": True}, {"GRPC_EXPERIMENTS": "-event_engine_poller_for_python"},
     ),
 }  # fmt: skip
 FLOOR = "grpc.aio pass-through"  # bench/passthrough.py: a relay hop and nothing else
-BURST_PATHS = {"backend": BACKEND, "nginx": NGINX, "haproxy": HAPROXY, FLOOR: PASSTHROUGH} | {
-    name: address for name, (address, _, _) in ROUTERS.items()
+FLOOR_PINNED = "grpc.aio pass-through, pinned"
+BYTES = "Python byte relay (no HTTP/2)"  # bench/tcp_relay.py
+BURST_PATHS = {
+    "backend": BACKEND,
+    "nginx": NGINX,
+    "haproxy": HAPROXY,
+    BYTES: TCP_RELAY,
+    FLOOR: PASSTHROUGH,
+} | {name: address for name, (address, _, _) in ROUTERS.items()}
+PACED_PATHS = {
+    "backend": PACED,
+    "nginx": NGINX_PACED,
+    BYTES: TCP_RELAY_PACED,
+    FLOOR: PASSTHROUGH_PACED,
+    FLOOR_PINNED: PASSTHROUGH_PINNED_PACED,
+    DEFAULT: ROUTER_PACED,
+    PINNED: ROUTER_PINNED_PACED,
 }
-PACED_PATHS = {"backend": PACED, "nginx": NGINX_PACED, FLOOR: PASSTHROUGH_PACED, DEFAULT: ROUTER_PACED}
 # Path: its address and the process whose memory is read.
 IDLE_PATHS = {
     "nginx": (NGINX_IDLE, "nginx"),
@@ -88,13 +111,19 @@ def main() -> None:
         processes.backend("idle backend", IDLE, pace_ms=3_600_000)
         processes.nginx({NGINX: BACKEND, NGINX_PACED: PACED, NGINX_IDLE: IDLE})
         processes.haproxy(HAPROXY, BACKEND)
-        processes.passthrough(FLOOR, PASSTHROUGH, BACKEND)
-        processes.passthrough(f"{FLOOR} (paced)", PASSTHROUGH_PACED, PACED)
-        processes.passthrough(f"{FLOOR} (idle)", PASSTHROUGH_IDLE, IDLE)
+        processes.relay(FLOOR, "passthrough", PASSTHROUGH, BACKEND)
+        processes.relay(f"{FLOOR} (paced)", "passthrough", PASSTHROUGH_PACED, PACED)
+        processes.relay(FLOOR_PINNED, "passthrough", PASSTHROUGH_PINNED_PACED, PACED, "--pin-cpu")
+        processes.relay(f"{FLOOR} (idle)", "passthrough", PASSTHROUGH_IDLE, IDLE)
+        processes.relay(BYTES, "tcp_relay", TCP_RELAY, BACKEND)
+        processes.relay(f"{BYTES} (paced)", "tcp_relay", TCP_RELAY_PACED, PACED)
         redis = processes.redis(REDIS_PORT)
         for name, (listen, data_path, env) in ROUTERS.items():
             processes.router(name, router_config(listen, BACKEND, data_path, redis), env)
         processes.router("router (paced)", router_config(ROUTER_PACED, PACED))
+        processes.router(
+            "router, pinned (paced)", router_config(ROUTER_PINNED_PACED, PACED, {"pin_cpus": True})
+        )
         processes.router("router (idle)", router_config(ROUTER_IDLE, IDLE))
         settle()
         for address in BURST_PATHS.values():
@@ -135,37 +164,44 @@ def report(
          f"{m['relay_1conn_tokens_per_s']:,.0f}", f"{ratio(samples, path, 'relay_1conn_tokens_per_s'):.2f}×",
          f"{m['relay_4conn_tokens_per_s']:,.0f}", f"{ratio(samples, path, 'relay_4conn_tokens_per_s'):.2f}×",
          f"{m['client_ttfm_ms']:.2f}", f"{m['client_call_ms']:.2f}", f"{m['client_messages_per_call']:.1f}")
-        for path, m in medians.items() if path in BURST_PATHS
+        for path, m in ((path, medians[path]) for path in BURST_PATHS)
     ]  # fmt: skip
     direct = medians["backend"]
     ttft, trip = "paced_ttft_ms", "paced_token_trip_ms"
     paced_rows = [
         (path, f"{m[ttft]:.3f}", f"{m[ttft] - direct[ttft]:+.3f}",
          f"{m[trip]:.3f}", f"{m[trip] - direct[trip]:+.3f}")
-        for path, m in medians.items() if path in PACED_PATHS
+        for path, m in ((path, medians[path]) for path in PACED_PATHS)
     ]  # fmt: skip
     idle_rows = [
         (path, f"{m['rss_before_kb'] / 1024:.1f}", f"{m['rss_open_kb'] / 1024:.1f}",
          f"{m['rss_after_kb'] / 1024:.1f}", f"{m['kb_per_stream']:.1f}")
         for path, m in idle.items()
     ]  # fmt: skip
-    router = medians[DEFAULT]
-    added_ttft = router["paced_ttft_ms"] - direct["paced_ttft_ms"]
-    added_trip = router["paced_token_trip_ms"] - direct["paced_token_trip_ms"]
-    burst_ratio = ratio(samples, DEFAULT, "burst_ms")
-    floor = medians[FLOOR]
-    relay = ratio(samples, DEFAULT, "relay_1conn_tokens_per_s")
+
+    def added(path: str, key: str) -> float:
+        return medians[path][key] - direct[key]
+
     summary = "\n".join(
         (
-            f"- Burst stream through the router: **{burst_ratio:.2f}×** nginx's time (target ≤ 1.5×, "
-            f"stretch 1.2×); before #9: {ratio(samples, BEFORE, 'burst_ms'):.2f}×; a bare grpc.aio "
-            f"pass-through: {ratio(samples, FLOOR, 'burst_ms'):.2f}×.",
-            f"- Paced stream, medians: the router adds **{added_trip:.3f} ms** per token (target ≤ 0.15) "
-            f"and **{added_ttft:.3f} ms** to the first token (target ≤ 0.5); the bare pass-through adds "
-            f"{floor[trip] - direct[trip]:.3f} ms and {floor[ttft] - direct[ttft]:.3f} ms.",
-            f"- Relay, 64 streams on one connection: **{relay:.2f}×** nginx's tokens/s; "
-            "two router workers, 64 streams on four connections: "
-            f"**{ratio(samples, 'router, 2 workers', 'relay_4conn_tokens_per_s'):.2f}×**.",
+            f"- Burst stream, nginx's time ×: the router **{ratio(samples, DEFAULT, 'burst_ms'):.2f}×**, "
+            f"pinned to a CPU **{ratio(samples, PINNED, 'burst_ms'):.2f}×** (target ≤ 1.5×, stretch 1.2×); "
+            f"before #9: {ratio(samples, BEFORE, 'burst_ms'):.2f}×; a bare grpc.aio pass-through: "
+            f"{ratio(samples, FLOOR, 'burst_ms'):.2f}×.",
+            "- Paced stream, added per token (target ≤ 0.15 ms): the router "
+            f"**{added(DEFAULT, trip):.3f} ms**, pinned **{added(PINNED, trip):.3f} ms**; the bare "
+            f"pass-through {added(FLOOR, trip):.3f} ms, "
+            f"pinned {added(FLOOR_PINNED, trip):.3f} ms; a Python byte relay {added(BYTES, trip):.3f} ms; "
+            f"nginx {added('nginx', trip):.3f} ms.",
+            f"- Paced stream, added to the first token (target ≤ 0.5 ms): the router "
+            f"**{added(DEFAULT, ttft):.3f} ms**, pinned **{added(PINNED, ttft):.3f} ms**; the bare "
+            f"pass-through {added(FLOOR, ttft):.3f} ms, pinned {added(FLOOR_PINNED, ttft):.3f} ms; "
+            f"a Python byte relay {added(BYTES, ttft):.3f} ms; nginx {added('nginx', ttft):.3f} ms.",
+            f"- Relay, 64 streams on one connection, nginx's tokens/s ×: the router "
+            f"**{ratio(samples, DEFAULT, 'relay_1conn_tokens_per_s'):.2f}×**, pinned "
+            f"**{ratio(samples, PINNED, 'relay_1conn_tokens_per_s'):.2f}×**; on four connections, two "
+            f"workers **{ratio(samples, WORKERS, 'relay_4conn_tokens_per_s'):.2f}×**, pinned "
+            f"**{ratio(samples, WORKERS_PINNED, 'relay_4conn_tokens_per_s'):.2f}×**.",
             f"- Idle open stream: **{idle[DEFAULT]['kb_per_stream']:.1f} KiB** in the router, "
             f"{idle[FLOOR]['kb_per_stream']:.1f} KiB in the bare pass-through, "
             f"{idle['nginx']['kb_per_stream']:.1f} KiB in nginx.",

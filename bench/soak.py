@@ -67,7 +67,7 @@ def main() -> None:
         if args.relay == "router":
             processes.router("router", router_config(ROUTER, BACKEND))
         else:
-            processes.passthrough("passthrough", ROUTER, BACKEND)
+            processes.relay("passthrough", "passthrough", ROUTER, BACKEND)
             settle()
         asyncio.run(check(ROUTER))
         pid = processes.pid(args.relay)
