@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from opentelemetry.context import Context
@@ -39,6 +40,9 @@ class Call:
     tried: set[str] = field(default_factory=set, compare=False)
     # The edge's span, parent of every tier attempt (tiermesh/tracing.py).
     trace: Context | None = field(default=None, compare=False)
+    # How to cancel each tier call now in flight for this request (shared by every
+    # attempt, like `tried`). See cancel_tier_calls.
+    tier_calls: set[Callable[[], object]] = field(default_factory=set, compare=False)
 
     def remaining(self) -> float:
         """Seconds left in the caller's budget (negative once it has passed)."""
@@ -48,3 +52,12 @@ class Call:
         """Seconds left for this tier's first token (the whole budget if unset)."""
         limit = self.deadline if self.first_token_by is None else min(self.deadline, self.first_token_by)
         return limit - time.monotonic()
+
+    def cancel_tier_calls(self) -> bool:
+        """Cancel the tier calls in flight; says whether there were any. Their pending
+        reads then end with the call, as gRPC completes them. Cancelling the task that
+        awaits such a read instead leaks the read's batch in grpc.aio (grpc/grpc#43360)."""
+        cancels = list(self.tier_calls)
+        for cancel in cancels:
+            cancel()
+        return bool(cancels)

@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 
 from tiermesh.v1 import mesh_pb2
 
 # A merged message stays far below any client's receive limit (gRPC's default: 4 MiB).
 MAX_MERGED_CHARS = 16 * 1024
+# How long a stream being closed waits for its reader to end with the cancelled tier
+# calls, before cancelling the reader itself.
+UNWIND_S = 1.0
 
 
 def merge_waiting(waiting: deque[mesh_pb2.GenerateResponse]) -> mesh_pb2.GenerateResponse:
@@ -41,9 +44,14 @@ def merge_waiting(waiting: deque[mesh_pb2.GenerateResponse]) -> mesh_pb2.Generat
 
 async def coalesced(
     stream: AsyncIterator[mesh_pb2.GenerateResponse],
+    cancel_tier_calls: Callable[[], bool] = lambda: False,
 ) -> AsyncGenerator[mesh_pb2.GenerateResponse]:
     """`stream`'s messages, merged where several wait. A failure of `stream` is raised
-    after the messages that came before it; closing this closes `stream`."""
+    after the messages that came before it; closing this closes `stream`.
+
+    Closing early (the caller left) first cancels the tier calls below, so the reader's
+    pending read ends as gRPC completes it; a read torn by cancelling its task leaks in
+    grpc.aio (grpc/grpc#43360). A reader not waiting on a tier call is cancelled."""
     waiting: deque[mesh_pb2.GenerateResponse] = deque()
     arrived = asyncio.Event()
     failure: BaseException | None = None
@@ -72,7 +80,10 @@ async def coalesced(
         if failure is not None:
             raise failure
     finally:
-        # The caller left (or we are done): stop reading; cancelling the reader
-        # unwinds the pipeline below it, which cancels the tier call.
-        reader.cancel()
-        await asyncio.wait([reader])
+        # The caller left (or we are done): stop reading, the tier calls first.
+        try:
+            if not reader.done() and cancel_tier_calls():
+                await asyncio.wait([reader], timeout=UNWIND_S)
+        finally:
+            reader.cancel()  # unwinds the pipeline below it; no-op once the reader ended
+            await asyncio.wait([reader])

@@ -167,7 +167,9 @@ class MeshServicer(mesh_pb2_grpc.MeshServicer):
     def _relay(self, call: Call) -> AsyncGenerator[mesh_pb2.GenerateResponse]:
         """The pipeline's stream as the caller gets it: coalesced unless configured off."""
         stream = self._pipeline.generate(call)
-        return coalesced(stream) if self._settings.router.data_path.coalesce else one_by_one(stream)
+        if self._settings.router.data_path.coalesce:
+            return coalesced(stream, call.cancel_tier_calls)
+        return one_by_one(stream)
 
     # --- jobs (Bronze) ---------------------------------------------------------
 

@@ -78,6 +78,7 @@ class GrpcTier:
             raise StatusError(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline passed before the tier call")
         span = attempt_span(self.name, self.address, call)
         stream = self._generate(tier_request(call), timeout=remaining, metadata=tracing.inject(span))
+        call.tier_calls.add(stream.cancel)
         sent = 0
         try:
             async for response in stream:
@@ -87,6 +88,7 @@ class GrpcTier:
             span.set_attribute("rpc.grpc.status_code", e.code().value[0])
             raise self._status(e, sent) from None
         finally:
+            call.tier_calls.discard(stream.cancel)
             stream.cancel()  # no-op when finished; otherwise the tier aborts its work
             span.set_attribute("messages", sent)
             span.end()

@@ -106,6 +106,7 @@ class TritonTier:
         responses = self._client.stream_infer(
             one_request(), stream_timeout=remaining, headers=tracing.inject_headers(span)
         )
+        call.tier_calls.add(responses.cancel)
         sent = 0
         try:
             async for result, error in responses:
@@ -123,6 +124,7 @@ class TritonTier:
         except InferenceServerException as e:
             raise self._status(str(e), sent) from None
         finally:
+            call.tier_calls.discard(responses.cancel)
             responses.cancel()  # no-op when finished; otherwise Triton cancels the request
             span.set_attribute("messages", sent)
             span.end()

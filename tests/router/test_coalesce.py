@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 import grpc
 import pytest
 
+from router import coalesce
 from router.app import Router
 from router.coalesce import MAX_MERGED_CHARS, coalesced
 from tests.doubles import Script, ScriptedTier
@@ -99,6 +100,44 @@ async def test_closing_stops_the_stream_below() -> None:
             closed.set()
 
     async with contextlib.aclosing(coalesced(endless())) as stream:
+        await anext(stream)
+    assert closed.is_set()
+
+
+async def test_closing_early_cancels_the_tier_call_rather_than_tearing_its_read() -> None:
+    # A tier read in flight as grpc.aio has it: a future that gRPC, not asyncio, completes.
+    read: asyncio.Future[mesh_pb2.GenerateResponse] = asyncio.get_running_loop().create_future()
+
+    async def tier() -> AsyncIterator[mesh_pb2.GenerateResponse]:
+        yield delta("x")
+        yield await read
+
+    def cancel_tier_calls() -> bool:
+        read.set_exception(asyncio.CancelledError())  # how gRPC ends a cancelled call's read
+        return True
+
+    async with contextlib.aclosing(coalesced(tier(), cancel_tier_calls)) as stream:
+        await anext(stream)
+        await asyncio.sleep(0)  # the reader now waits on the read
+    assert read.done()
+    assert not read.cancelled(), "the read ended with its call, not torn by cancelling its task"
+
+
+async def test_a_reader_that_does_not_end_with_its_tier_calls_is_cancelled(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(coalesce, "UNWIND_S", 0.05)
+    closed = asyncio.Event()
+
+    async def stuck() -> AsyncIterator[mesh_pb2.GenerateResponse]:
+        try:
+            yield delta("x")
+            await asyncio.Event().wait()  # e.g. a wait that no tier call cancel ends
+            yield delta("never")
+        finally:
+            closed.set()
+
+    async with contextlib.aclosing(coalesced(stuck(), lambda: True)) as stream:
         await anext(stream)
     assert closed.is_set()
 
