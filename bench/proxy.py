@@ -41,8 +41,8 @@ NGINX, HAPROXY, PASSTHROUGH = "127.0.0.1:7202", "127.0.0.1:7203", "127.0.0.1:720
 PASSTHROUGH_PACED, PASSTHROUGH_IDLE = "127.0.0.1:7218", "127.0.0.1:7228"
 NGINX_PACED, NGINX_IDLE = "127.0.0.1:7212", "127.0.0.1:7222"
 ROUTER_PACED, ROUTER_IDLE = "127.0.0.1:7214", "127.0.0.1:7224"
-TCP_RELAY, TCP_RELAY_PACED = "127.0.0.1:7240", "127.0.0.1:7241"
-PASSTHROUGH_PINNED_PACED, ROUTER_PINNED_PACED = "127.0.0.1:7242", "127.0.0.1:7244"
+TCP_RELAY, TCP_RELAY_PACED = "127.0.0.1:7250", "127.0.0.1:7251"
+PASSTHROUGH_PINNED_PACED, ROUTER_PINNED_PACED = "127.0.0.1:7252", "127.0.0.1:7254"
 REDIS_PORT = 7230
 DEFAULT = "router"
 PINNED = "router, pinned (pin_cpus)"
@@ -58,9 +58,9 @@ ROUTERS: dict[str, tuple[str, dict[str, Any], dict[str, str]]] = {
     BEFORE: ("127.0.0.1:7206", {"coalesce": False, "event_loop": "asyncio"}, {}),
     PINNED: ("127.0.0.1:7209", {"pin_cpus": True}, {}),
     WORKERS: ("127.0.0.1:7207", {"workers": 2}, {}),
-    WORKERS_PINNED: ("127.0.0.1:7245", {"workers": 2, "pin_cpus": True}, {}),
+    WORKERS_PINNED: ("127.0.0.1:7255", {"workers": 2, "pin_cpus": True}, {}),
     "router, pinned, GRPC_EXPERIMENTS=-event_engine_poller_for_python": (
-        "127.0.0.1:7246", {"pin_cpus": True}, {"GRPC_EXPERIMENTS": "-event_engine_poller_for_python"},
+        "127.0.0.1:7256", {"pin_cpus": True}, {"GRPC_EXPERIMENTS": "-event_engine_poller_for_python"},
     ),
 }  # fmt: skip
 FLOOR = "grpc.aio pass-through"  # bench/passthrough.py: a relay hop and nothing else
