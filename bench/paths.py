@@ -92,6 +92,11 @@ def router_config(
     return config
 
 
+def redis_command(port: int) -> list[str]:
+    """Debian's redis-server on loopback, nothing persisted: state for one run."""
+    return ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+
+
 def rss_kb(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -148,8 +153,7 @@ class Processes:
         self.start("haproxy", ["haproxy", "-f", str(conf)])
 
     def redis(self, port: int) -> str:
-        self.start("redis", ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                             "--appendonly", "no"])  # fmt: skip
+        self.start("redis", redis_command(port))
         return f"redis://127.0.0.1:{port}/0"
 
     def pid(self, name: str) -> int:

@@ -121,9 +121,8 @@ def main() -> None:
         for name, (listen, data_path, env) in ROUTERS.items():
             processes.router(name, router_config(listen, BACKEND, data_path, redis), env)
         processes.router("router (paced)", router_config(ROUTER_PACED, PACED))
-        processes.router(
-            "router, pinned (paced)", router_config(ROUTER_PINNED_PACED, PACED, {"pin_cpus": True})
-        )
+        _, pinned, _ = ROUTERS[PINNED]
+        processes.router("router, pinned (paced)", router_config(ROUTER_PINNED_PACED, PACED, pinned))
         processes.router("router (idle)", router_config(ROUTER_IDLE, IDLE))
         settle()
         for address in BURST_PATHS.values():

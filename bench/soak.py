@@ -25,6 +25,7 @@ from tiermesh.v1 import mesh_pb2_grpc
 
 BACKEND, ROUTER = "127.0.0.1:7241", "127.0.0.1:7244"
 WARM_UP_SLICES = 3
+CALLS_PER_PASS = 2000  # complete streams h2load runs per pass, 64 at a time
 
 
 async def walk_away(address: str, calls: int) -> None:
@@ -75,10 +76,10 @@ def main() -> None:
         while time.monotonic() - started < args.seconds:
             slice_started = time.monotonic()
             while time.monotonic() - slice_started < args.slice_s:
-                h2load(ROUTER, body, 2000, connections=4, streams=16)
+                h2load(ROUTER, body, CALLS_PER_PASS, connections=4, streams=16)
                 if args.walk_aways:
                     asyncio.run(walk_away(ROUTER, args.walk_aways))
-                calls += 2000 + args.walk_aways
+                calls += CALLS_PER_PASS + args.walk_aways
             samples.append((time.monotonic() - started, rss_kb(pid)))
             print(f"{samples[-1][0]:6.0f} s  RSS {samples[-1][1] / 1024:.1f} MiB  calls {calls}", flush=True)
     print(report(samples, calls, args))
@@ -92,7 +93,7 @@ def report(samples: list[tuple[float, int]], calls: int, args: argparse.Namespac
     name = "soak" if args.walk_aways else "soak-complete-streams"
     relay = "Router" if args.relay == "router" else "Bare grpc.aio pass-through"
     cancelled = (
-        f"1 in {(2000 + args.walk_aways) / args.walk_aways:.0f} cancelled after the first token"
+        f"1 in {(CALLS_PER_PASS + args.walk_aways) / args.walk_aways:.0f} cancelled after the first token"
         if args.walk_aways
         else "every stream complete"
     )

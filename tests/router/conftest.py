@@ -9,6 +9,7 @@ import grpc
 import pytest
 import pytest_asyncio
 
+from bench.paths import redis_command
 from router.app import Router, start_router
 from tests.doubles import ScriptedTier, start_scripted_tier
 from tiermesh.config import Persona, RouterSettings, Settings, TierSettings
@@ -20,12 +21,10 @@ REDIS_PORT = 6391
 @pytest.fixture(scope="session")
 def redis_server() -> Iterator[str]:
     """A real redis-server (Debian's) for the tests of shared state."""
-    binary = shutil.which("redis-server")
-    assert binary, "redis-server is installed by `make setup` (Debian package redis-server)"
-    process = subprocess.Popen(
-        [binary, "--port", str(REDIS_PORT), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-        stdout=subprocess.DEVNULL,
+    assert shutil.which("redis-server"), (
+        "redis-server is installed by `make setup` (Debian package redis-server)"
     )
+    process = subprocess.Popen(redis_command(REDIS_PORT), stdout=subprocess.DEVNULL)
     url = f"redis://127.0.0.1:{REDIS_PORT}/0"
     deadline = time.monotonic() + 10
     while (
