@@ -17,7 +17,8 @@ median of each round's ratio, so both sides of a ratio ran minutes apart at most
 - burst stream, one at a time (h2load), and with 64 at once: on one connection, and
   on four (what lets several router workers share the load);
 - the project's client: time to first message, per call, messages per call;
-- paced stream: time to first token, and each token's trip from the backend's send to
+- paced stream: time to first token, split at the backend's send of it (the request's
+  way there, the token's way back), and each token's trip from the backend's send to
   the client (timestamps in the tokens), direct vs nginx vs router;
 - once: memory per idle open stream (RSS with N streams open, minus before).
 
@@ -96,7 +97,7 @@ def main() -> None:
     )
     parser.add_argument("--calls", type=int, default=1000, help="h2load calls per path and round")
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--paced-calls", type=int, default=20, help="paced calls per path and round")
+    parser.add_argument("--paced-calls", type=int, default=60, help="paced calls per path and round")
     parser.add_argument("--idle-streams", type=int, default=1000)
     args = parser.parse_args()
     work, body = workspace("proxy")
@@ -166,10 +167,10 @@ def report(
         for path, m in ((path, medians[path]) for path in BURST_PATHS)
     ]  # fmt: skip
     direct = medians["backend"]
-    ttft, trip = "paced_ttft_ms", "paced_token_trip_ms"
+    ttft, out, back, trip = "paced_ttft_ms", "paced_ttft_out_ms", "paced_ttft_back_ms", "paced_token_trip_ms"
     paced_rows = [
-        (path, f"{m[ttft]:.3f}", f"{m[ttft] - direct[ttft]:+.3f}",
-         f"{m[trip]:.3f}", f"{m[trip] - direct[trip]:+.3f}")
+        (path, f"{m[ttft]:.3f}", f"{m[ttft] - direct[ttft]:+.3f}", f"{m[out] - direct[out]:+.3f}",
+         f"{m[back] - direct[back]:+.3f}", f"{m[trip]:.3f}", f"{m[trip] - direct[trip]:+.3f}")
         for path, m in ((path, medians[path]) for path in PACED_PATHS)
     ]  # fmt: skip
     idle_rows = [
@@ -225,7 +226,15 @@ def report(
         )
         + "\n\n### Paced streams (a token every 5 ms; own client, medians)\n\n"
         + table(
-            ("path", "time to first token ms", "added", "token trip ms (backend send → client)", "added"),
+            (
+                "path",
+                "time to first token ms",
+                "added",
+                "added on the way to the backend",
+                "added on the way back",
+                "token trip ms (backend send → client)",
+                "added",
+            ),
             paced_rows,
         )
         + f"\n\n### Idle open streams ({args.idle_streams} at once, first token then silence)\n\n"

@@ -81,8 +81,9 @@ async def burst_client(address: str, calls: int) -> dict[str, float]:
 
 async def paced_client(address: str, calls: int) -> dict[str, float]:
     """Sequential calls to a paced backend (bench/stream_backend.py --pace-ms): time to
-    first token, and each later token's trip from the backend's send to this client."""
-    ttfts, trips = [], []
+    first token, split at the backend's send of it (the request's way there, the token's
+    way back), and each later token's trip from the backend's send to this client."""
+    ttfts, ways_out, ways_back, trips = [], [], [], []
     async with grpc.aio.insecure_channel(address) as channel:
         stub = mesh_pb2_grpc.MeshStub(channel)
         for _ in range(calls):
@@ -93,12 +94,19 @@ async def paced_client(address: str, calls: int) -> dict[str, float]:
                 sent = [int(stamp) for stamp in STAMP.findall(response.text)]
                 if not tokens:
                     ttfts.append(arrived - started)
+                    ways_out.append(sent[0] - started)
+                    ways_back.append(arrived - sent[0])
                     sent = sent[1:]
                 trips += [arrived - stamp for stamp in sent]
                 tokens += len(sent) + (not tokens)
             if tokens != MESSAGES:
                 raise RuntimeError(f"{address}: {tokens} of {MESSAGES} paced tokens arrived")
-    return {"ttft_ms": median(ttfts) / 1e6, "token_trip_ms": median(trips) / 1e6}
+    return {
+        "ttft_ms": median(ttfts) / 1e6,
+        "ttft_out_ms": median(ways_out) / 1e6,
+        "ttft_back_ms": median(ways_back) / 1e6,
+        "token_trip_ms": median(trips) / 1e6,
+    }
 
 
 async def idle_streams(address: str, count: int, rss_kb: Callable[[], int]) -> dict[str, float]:

@@ -4,6 +4,10 @@ A `Backend` turns a `Call` into a stream of responses. Tier adapters are backend
 so is every policy, which wraps the backend below it (cache → admission → tier
 choice → balancer → fallback/hedge → adapter). Each can be tested alone with a
 fake backend underneath.
+
+A policy that has nothing to do for a call (no session, not an intent, no resuming)
+returns the stream below as it is: a wrapping layer costs every message a generator
+step, and the first token a cold one (docs/router.md, "Data path").
 """
 
 from __future__ import annotations

@@ -10,6 +10,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from router.backends import attempt_span, tier_failed
 from router.call import Call
+from router.validation import TASK_NAMES
 from tiermesh import tracing
 from tiermesh.chat import to_tier
 from tiermesh.config import TlsSettings
@@ -28,6 +29,7 @@ CALLER_CODES = frozenset(
         grpc.StatusCode.DEADLINE_EXCEEDED,
     }
 )
+TASK_VALUES = {name: mesh_pb2.Task.ValueType(value) for value, name in TASK_NAMES.items()}
 CHANNEL_OPTIONS = [
     ("grpc.enable_retries", 0),  # retries are the router's policy, not the channel's
     ("grpc.keepalive_time_ms", 30_000),
@@ -41,7 +43,7 @@ def tier_request(call: Call) -> tier_pb2.GenerateRequest:
         messages=to_tier(call.messages),
         max_tokens=call.max_tokens,
         sampling=call.sampling,
-        task=mesh_pb2.Task.Value(f"TASK_{call.task.upper()}"),
+        task=TASK_VALUES[call.task],
         intents=call.intents,
         tool_choice=mesh_pb2.ToolChoice.ValueType(call.tool_choice),
         npc_id=call.npc_id,

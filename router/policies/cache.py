@@ -64,16 +64,15 @@ class IntentCache:
         while len(self._entries) > self._max_entries:
             self._entries.popitem(last=False)
 
-    async def generate(self, call: Call) -> AsyncIterator[mesh_pb2.GenerateResponse]:
+    def generate(self, call: Call) -> AsyncIterator[mesh_pb2.GenerateResponse]:
         if call.task != "intent":
-            async for response in self._inner.generate(call):
-                yield response
-            return
+            return self._inner.generate(call)  # not an intent: not in this call's path
         if call.bypass_cache:
             metrics.CACHE.labels("intent", "bypass").inc()
-            async for response in self._inner.generate(call):
-                yield response
-            return
+            return self._inner.generate(call)
+        return self._cached(call)
+
+    async def _cached(self, call: Call) -> AsyncIterator[mesh_pb2.GenerateResponse]:
         key = cache_key(call)
         intent = self.lookup(key)
         if intent is not None:

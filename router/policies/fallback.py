@@ -53,9 +53,14 @@ class Fallback:
             raise StatusError(grpc.StatusCode.UNAVAILABLE, f"no tier serves {call.task} requests")
         failures: list[StatusError] = []
         for step in steps:
-            stream = self._tiers[step.tier].generate(
-                dataclasses.replace(call, first_token_by=step.first_token_by)
+            # A step with the whole deadline (the last) takes the call as it is: copying
+            # it is a first-token cost on every request.
+            attempt = (
+                call
+                if step.first_token_by >= call.deadline
+                else dataclasses.replace(call, first_token_by=step.first_token_by)
             )
+            stream = self._tiers[step.tier].generate(attempt)
             try:
                 first = await self._first_token(call, step, stream)
                 if isinstance(first, StatusError):

@@ -22,17 +22,21 @@ class ResultCache:
         self._lookup = lookup
         self._tasks = tasks
 
-    async def generate(self, call: Call) -> AsyncIterator[mesh_pb2.GenerateResponse]:
-        if call.task in self._tasks and not call.bypass_cache:
-            found = await self._lookup(call)
-            if found is not None:
-                metrics.CACHE.labels("result", "hit").inc()
-                hit = mesh_pb2.GenerateResponse(
-                    text=found.text, tier=mesh_pb2.TIER_CACHE, finish_reason=mesh_pb2.FINISH_REASON_STOP
-                )
-                hit.usage.CopyFrom(found.usage)
-                yield hit
-                return
-            metrics.CACHE.labels("result", "miss").inc()
+    def generate(self, call: Call) -> AsyncIterator[mesh_pb2.GenerateResponse]:
+        if call.task not in self._tasks or call.bypass_cache:
+            return self._inner.generate(call)  # not cached: not in this call's path
+        return self._cached(call)
+
+    async def _cached(self, call: Call) -> AsyncIterator[mesh_pb2.GenerateResponse]:
+        found = await self._lookup(call)
+        if found is not None:
+            metrics.CACHE.labels("result", "hit").inc()
+            hit = mesh_pb2.GenerateResponse(
+                text=found.text, tier=mesh_pb2.TIER_CACHE, finish_reason=mesh_pb2.FINISH_REASON_STOP
+            )
+            hit.usage.CopyFrom(found.usage)
+            yield hit
+            return
+        metrics.CACHE.labels("result", "miss").inc()
         async for response in self._inner.generate(call):
             yield response

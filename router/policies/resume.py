@@ -34,11 +34,12 @@ class Resume:
         self._policy = policy
         self._max_resumes = max_resumes
 
-    async def generate(self, call: Call) -> AsyncIterator[mesh_pb2.GenerateResponse]:
+    def generate(self, call: Call) -> AsyncIterator[mesh_pb2.GenerateResponse]:
         if self._policy.get(call.task, "fail") != "resume":
-            async for response in self._inner.generate(call):
-                yield response
-            return
+            return self._inner.generate(call)  # fails mid-stream: not in this call's path
+        return self._resumed(call)
+
+    async def _resumed(self, call: Call) -> AsyncIterator[mesh_pb2.GenerateResponse]:
         streamed: list[str] = []
         current = call
         resumes = 0

@@ -58,11 +58,12 @@ class SessionContext:
         self._store = store
         self._budgets = budgets
 
-    async def generate(self, call: Call) -> AsyncIterator[mesh_pb2.GenerateResponse]:
+    def generate(self, call: Call) -> AsyncIterator[mesh_pb2.GenerateResponse]:
         if not call.session_id:
-            async for response in self._inner.generate(call):
-                yield response
-            return
+            return self._inner.generate(call)  # no session: not in this call's path
+        return self._remembered(call)
+
+    async def _remembered(self, call: Call) -> AsyncIterator[mesh_pb2.GenerateResponse]:
         try:
             session = await self._store.get(call.npc_id, call.session_id)
         except StoreDown as e:

@@ -5,23 +5,28 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
+from types import SimpleNamespace
 from typing import cast
 
 import grpc
 import pytest
 
 from router.call import Call
+from router.pipeline import Backend
 from router.policies.admission import Admission
 from router.policies.cache import IntentCache
 from router.policies.fallback import Fallback
 from router.policies.hedge import Hedge
 from router.policies.limit import StreamLimit
 from router.policies.planner import TierPlanner
+from router.policies.result_cache import ResultCache
 from router.policies.resume import Resume
 from router.policies.retry import Retry
+from router.policies.session import SessionContext
+from router.state.store import MemoryStore
 from router.stats import RetryBudget, TierLatency
 from tests.fakes import FakeBackend, FakeClock, Step, a_call, drain, unavailable
-from tiermesh.config import TierName
+from tiermesh.config import StateSettings, TierName
 from tiermesh.errors import StatusError
 from tiermesh.v1 import mesh_pb2
 
@@ -340,3 +345,33 @@ async def test_the_intent_set_and_persona_are_part_of_the_key() -> None:
     await drain(cache.generate(intent_call()))
     await drain(cache.generate(intent_call(intents=("FLEE", "HIDE"))))
     assert len(gold.calls) == 2
+
+
+async def test_policies_with_nothing_to_do_leave_the_stream_as_it_is() -> None:
+    """No wrapping layer (a generator step per message) where a policy does not apply."""
+    call = a_call()  # dialogue, no session, no bypass
+    inner = FakeBackend()
+    stream = inner.generate(call)
+    below = cast(Backend, SimpleNamespace(generate=lambda _: stream))
+
+    async def no_lookup(_: Call) -> None:
+        raise AssertionError("dialogue is not a cached task")
+
+    policies: list[Backend] = [
+        IntentCache(below, 8, 60.0),
+        Resume(below, "silver", {"dialogue": "fail"}),
+        SessionContext(below, MemoryStore(StateSettings()), {}),
+        ResultCache(below, no_lookup, frozenset({"longform"})),
+    ]
+    for policy in policies:
+        assert policy.generate(call) is stream, type(policy).__name__
+    assert [r.text for r in await drain(stream)] == ["a", "b", "c"]
+
+
+async def test_the_last_tier_gets_the_call_itself_and_earlier_ones_a_first_token_budget() -> None:
+    silver, gold = FakeBackend(Step(fail_before=unavailable())), FakeBackend(tier=mesh_pb2.TIER_GOLD)
+    call = a_call()
+    await drain(fallback(silver, gold).generate(call))
+    assert silver.calls[0].first_token_by is not None
+    assert silver.calls[0].first_token_by < call.deadline
+    assert gold.calls[0] is call
