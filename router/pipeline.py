@@ -5,7 +5,8 @@ so is every policy, which wraps the backend below it (cache → admission → ti
 choice → balancer → fallback/hedge → adapter). Each can be tested alone with a
 fake backend underneath.
 
-A policy that has nothing to do for a call (no session, not an intent, no resuming)
+A policy with nothing to do for a call (no session, not an intent, not a cached task,
+no resuming)
 returns the stream below as it is: a wrapping layer costs every message a generator
 step, and the first token a cold one (docs/router.md, "Data path").
 """
