@@ -6,9 +6,8 @@ choice → balancer → fallback/hedge → adapter). Each can be tested alone wi
 fake backend underneath.
 
 A policy with nothing to do for a call (no session, not an intent, not a cached task,
-no resuming)
-returns the stream below as it is: a wrapping layer costs every message a generator
-step, and the first token a cold one (docs/router.md, "Data path").
+no resuming) returns the stream below as it is: a wrapping layer costs every message a
+generator step, and the first token a cold one (docs/router.md, "Data path").
 """
 
 from __future__ import annotations
