@@ -176,7 +176,7 @@ class DataPathSettings(BaseModel):
     workers: int = Field(default=1, ge=1, le=64)
     # Run each router process, all its threads, on one CPU: worker i on the i-th CPU it
     # may use. gRPC's threads and the event loop then hand each message over on one core
-    # instead of across two (bench/proxy.py: a third to two fifths less delay per token),
+    # instead of across two (bench/proxy.py: a quarter to two fifths less delay per token),
     # at the cost of one process's relay capacity. Only for exclusive cores (a Guaranteed
     # pod under Kubernetes' static CPU manager): routers pinned in a shared pool pile up
     # on one CPU.
