@@ -27,11 +27,13 @@ help:
 
 setup: $(STAMPS)/venv $(STAMPS)/venv-gold $(STAMPS)/debian $(STUBS) $(BUF)
 
-# Debian's redis-server (session state shared by router replicas) and prometheus
-# (the local mesh's metrics, promtool for the alert rules' tests).
+# Debian's redis-server (session state shared by router replicas), prometheus (the
+# local mesh's metrics, promtool for the alert rules' tests) and libnghttp2-dev (the
+# proxy benchmark's HTTP/2 reference relay, bench/h2_relay.c).
 $(STAMPS)/debian:
-	command -v redis-server >/dev/null && command -v prometheus >/dev/null && command -v promtool >/dev/null || \
-	  (apt-get update -q && apt-get install -y -q --no-install-recommends redis-server prometheus)
+	command -v redis-server >/dev/null && command -v prometheus >/dev/null && command -v promtool >/dev/null && \
+	  test -f /usr/include/nghttp2/nghttp2.h || \
+	  (apt-get update -q && apt-get install -y -q --no-install-recommends redis-server prometheus libnghttp2-dev)
 	mkdir -p $(STAMPS) && touch $@
 
 $(STAMPS)/venv: pyproject.toml

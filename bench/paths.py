@@ -127,7 +127,8 @@ class Processes:
         wait_serving(name, listen, 30)
 
     def relay(self, name: str, module: str, listen: str, backend: str, *flags: str) -> None:
-        """A reference relay of bench/: `passthrough` (grpc.aio) or `tcp_relay` (bytes)."""
+        """A reference relay of bench/: `passthrough` (grpc.aio), `h2_relay` (HTTP/2
+        framed by nghttp2) or `tcp_relay` (bytes)."""
         command = ["--listen", listen, "--backend", backend, *flags]
         self.start(name, [sys.executable, "-m", f"bench.{module}", *command])
 

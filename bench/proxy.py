@@ -5,12 +5,13 @@ paced one every 5 ms like an engine, or a first token and then silence (idle). n
 `grpc_pass` (one worker), HAProxy (h2, one thread) and tiermesh routers (full
 pipeline: validation, caches, admission, planner, fallback, balancer, retry,
 metrics) relay them. A bare grpc.aio pass-through (bench/passthrough.py) shows the
-floor a Python grpc.aio relay stands on, and a byte relay (bench/tcp_relay.py) what is
-left of it without HTTP/2 and gRPC. Seven routers show what each choice is worth: the
-shipped default (uvloop, coalescing), the same without coalescing, the pre-#9 data
-path (asyncio, message by message), pinned to one CPU (`pin_cpus`), two SO_REUSEPORT
-workers unpinned and pinned, and pinned with gRPC core's EventEngine poller for Python
-turned off.
+floor a Python grpc.aio relay stands on, a byte relay (bench/tcp_relay.py) what is left
+of it without HTTP/2 and gRPC, and an HTTP/2 relay framed in C by nghttp2 with Python
+on the loop (bench/h2_relay.py) what a data plane without the gRPC stack would stand
+on. Seven routers show what each choice is worth: the shipped default (uvloop,
+coalescing), the same without coalescing, the pre-#9 data path (asyncio, message by
+message), pinned to one CPU (`pin_cpus`), two SO_REUSEPORT workers unpinned and pinned,
+and pinned with gRPC core's EventEngine poller for Python turned off.
 
 Measured, in rounds that interleave the paths (medians of rounds; "vs nginx" is the
 median of each round's ratio, so both sides of a ratio ran minutes apart at most):
@@ -43,6 +44,7 @@ PASSTHROUGH_PACED, PASSTHROUGH_IDLE = "127.0.0.1:7218", "127.0.0.1:7228"
 NGINX_PACED, NGINX_IDLE = "127.0.0.1:7212", "127.0.0.1:7222"
 ROUTER_PACED, ROUTER_IDLE = "127.0.0.1:7214", "127.0.0.1:7224"
 TCP_RELAY, TCP_RELAY_PACED = "127.0.0.1:7250", "127.0.0.1:7251"
+H2_RELAY, H2_RELAY_PACED, H2_RELAY_IDLE = "127.0.0.1:7260", "127.0.0.1:7261", "127.0.0.1:7262"
 PASSTHROUGH_PINNED_PACED, ROUTER_PINNED_PACED = "127.0.0.1:7252", "127.0.0.1:7254"
 REDIS_PORT = 7230
 DEFAULT = "router"
@@ -67,17 +69,20 @@ ROUTERS: dict[str, tuple[str, dict[str, Any], dict[str, str]]] = {
 FLOOR = "grpc.aio pass-through"  # bench/passthrough.py: a relay hop and nothing else
 FLOOR_PINNED = "grpc.aio pass-through, pinned"
 BYTES = "Python byte relay (no HTTP/2)"  # bench/tcp_relay.py
+NATIVE = "HTTP/2 relay, nghttp2 framing (no gRPC stack)"  # bench/h2_relay.py
 BURST_PATHS = {
     "backend": BACKEND,
     "nginx": NGINX,
     "haproxy": HAPROXY,
     BYTES: TCP_RELAY,
+    NATIVE: H2_RELAY,
     FLOOR: PASSTHROUGH,
 } | {name: address for name, (address, _, _) in ROUTERS.items()}
 PACED_PATHS = {
     "backend": PACED,
     "nginx": NGINX_PACED,
     BYTES: TCP_RELAY_PACED,
+    NATIVE: H2_RELAY_PACED,
     FLOOR: PASSTHROUGH_PACED,
     FLOOR_PINNED: PASSTHROUGH_PINNED_PACED,
     DEFAULT: ROUTER_PACED,
@@ -86,6 +91,7 @@ PACED_PATHS = {
 # Path: its address and the process whose memory is read.
 IDLE_PATHS = {
     "nginx": (NGINX_IDLE, "nginx"),
+    NATIVE: (H2_RELAY_IDLE, f"{NATIVE} (idle)"),
     FLOOR: (PASSTHROUGH_IDLE, f"{FLOOR} (idle)"),
     DEFAULT: (ROUTER_IDLE, "router (idle)"),
 }
@@ -118,6 +124,9 @@ def main() -> None:
         processes.relay(f"{FLOOR} (idle)", "passthrough", PASSTHROUGH_IDLE, IDLE)
         processes.relay(BYTES, "tcp_relay", TCP_RELAY, BACKEND)
         processes.relay(f"{BYTES} (paced)", "tcp_relay", TCP_RELAY_PACED, PACED)
+        processes.relay(NATIVE, "h2_relay", H2_RELAY, BACKEND)
+        processes.relay(f"{NATIVE} (paced)", "h2_relay", H2_RELAY_PACED, PACED)
+        processes.relay(f"{NATIVE} (idle)", "h2_relay", H2_RELAY_IDLE, IDLE)
         redis = processes.redis(REDIS_PORT)
         for name, (listen, data_path, env) in ROUTERS.items():
             processes.router(name, router_config(listen, BACKEND, data_path, redis), env)
@@ -190,13 +199,14 @@ def report(
             f"{ratio(samples, FLOOR, 'burst_ms'):.2f}×.",
             "- Paced stream, added per token (target ≤ 0.15 ms): the router "
             f"**{added(DEFAULT, trip):.3f} ms**, pinned **{added(PINNED, trip):.3f} ms**; the bare "
-            f"pass-through {added(FLOOR, trip):.3f} ms, "
-            f"pinned {added(FLOOR_PINNED, trip):.3f} ms; a Python byte relay {added(BYTES, trip):.3f} ms; "
-            f"nginx {added('nginx', trip):.3f} ms.",
+            f"pass-through {added(FLOOR, trip):.3f} ms, pinned {added(FLOOR_PINNED, trip):.3f} ms; "
+            f"HTTP/2 framed by nghttp2 {added(NATIVE, trip):.3f} ms; "
+            f"a Python byte relay {added(BYTES, trip):.3f} ms; nginx {added('nginx', trip):.3f} ms.",
             f"- Paced stream, added to the first token (target ≤ 0.5 ms): the router "
             f"**{added(DEFAULT, ttft):.3f} ms**, pinned **{added(PINNED, ttft):.3f} ms**; the bare "
             f"pass-through {added(FLOOR, ttft):.3f} ms, pinned {added(FLOOR_PINNED, ttft):.3f} ms; "
-            f"a Python byte relay {added(BYTES, ttft):.3f} ms; nginx {added('nginx', ttft):.3f} ms.",
+            f"HTTP/2 framed by nghttp2 {added(NATIVE, ttft):.3f} ms; a Python byte relay "
+            f"{added(BYTES, ttft):.3f} ms; nginx {added('nginx', ttft):.3f} ms.",
             f"- Relay, 64 streams on one connection, nginx's tokens/s ×: the router "
             f"**{ratio(samples, DEFAULT, 'relay_1conn_tokens_per_s'):.2f}×**, pinned "
             f"**{ratio(samples, PINNED, 'relay_1conn_tokens_per_s'):.2f}×**; on four connections, two "
@@ -204,6 +214,7 @@ def report(
             f"**{ratio(samples, WORKERS_PINNED, 'relay_4conn_tokens_per_s'):.2f}×**.",
             f"- Idle open stream: **{idle[DEFAULT]['kb_per_stream']:.1f} KiB** in the router, "
             f"{idle[FLOOR]['kb_per_stream']:.1f} KiB in the bare pass-through, "
+            f"{idle[NATIVE]['kb_per_stream']:.1f} KiB framed by nghttp2, "
             f"{idle['nginx']['kb_per_stream']:.1f} KiB in nginx.",
         )
     )
