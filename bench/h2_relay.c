@@ -153,8 +153,10 @@ static int on_frame_recv(nghttp2_session *s, const nghttp2_frame *f, void *ud) {
   if (f->hd.type == NGHTTP2_DATA) {
     if (end) { h2r_half *h = s == r->down ? &p->up : &p->down; h->ended = 1; wake(h); }
   } else if (f->hd.type == NGHTTP2_HEADERS) {
-    if (s == r->down) {
+    if (s == r->down && !p->up.sid) {
       on_request(r, p, end);
+    } else if (s == r->down) {  /* the request's trailers: gRPC sends none; its end counts */
+      if (end) { p->up.ended = 1; wake(&p->up); }
     } else if (!p->responded) {
       p->responded = 1;
       nghttp2_nv *nv = views(&p->incoming);
@@ -215,7 +217,12 @@ h2r_relay *h2r_new(void) {
 }
 
 void h2r_free(h2r_relay *r) {
-  /* Deleting a session does not call on_stream_close: free what is still open here. */
+  /* Deleting a session does not call on_stream_close: free what is still open here,
+     and unhook it from the sessions first so that nothing reaches it afterwards. */
+  for (h2r_pair *p = r->pairs; p; p = p->next) {
+    if (p->down.sid > 0) nghttp2_session_set_stream_user_data(r->down, p->down.sid, NULL);
+    if (p->up.sid > 0) nghttp2_session_set_stream_user_data(r->up, p->up.sid, NULL);
+  }
   while (r->pairs) release(r, r->pairs, 1);
   nghttp2_session_del(r->down);
   nghttp2_session_del(r->up);

@@ -26,6 +26,11 @@ from tiermesh.v1 import mesh_pb2_grpc
 BACKEND, ROUTER = "127.0.0.1:7241", "127.0.0.1:7244"
 WARM_UP_SLICES = 3
 CALLS_PER_PASS = 2000  # complete streams h2load runs per pass, 64 at a time
+RELAYS = {
+    "router": "Router",
+    "passthrough": "Bare grpc.aio pass-through",
+    "h2_relay": "HTTP/2 relay framed by nghttp2 (no gRPC stack)",
+}
 
 
 async def walk_away(address: str, calls: int) -> None:
@@ -56,8 +61,9 @@ def main() -> None:
         help="streams cancelled after their first token, per pass (0: complete streams only)",
     )  # fmt: skip
     parser.add_argument(
-        "--relay", choices=("router", "passthrough"), default="router",
-        help="passthrough: bench/passthrough.py instead, to tell the router's memory from grpc.aio's",
+        "--relay", choices=("router", "passthrough", "h2_relay"), default="router",
+        help="a reference relay of bench/ instead of the router, to tell the router's memory from "
+        "grpc.aio's (passthrough) or from a relay without the gRPC stack (h2_relay)",
     )  # fmt: skip
     args = parser.parse_args()
     work, body = workspace("soak")
@@ -68,7 +74,7 @@ def main() -> None:
         if args.relay == "router":
             processes.router("router", router_config(ROUTER, BACKEND))
         else:
-            processes.relay("passthrough", "passthrough", ROUTER, BACKEND)
+            processes.relay(args.relay, args.relay, ROUTER, BACKEND)
             settle()
         asyncio.run(check(ROUTER))
         pid = processes.pid(args.relay)
@@ -90,8 +96,10 @@ def report(samples: list[tuple[float, int]], calls: int, args: argparse.Namespac
     first = statistics.median(rss for _, rss in settled[:3])
     last = statistics.median(rss for _, rss in settled[-3:])
     slope = slope_kb_per_min(settled)
-    name = "soak" if args.walk_aways else "soak-complete-streams"
-    relay = "Router" if args.relay == "router" else "Bare grpc.aio pass-through"
+    name = ("soak" if args.walk_aways else "soak-complete-streams") + (
+        "" if args.relay == "router" else f"-{args.relay}"
+    )  # a reference relay's run never replaces the router's results
+    relay = RELAYS[args.relay]
     cancelled = (
         f"1 in {(CALLS_PER_PASS + args.walk_aways) / args.walk_aways:.0f} cancelled after the first token"
         if args.walk_aways
@@ -122,8 +130,9 @@ def report(samples: list[tuple[float, int]], calls: int, args: argparse.Namespac
         "slope_kb_per_min": slope,
     }
     json_path, md_path = write(name, data, markdown)
-    if args.relay == "router":
-        update_readme(name, summary)
+    if args.relay != "router":
+        return f"{markdown}\nwritten: {json_path}, {md_path}"
+    update_readme(name, summary)
     return f"{markdown}\nwritten: {json_path}, {md_path}, README.md"
 
 
