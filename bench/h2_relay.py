@@ -7,7 +7,6 @@ sockets and is called once per request, where a router's policies would run.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import hashlib
 import importlib
@@ -16,7 +15,8 @@ from pathlib import Path
 from typing import Any, cast
 
 import cffi
-import uvloop
+
+from bench import tcp_relay
 
 HERE = Path(__file__).parent
 CDEF = """
@@ -129,21 +129,5 @@ class Relay:
             self.native = None
 
 
-async def serve(listen: str, backend: str) -> None:
-    host, port = listen.rsplit(":", 1)
-    to_host, to_port = backend.rsplit(":", 1)
-    loop = asyncio.get_running_loop()
-    server = await loop.create_server(lambda: Relay((to_host, int(to_port))).client(), host, int(port))
-    await server.serve_forever()
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--listen", required=True)
-    parser.add_argument("--backend", required=True)
-    args = parser.parse_args()
-    uvloop.run(serve(args.listen, args.backend))
-
-
 if __name__ == "__main__":
-    main()
+    tcp_relay.run(__doc__, lambda backend: Relay(backend).client())

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+from collections.abc import Callable
 from typing import cast
 
 import uvloop
@@ -83,21 +84,23 @@ class Client(Side):
         self.early.clear()
 
 
-async def serve(listen: str, backend: str) -> None:
+async def serve(listen: str, backend: str, client: Callable[[tuple[str, int]], asyncio.Protocol]) -> None:
     host, _, port = listen.rpartition(":")
     backend_host, _, backend_port = backend.rpartition(":")
     address = (backend_host, int(backend_port))
-    server = await asyncio.get_running_loop().create_server(lambda: Client(address), host, int(port))
+    server = await asyncio.get_running_loop().create_server(lambda: client(address), host, int(port))
     await server.serve_forever()
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+def run(description: str | None, client: Callable[[tuple[str, int]], asyncio.Protocol]) -> None:
+    """A reference relay's command line; `client` makes the protocol of each accepted
+    connection, given the backend's address."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--listen", required=True)
     parser.add_argument("--backend", required=True)
     args = parser.parse_args()
-    uvloop.run(serve(args.listen, args.backend))
+    uvloop.run(serve(args.listen, args.backend, client))
 
 
 if __name__ == "__main__":
-    main()
+    run(__doc__, Client)
