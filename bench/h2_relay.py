@@ -129,5 +129,11 @@ class Relay:
             self.native = None
 
 
+def accept(backend: tuple[str, int]) -> Side:
+    """The protocol of an accepted client connection, relayed to its own connection to
+    `backend` (what tcp_relay.Client is to the byte relay)."""
+    return Relay(backend).client()
+
+
 if __name__ == "__main__":
-    tcp_relay.run(__doc__, lambda backend: Relay(backend).client())
+    tcp_relay.run(__doc__, accept)

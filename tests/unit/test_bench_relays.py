@@ -6,6 +6,7 @@ other streams going when a caller walks away from one."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Callable
 
 import grpc
@@ -20,11 +21,13 @@ from tiermesh.v1 import mesh_pb2_grpc
 
 RELAYS: dict[str, Callable[[tuple[str, int]], asyncio.Protocol]] = {
     "bytes": tcp_relay.Client,
-    "http2": lambda backend: h2_relay.Relay(backend).client(),
+    "http2": h2_relay.accept,
 }
 
 
+@contextlib.asynccontextmanager
 async def relayed(relay: str, pace_s: float) -> AsyncIterator[str]:
+    """The address of `relay` in front of a stream backend, both stopped on leaving."""
     backend = await start_grpc_server(
         "127.0.0.1:0", lambda server: register(server, stream_handler(pace_s)), ["tiermesh.v1.Mesh"]
     )
@@ -40,20 +43,19 @@ async def relayed(relay: str, pace_s: float) -> AsyncIterator[str]:
 
 @pytest.mark.parametrize("relay", RELAYS)
 async def test_reference_relays_carry_whole_streams(relay: str) -> None:
-    async for address in relayed(relay, pace_s=0):
+    async with relayed(relay, pace_s=0) as address:
         await asyncio.gather(*(check(address) for _ in range(8)))
 
 
 async def test_http2_relay_keeps_the_connection_when_a_caller_walks_away() -> None:
-    async for address in relayed("http2", pace_s=0.01):
-        async with grpc.aio.insecure_channel(address) as channel:
-            stub = mesh_pb2_grpc.MeshStub(channel)
-            staying = stub.Generate(REQUEST, timeout=10)
-            leaving = stub.Generate(REQUEST, timeout=10)
-            await leaving.read()
-            leaving.cancel()
-            # The stream beside it, and a new one on the same connection, arrive whole.
-            for call in (staying, stub.Generate(REQUEST, timeout=10)):
-                responses = [response async for response in call]
-                assert len(responses) == MESSAGES
-                assert responses[-1].finish_reason
+    async with relayed("http2", pace_s=0.01) as address, grpc.aio.insecure_channel(address) as channel:
+        stub = mesh_pb2_grpc.MeshStub(channel)
+        staying = stub.Generate(REQUEST, timeout=10)
+        leaving = stub.Generate(REQUEST, timeout=10)
+        await leaving.read()
+        leaving.cancel()
+        # The stream beside it, and a new one on the same connection, arrive whole.
+        for call in (staying, stub.Generate(REQUEST, timeout=10)):
+            responses = [response async for response in call]
+            assert len(responses) == MESSAGES
+            assert responses[-1].finish_reason
