@@ -8,15 +8,11 @@ sockets and is called once per request, where a router's policies would run.
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import importlib
-import sys
 from pathlib import Path
 from typing import Any, cast
 
-import cffi
-
 from bench import tcp_relay
+from router import native
 
 HERE = Path(__file__).parent
 CDEF = """
@@ -29,25 +25,7 @@ extern "Python" int h2r_on_request(const uint8_t *, size_t);
 """
 
 
-def load() -> Any:
-    """The compiled relay, built on first use into .run/h2relay/ under a name that
-    changes with its source (a stale build is never loaded)."""
-    source = (HERE / "h2_relay.c").read_text()
-    name = f"_h2relay_{hashlib.sha256((CDEF + source).encode()).hexdigest()[:12]}"
-    build = HERE.parent / ".run" / "h2relay"
-    build.mkdir(parents=True, exist_ok=True)
-    sys.path.insert(0, str(build))
-    try:
-        return importlib.import_module(name)
-    except ImportError:
-        ffi = cffi.FFI()
-        ffi.cdef(CDEF)
-        ffi.set_source(name, source, libraries=["nghttp2"])
-        ffi.compile(tmpdir=str(build))
-        return importlib.import_module(name)
-
-
-_native = load()
+_native = native.load("h2relay", HERE / "h2_relay.c", CDEF, ["nghttp2"])
 ffi, lib = _native.ffi, _native.lib
 SERVICE = b"/tiermesh.v1.Mesh/"
 CONNECTING: set[asyncio.Task[None]] = set()  # kept referenced while they run

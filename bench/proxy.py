@@ -46,12 +46,19 @@ ROUTER_PACED, ROUTER_IDLE = "127.0.0.1:7214", "127.0.0.1:7224"
 TCP_RELAY, TCP_RELAY_PACED = "127.0.0.1:7250", "127.0.0.1:7251"
 H2_RELAY, H2_RELAY_PACED, H2_RELAY_IDLE = "127.0.0.1:7260", "127.0.0.1:7261", "127.0.0.1:7262"
 PASSTHROUGH_PINNED_PACED, ROUTER_PINNED_PACED = "127.0.0.1:7252", "127.0.0.1:7254"
+NATIVE_PLANE_PACED, NATIVE_EDGE_PACED, NATIVE_PLANE_IDLE = (
+    "127.0.0.1:7272",
+    "127.0.0.1:7273",
+    "127.0.0.1:7274",
+)
 REDIS_PORT = 7230
 DEFAULT = "router"
 PINNED = "router, pinned (pin_cpus)"
 WORKERS = "router, 2 workers"
 WORKERS_PINNED = "router, 2 workers, pinned"
 BEFORE = "router, pre-#9 (asyncio, no coalescing)"
+NATIVE_PLANE = "router, native data plane (edge + tier client)"
+NATIVE_EDGE = "router, native edge, grpc.aio tier client"
 # Router variants on the burst backend: listen address, router.data_path, environment.
 # The last also turns off gRPC core's EventEngine poller for Python (an experiment flag
 # of grpcio 1.81, not a setting of ours): measured, not shipped.
@@ -62,6 +69,8 @@ ROUTERS: dict[str, tuple[str, dict[str, Any], dict[str, str]]] = {
     PINNED: ("127.0.0.1:7209", {"pin_cpus": True}, {}),
     WORKERS: ("127.0.0.1:7207", {"workers": 2}, {}),
     WORKERS_PINNED: ("127.0.0.1:7255", {"workers": 2, "pin_cpus": True}, {}),
+    NATIVE_PLANE: ("127.0.0.1:7270", {"edge": "native", "tier_client": "native"}, {}),
+    NATIVE_EDGE: ("127.0.0.1:7271", {"edge": "native"}, {}),
     "router, pinned, GRPC_EXPERIMENTS=-event_engine_poller_for_python": (
         "127.0.0.1:7256", {"pin_cpus": True}, {"GRPC_EXPERIMENTS": "-event_engine_poller_for_python"},
     ),
@@ -87,6 +96,8 @@ PACED_PATHS = {
     FLOOR_PINNED: PASSTHROUGH_PINNED_PACED,
     DEFAULT: ROUTER_PACED,
     PINNED: ROUTER_PINNED_PACED,
+    NATIVE_PLANE: NATIVE_PLANE_PACED,
+    NATIVE_EDGE: NATIVE_EDGE_PACED,
 }
 # Path: its address and the process whose memory is read.
 IDLE_PATHS = {
@@ -94,6 +105,7 @@ IDLE_PATHS = {
     NATIVE: (H2_RELAY_IDLE, f"{NATIVE} (idle)"),
     FLOOR: (PASSTHROUGH_IDLE, f"{FLOOR} (idle)"),
     DEFAULT: (ROUTER_IDLE, "router (idle)"),
+    NATIVE_PLANE: (NATIVE_PLANE_IDLE, f"{NATIVE_PLANE} (idle)"),
 }
 
 
@@ -134,6 +146,11 @@ def main() -> None:
         _, pinned, _ = ROUTERS[PINNED]
         processes.router("router, pinned (paced)", router_config(ROUTER_PINNED_PACED, PACED, pinned))
         processes.router("router (idle)", router_config(ROUTER_IDLE, IDLE))
+        _, plane, _ = ROUTERS[NATIVE_PLANE]
+        processes.router(f"{NATIVE_PLANE} (paced)", router_config(NATIVE_PLANE_PACED, PACED, plane))
+        processes.router(f"{NATIVE_PLANE} (idle)", router_config(NATIVE_PLANE_IDLE, IDLE, plane))
+        _, edge_only, _ = ROUTERS[NATIVE_EDGE]
+        processes.router(f"{NATIVE_EDGE} (paced)", router_config(NATIVE_EDGE_PACED, PACED, edge_only))
         settle()
         for address in BURST_PATHS.values():
             asyncio.run(check(address))

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import shutil
+import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from prometheus_client import REGISTRY
 
 from router import metrics
-from router.auth import auth_interceptors, client_quotas
+from router.auth import auth_interceptors, authenticator, client_quotas
 from router.jobs import Jobs
 from router.pipeline import Backend
 from router.policies.admission import Admission
@@ -33,6 +37,9 @@ from tiermesh.config import Settings, TierName
 from tiermesh.serving import Serving, start_grpc_server, start_metrics, wait_for_signal
 from tiermesh.tracing import setup_tracing
 from tiermesh.v1 import mesh_pb2_grpc
+
+if TYPE_CHECKING:
+    from router.native.edge import NativeEdge
 
 log = logging.getLogger(__name__)
 
@@ -94,13 +101,18 @@ class Router:
     replicas: dict[TierName, ReplicaSet]
     jobs: Jobs | None = None
     sessions: SessionStore | None = None
+    # With `data_path.edge: native`: the edge callers reach, in front of `serving`.
+    edge: NativeEdge | None = None
 
     @property
     def port(self) -> int:
-        return self.serving.port
+        return self.edge.port if self.edge is not None else self.serving.port
 
     async def close(self, grace: float | None = 1.0) -> None:
         await self.serving.set_serving(False)
+        if self.edge is not None:
+            await self.edge.close(grace)
+            shutil.rmtree(Path(self.edge.internal).parent, ignore_errors=True)
         await self.serving.server.stop(grace)
         await asyncio.gather(*(replicas.close() for replicas in self.replicas.values()))
         if self.jobs is not None:
@@ -110,27 +122,38 @@ class Router:
 
 
 async def start_router(settings: Settings) -> Router:
+    router = settings.router
     replicas = {
-        name: ReplicaSet(name, tier, settings.router.breaker, settings.security.mesh_tls)
-        for name, tier in settings.router.tiers.items()
+        name: ReplicaSet(name, tier, router.breaker, settings.security.mesh_tls, router.data_path)
+        for name, tier in router.tiers.items()
     }
     await asyncio.gather(*(r.start() for r in replicas.values()))
     bronze = settings.router.tiers.get("bronze")
     jobs = Jobs(settings, bronze.endpoints[0]) if bronze is not None else None
     sessions = session_store(settings.state)
     pipeline = build_pipeline(settings, replicas, jobs, sessions)
+    servicer = MeshServicer(settings, pipeline, sessions, jobs)
+    reuse_port = router.data_path.workers > 1
+    native = router.data_path.edge == "native"
+    # Behind a native edge, grpc.aio serves what the edge relays, on a private socket.
+    internal = Path(tempfile.mkdtemp(prefix="tiermesh-router-")) / "grpc.sock" if native else None
     serving = await start_grpc_server(
-        settings.router.listen,
-        lambda server: mesh_pb2_grpc.add_MeshServicer_to_server(
-            MeshServicer(settings, pipeline, sessions, jobs), server
-        ),
+        f"unix:{internal}" if internal is not None else router.listen,
+        lambda server: mesh_pb2_grpc.add_MeshServicer_to_server(servicer, server),
         [MESH_SERVICE],
-        max_message_bytes=settings.router.max_message_bytes,
-        tls=settings.security.edge_tls,
+        max_message_bytes=router.max_message_bytes,
+        tls=None if native else settings.security.edge_tls,
         interceptors=auth_interceptors(settings.security.auth),
-        reuse_port=settings.router.data_path.workers > 1,
+        reuse_port=reuse_port and not native,
     )
-    return Router(serving, replicas, jobs, sessions)
+    edge = None
+    if internal is not None:
+        from router.native.edge import NativeEdge  # builds the C part on first use
+
+        checker = authenticator(settings.security.auth)
+        edge = NativeEdge(servicer, str(internal), router.max_message_bytes, checker)
+        await edge.start(router.listen, settings.security.edge_tls, reuse_port)
+    return Router(serving, replicas, jobs, sessions, edge)
 
 
 async def serve(settings: Settings, worker: int = 0) -> None:

@@ -121,8 +121,14 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         return handler
 
 
+def authenticator(settings: AuthSettings) -> Authenticator | None:
+    """The edge's authenticator; None when callers need no credentials."""
+    return Authenticator(settings) if settings.required else None
+
+
 def auth_interceptors(settings: AuthSettings) -> list[grpc.aio.ServerInterceptor]:
-    return [AuthInterceptor(Authenticator(settings))] if settings.required else []
+    checker = authenticator(settings)
+    return [AuthInterceptor(checker)] if checker is not None else []
 
 
 def client_quotas(settings: AuthSettings) -> Mapping[str, tuple[float, int]]:

@@ -9,7 +9,7 @@ import socket
 
 from router.backends import TierAdapter, adapter
 from router.stats import Breaker, PeakEwma
-from tiermesh.config import BreakerSettings, TierSettings, TlsSettings
+from tiermesh.config import BreakerSettings, DataPathSettings, TierSettings, TlsSettings
 
 log = logging.getLogger(__name__)
 DNS_PREFIX = "dns:///"
@@ -62,9 +62,11 @@ class ReplicaSet:
         settings: TierSettings,
         breaker: BreakerSettings,
         tls: TlsSettings | None = None,
+        data_path: DataPathSettings | None = None,
     ) -> None:
         self.tier = tier
         self._tls = tls
+        self._data_path = data_path
         self._settings = settings
         self.breaker_settings = breaker
         self._replicas: dict[str, Replica] = {}
@@ -96,7 +98,7 @@ class ReplicaSet:
     def _add(self, address: str) -> None:
         b = self.breaker_settings
         breaker = Breaker(b.failures_to_open, b.base_ejection_s, b.max_ejection_s)
-        backend = adapter(self.tier, address, self._settings, self._tls)
+        backend = adapter(self.tier, address, self._settings, self._tls, self._data_path)
         replica = Replica(self.tier, backend, breaker, self._settings.expected_ttft_s)
         self._replicas[address] = replica
         if self._settings.health_check:

@@ -61,17 +61,26 @@ def client_id(metadata: tracing.Metadata | None) -> str:
     return "anonymous"
 
 
-async def abort(context: grpc.aio.ServicerContext[Any, Any], error: StatusError) -> NoReturn:
-    """End the call with `error`; RetryInfo rides along when there is a retry delay."""
+def rich_status(error: StatusError) -> status_pb2.Status | None:
+    """The google.rpc.Status a caller gets with `error` when it has a retry delay
+    (RetryInfo rides along in the status details); None when the plain status says all."""
     if error.retry_after_s is None:
-        await context.abort(error.code, error.message)
+        return None
     retry = error_details_pb2.RetryInfo()
     retry.retry_delay.FromNanoseconds(int(error.retry_after_s * 1e9))
     detail = any_pb2.Any()
     detail.Pack(retry)
-    status = status_pb2.Status(code=error.code.value[0], message=error.message, details=[detail])
-    await context.abort_with_status(rpc_status.to_status(status))
-    raise AssertionError("unreachable: abort_with_status raises")
+    return status_pb2.Status(code=error.code.value[0], message=error.message, details=[detail])
+
+
+async def abort(context: grpc.aio.ServicerContext[Any, Any], error: StatusError) -> NoReturn:
+    """End the call with `error`, and its retry delay when it has one."""
+    status = rich_status(error)
+    if status is None:
+        await context.abort(error.code, error.message)
+    else:
+        await context.abort_with_status(rpc_status.to_status(status))
+    raise AssertionError("unreachable: abort and abort_with_status raise")
 
 
 def record(
@@ -101,7 +110,7 @@ def record(
 
 
 async def one_by_one(stream: AsyncIterator[T]) -> AsyncGenerator[T]:
-    """Each message as it comes (`data_path.coalesce: false`)."""
+    """Each message as it comes (`data_path.coalesce: false`, or the native data plane)."""
     async for message in stream:
         yield message
 
@@ -120,6 +129,23 @@ class MeshServicer(mesh_pb2_grpc.MeshServicer):
         request: mesh_pb2.GenerateRequest,
         context: grpc.aio.ServicerContext[mesh_pb2.GenerateRequest, mesh_pb2.GenerateResponse],
     ) -> AsyncIterator[mesh_pb2.GenerateResponse]:
+        responses = self.respond(request, context.invocation_metadata(), context.time_remaining())
+        try:
+            async with contextlib.aclosing(responses):
+                async for response in responses:
+                    yield response
+        except StatusError as e:
+            await abort(context, e)
+
+    async def respond(
+        self,
+        request: mesh_pb2.GenerateRequest,
+        metadata: tracing.Metadata | None,
+        time_remaining: float | None,
+    ) -> AsyncGenerator[mesh_pb2.GenerateResponse]:
+        """Generate's answer, whichever server carries the call (grpc.aio's above, the
+        native edge's in router/native/edge.py). Failures the caller should see are
+        `StatusError`s; the stream's metrics and span are recorded at its end."""
         received = time.monotonic()
         task = TASK_NAMES.get(request.task, "unknown")
         tier = "none"
@@ -127,13 +153,12 @@ class MeshServicer(mesh_pb2_grpc.MeshServicer):
         index = 0
         ttft = 0.0
         usage: mesh_pb2.Usage | None = None
-        metadata = context.invocation_metadata()
         span = tracing.start_span(GENERATE_SPAN, tracing.extract(metadata), SpanKind.SERVER, task=task)
         try:
             call = resolve(
                 request,
                 self._settings,
-                context.time_remaining(),
+                time_remaining,
                 received,
                 client_id(metadata),
                 tracing.child_context(span),
@@ -151,23 +176,27 @@ class MeshServicer(mesh_pb2_grpc.MeshServicer):
                     yield response
         except StatusError as e:
             code = e.code
-            await abort(context, e)
-        except asyncio.CancelledError:
+            raise
+        except (asyncio.CancelledError, GeneratorExit):
             code = grpc.StatusCode.CANCELLED  # the caller left or its deadline passed
             raise
         except Exception:
             log.exception("router pipeline failed")
             code = grpc.StatusCode.INTERNAL
-            await context.abort(code, "internal router error")
+            raise StatusError(code, "internal router error") from None
         finally:
             record(task, tier, code, received, ttft, index, usage)
             span.set_attributes({"tier": tier, "rpc.grpc.status_code": code.value[0], "messages": index})
             span.end()
 
     def _relay(self, call: Call) -> AsyncGenerator[mesh_pb2.GenerateResponse]:
-        """The pipeline's stream as the caller gets it: coalesced unless configured off."""
+        """The pipeline's stream as the caller gets it: coalesced unless configured off.
+        On the native data plane (edge and tier client) the edge's writes do not wait,
+        and the tier client merges what arrives together itself (router/native/tier.py):
+        a reader task would only cost each message a hop between tasks."""
         stream = self._pipeline.generate(call)
-        if self._settings.router.data_path.coalesce:
+        data_path = self._settings.router.data_path
+        if data_path.coalesce and not (data_path.edge == data_path.tier_client == "native"):
             return coalesced(stream, call.cancel_tier_calls)
         return one_by_one(stream)
 

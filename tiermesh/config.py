@@ -181,6 +181,14 @@ class DataPathSettings(BaseModel):
     # pod under Kubernetes' static CPU manager): routers pinned in a shared pool pile up
     # on one CPU.
     pin_cpus: bool = False
+    # Who frames the callers' HTTP/2: grpc.aio's server (`grpc`), or nghttp2 in C with
+    # Python entered once per Generate request and once per response message (`native`,
+    # router/native/). Other calls are relayed to the grpc.aio server either way.
+    edge: Literal["grpc", "native"] = "grpc"
+    # Who frames the calls to TierService replicas (Silver, Bronze): a grpc.aio channel
+    # (`grpc`), or nghttp2 in C on one connection per replica (`native`, router/native/).
+    # Health checks stay on grpc.aio; Triton's client is tritonclient either way.
+    tier_client: Literal["grpc", "native"] = "grpc"
 
 
 class RouterSettings(BaseModel):

@@ -3,6 +3,7 @@ server and channel of the mesh does TLS (or plaintext) the same way."""
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,31 @@ def server_credentials(tls: TlsSettings) -> grpc.ServerCredentials | None:
     return grpc.ssl_server_credentials(
         [(key, cert)], root_certificates=read_pem(tls.ca), require_client_auth=tls.require_client_cert
     )
+
+
+def server_ssl_context(tls: TlsSettings) -> ssl.SSLContext | None:
+    """The same server side for a server that does its own HTTP/2 (the router's native
+    edge): ALPN h2, and the client's certificate checked against `ca` when required."""
+    if not (tls.cert and tls.key):
+        return None
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(tls.cert, tls.key)
+    if tls.ca:
+        context.load_verify_locations(tls.ca)
+    if tls.require_client_cert:
+        context.verify_mode = ssl.CERT_REQUIRED
+    context.set_alpn_protocols(["h2"])
+    return context
+
+
+def client_ssl_context(tls: TlsSettings) -> ssl.SSLContext:
+    """The same client side for a client that does its own HTTP/2 (the router's native
+    tier client): `ca` verifies the server, cert and key identify us, ALPN h2."""
+    context = ssl.create_default_context(cafile=tls.ca or None)
+    if tls.cert and tls.key:
+        context.load_cert_chain(tls.cert, tls.key)
+    context.set_alpn_protocols(["h2"])
+    return context
 
 
 def channel_credentials(tls: TlsSettings) -> grpc.ChannelCredentials:

@@ -10,7 +10,7 @@ from opentelemetry.trace import Span, SpanKind
 
 from router.call import Call
 from tiermesh import tracing
-from tiermesh.config import TierSettings, TlsSettings
+from tiermesh.config import DataPathSettings, TierSettings, TlsSettings
 from tiermesh.errors import StatusError
 from tiermesh.v1 import mesh_pb2
 
@@ -42,11 +42,24 @@ def attempt_span(tier: str, address: str, call: Call) -> Span:
     )
 
 
-def adapter(tier: str, address: str, settings: TierSettings, tls: TlsSettings | None = None) -> TierAdapter:
+def adapter(
+    tier: str,
+    address: str,
+    settings: TierSettings,
+    tls: TlsSettings | None = None,
+    data_path: DataPathSettings | None = None,
+) -> TierAdapter:
+    """The replica's adapter. `data_path.tier_client: native` calls TierService replicas
+    over nghttp2; Triton's client stays tritonclient's."""
     if settings.protocol == "triton":
         from router.backends.triton import TritonTier
 
         return TritonTier(tier, address, settings.triton_model, settings.health_retry_s, tls)
+    if data_path is not None and data_path.tier_client == "native":
+        from router.native.tier import NativeTier  # builds the C part on first use
+
+        merge = data_path.coalesce
+        return NativeTier(tier, address, settings.health_service, settings.health_retry_s, tls, merge)
     from router.backends.tier_grpc import GrpcTier
 
     return GrpcTier(tier, address, settings.health_service, settings.health_retry_s, tls)

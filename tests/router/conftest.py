@@ -65,10 +65,16 @@ def silver(scripted_silver: tuple[ScriptedTier, int]) -> ScriptedTier:
     return tier
 
 
-@pytest_asyncio.fixture(scope="session", loop_scope="session")
-async def router(scripted_silver: tuple[ScriptedTier, int]) -> AsyncIterator[Router]:
+# Every test of the router runs on both data planes: grpc.aio's, and nghttp2's for the
+# callers' connections and the tier's (data_path.edge, data_path.tier_client).
+@pytest_asyncio.fixture(scope="session", loop_scope="session", params=["grpc", "native"])
+async def router(
+    request: pytest.FixtureRequest, scripted_silver: tuple[ScriptedTier, int]
+) -> AsyncIterator[Router]:
     _, port = scripted_silver
-    router = await start_router(router_settings(f"127.0.0.1:{port}"))
+    settings = router_settings(f"127.0.0.1:{port}")
+    settings.router.data_path.edge = settings.router.data_path.tier_client = request.param
+    router = await start_router(settings)
     yield router
     await router.close(None)
 

@@ -109,16 +109,17 @@ def settings(
     )
 
 
-@pytest_asyncio.fixture(loop_scope="session")
-async def make_fleet() -> AsyncIterator[object]:
+# On both data planes (data_path.edge and tier_client): grpc.aio's and nghttp2's.
+@pytest_asyncio.fixture(loop_scope="session", params=["grpc", "native"])
+async def make_fleet(request: pytest.FixtureRequest) -> AsyncIterator[object]:
     fleets: list[Fleet] = []
 
     async def make(silver: int = 3, gold: int = 1, extra_silver: tuple[str, ...] = (), **kw: object) -> Fleet:
         s, g = await replicas(silver, mesh_pb2.TIER_SILVER), await replicas(gold, mesh_pb2.TIER_GOLD)
         endpoints = [f"127.0.0.1:{r.port}" for r in s] + list(extra_silver)
-        router = await start_router(
-            settings(endpoints, [f"127.0.0.1:{r.port}" for r in g], **kw)  # type: ignore[arg-type]
-        )
+        config = settings(endpoints, [f"127.0.0.1:{r.port}" for r in g], **kw)  # type: ignore[arg-type]
+        config.router.data_path.edge = config.router.data_path.tier_client = request.param
+        router = await start_router(config)
         channel = grpc.aio.insecure_channel(f"127.0.0.1:{router.port}")
         fleet = Fleet(s, g, router, mesh_pb2_grpc.MeshStub(channel), channel)
         fleets.append(fleet)

@@ -71,16 +71,24 @@ def secure_settings(certs: Path, tier_port: int, router_mesh_tls: TlsSettings) -
     return settings
 
 
-@pytest_asyncio.fixture(scope="module", loop_scope="session")
-async def secure(certs: Path) -> AsyncIterator[tuple[ScriptedTier, Router, Router]]:
+@pytest_asyncio.fixture(scope="module", loop_scope="session", params=["grpc", "native"])
+async def secure(
+    request: pytest.FixtureRequest, certs: Path
+) -> AsyncIterator[tuple[ScriptedTier, Router, Router]]:
     """A tier requiring mesh client certs; a router trusted by it; a router with a
-    certificate from another CA."""
+    certificate from another CA. On both data planes (TLS by gRPC, or by asyncio's ssl)."""
     tier = ScriptedTier()
     serving = await start_scripted_tier(tier, tls=mesh_tls(certs))
-    router = await start_router(secure_settings(certs, serving.port, mesh_tls(certs)))
+
+    async def secure_router(mesh: TlsSettings) -> Router:
+        settings = secure_settings(certs, serving.port, mesh)
+        settings.router.data_path.edge = settings.router.data_path.tier_client = request.param
+        return await start_router(settings)
+
+    router = await secure_router(mesh_tls(certs))
     rogue = certs / "rogue"
     stranger = mesh_tls(certs, cert=str(rogue / "mesh.crt"), key=str(rogue / "mesh.key"))
-    untrusted = await start_router(secure_settings(certs, serving.port, stranger))
+    untrusted = await secure_router(stranger)
     yield tier, router, untrusted
     await router.close(None)
     await untrusted.close(None)

@@ -1,0 +1,204 @@
+/* The router's side of one HTTP/2 connection to a tier replica, on nghttp2: Python
+   submits a request whole (h2t_request); the response's header fields and bytes gather
+   per stream, and Python takes them when told (events). The tier's window reopens as
+   Python takes the bytes (h2t_taken). Python owns the socket, as with the edge (h2edge.c). */
+#include <nghttp2/nghttp2.h>
+#include <stdlib.h>
+#include <string.h>
+
+enum { H2T_DATA = 1, H2T_CLOSED = 2 };
+
+typedef struct { uint8_t *p; size_t len, cap; } h2t_bytes;
+
+typedef struct h2t_stream {
+  int32_t sid;
+  h2t_bytes request, headers, data; /* headers: "name\0value\0..." of every block received */
+  size_t sent;
+  uint32_t error;                    /* RST_STREAM's code, 0 when it ended cleanly */
+  int closed, refs;
+  struct h2t_stream *prev, *next; /* the connection's open streams */
+} h2t_stream;
+
+typedef struct { int kind; int32_t sid; } h2t_note;
+
+typedef struct {
+  nghttp2_session *session;
+  h2t_stream *open;
+  h2t_bytes pending;
+  h2t_note *events;
+  size_t nevents, capevents, nextevent;
+} h2t_conn;
+
+static void put(h2t_bytes *b, const uint8_t *data, size_t len) {
+  if (b->len + len > b->cap) {
+    size_t cap = b->cap ? b->cap : 256;
+    while (cap < b->len + len) cap *= 2;
+    b->p = realloc(b->p, cap);
+    b->cap = cap;
+  }
+  memcpy(b->p + b->len, data, len);
+  b->len += len;
+}
+
+static void emit(h2t_conn *c, int kind, int32_t sid) {
+  if (c->nevents == c->capevents) {
+    c->capevents = c->capevents ? 2 * c->capevents : 16;
+    c->events = realloc(c->events, c->capevents * sizeof *c->events);
+  }
+  c->events[c->nevents++] = (h2t_note){kind, sid};
+}
+
+static void release(h2t_stream *s) {
+  if (--s->refs) return;
+  free(s->request.p); free(s->headers.p); free(s->data.p);
+  free(s);
+}
+
+static ssize_t read_request(nghttp2_session *session, int32_t sid, uint8_t *buf, size_t length, uint32_t *flags,
+                            nghttp2_data_source *source, void *ud) {
+  h2t_stream *s = source->ptr;
+  size_t n = s->request.len - s->sent;
+  if (n > length) n = length;
+  memcpy(buf, s->request.p + s->sent, n);
+  s->sent += n;
+  if (s->sent == s->request.len) *flags |= NGHTTP2_DATA_FLAG_EOF;
+  return n;
+}
+
+static int on_header(nghttp2_session *session, const nghttp2_frame *f, const uint8_t *name, size_t nl,
+                     const uint8_t *value, size_t vl, uint8_t flags, void *ud) {
+  h2t_stream *s = nghttp2_session_get_stream_user_data(session, f->hd.stream_id);
+  if (!s) return 0;
+  put(&s->headers, name, nl); put(&s->headers, (const uint8_t *)"", 1);
+  put(&s->headers, value, vl); put(&s->headers, (const uint8_t *)"", 1);
+  return 0;
+}
+
+static int on_data_chunk(nghttp2_session *session, uint8_t flags, int32_t sid, const uint8_t *data, size_t len,
+                         void *ud) {
+  h2t_stream *s = nghttp2_session_get_stream_user_data(session, sid);
+  if (!s) { nghttp2_session_consume(session, sid, len); return 0; }
+  if (!s->data.len) emit(ud, H2T_DATA, sid); /* one event until Python takes what gathered */
+  put(&s->data, data, len);
+  return 0;
+}
+
+static void closed(h2t_conn *c, h2t_stream *s, uint32_t error) {
+  s->closed = 1; s->error = error;
+  if (s->prev) s->prev->next = s->next; else c->open = s->next;
+  if (s->next) s->next->prev = s->prev;
+  release(s);
+}
+
+static int on_stream_close(nghttp2_session *session, int32_t sid, uint32_t error, void *ud) {
+  h2t_stream *s = nghttp2_session_get_stream_user_data(session, sid);
+  if (!s) return 0;
+  emit(ud, H2T_CLOSED, sid);
+  closed(ud, s, error);
+  return 0;
+}
+
+h2t_conn *h2t_new(void) {
+  h2t_conn *c = calloc(1, sizeof *c);
+  nghttp2_session_callbacks *cb;
+  nghttp2_session_callbacks_new(&cb);
+  nghttp2_session_callbacks_set_on_header_callback(cb, on_header);
+  nghttp2_session_callbacks_set_on_data_chunk_recv_callback(cb, on_data_chunk);
+  nghttp2_session_callbacks_set_on_stream_close_callback(cb, on_stream_close);
+  nghttp2_option *option;
+  nghttp2_option_new(&option);
+  nghttp2_option_set_no_auto_window_update(option, 1);
+  int rv = nghttp2_session_client_new2(&c->session, cb, c, option);
+  nghttp2_option_del(option);
+  nghttp2_session_callbacks_del(cb);
+  if (rv) { free(c); return NULL; }
+  nghttp2_submit_settings(c->session, NGHTTP2_FLAG_NONE, NULL, 0);
+  return c;
+}
+
+/* Frees the connection. Its open streams end with INTERNAL_ERROR; each stays until
+   Python releases it. */
+void h2t_free(h2t_conn *c) {
+  while (c->open) {
+    nghttp2_session_set_stream_user_data(c->session, c->open->sid, NULL);
+    closed(c, c->open, NGHTTP2_INTERNAL_ERROR);
+  }
+  nghttp2_session_del(c->session); /* it calls no on_stream_close */
+  free(c->pending.p); free(c->events);
+  free(c);
+}
+
+ssize_t h2t_recv(h2t_conn *c, const uint8_t *data, size_t len) {
+  return nghttp2_session_mem_recv(c->session, data, len);
+}
+
+const uint8_t *h2t_pending(h2t_conn *c, size_t *len) {
+  const uint8_t *data;
+  ssize_t n;
+  c->pending.len = 0;
+  while ((n = nghttp2_session_mem_send(c->session, &data)) > 0) put(&c->pending, data, n);
+  *len = c->pending.len;
+  return c->pending.len ? c->pending.p : NULL;
+}
+
+int h2t_event(h2t_conn *c, int32_t *sid) {
+  if (c->nextevent == c->nevents) { c->nextevent = c->nevents = 0; return 0; }
+  h2t_note *e = &c->events[c->nextevent++];
+  *sid = e->sid;
+  return e->kind;
+}
+
+/* Starts a stream: header fields ("name\0value\0...") and the whole request body. NULL
+   when the connection takes no more streams (GOAWAY received, or ids run out). */
+h2t_stream *h2t_request(h2t_conn *c, const uint8_t *fields, size_t fieldslen, const uint8_t *body, size_t bodylen) {
+  size_t n = 0;
+  for (size_t i = 0; i < fieldslen; i++) n += !fields[i];
+  nghttp2_nv *nv = malloc((n / 2 + 1) * sizeof *nv);
+  const uint8_t *p = fields, *end = fields + fieldslen;
+  size_t k = 0;
+  while (p < end && k < n / 2) {
+    const uint8_t *value = memchr(p, 0, end - p) + 1, *next = memchr(value, 0, end - value);
+    nv[k++] = (nghttp2_nv){(uint8_t *)p, (uint8_t *)value, value - 1 - p, next - value, NGHTTP2_NV_FLAG_NONE};
+    p = next + 1;
+  }
+  h2t_stream *s = calloc(1, sizeof *s);
+  put(&s->request, body, bodylen);
+  nghttp2_data_provider provider = {{.ptr = s}, read_request};
+  s->sid = nghttp2_submit_request(c->session, NULL, nv, k, &provider, s);
+  free(nv);
+  if (s->sid < 0) { free(s->request.p); free(s); return NULL; }
+  s->refs = 2; /* nghttp2's until the stream closes, Python's until it releases it */
+  s->next = c->open;
+  if (c->open) c->open->prev = s;
+  c->open = s;
+  return s;
+}
+
+int32_t h2t_sid(h2t_stream *s) { return s->sid; }
+
+/* The response bytes gathered since the last take (valid until h2t_taken). */
+const uint8_t *h2t_take(h2t_stream *s, size_t *len) { *len = s->data.len; return s->data.p; }
+
+/* Python copied the bytes: clear them, and let the tier send as many more. `c` is NULL
+   once the connection is gone. */
+void h2t_taken(h2t_conn *c, h2t_stream *s) {
+  if (c && s->data.len) nghttp2_session_consume(c->session, s->sid, s->data.len);
+  s->data.len = 0;
+}
+
+const uint8_t *h2t_headers(h2t_stream *s, size_t *len) { *len = s->headers.len; return s->headers.p; }
+
+/* -1 while open; else the RST_STREAM code (0: ended cleanly). */
+int64_t h2t_error(h2t_stream *s) { return s->closed ? (int64_t)s->error : -1; }
+
+void h2t_cancel(h2t_conn *c, h2t_stream *s) {
+  if (!s->closed) nghttp2_submit_rst_stream(c->session, NGHTTP2_FLAG_NONE, s->sid, NGHTTP2_CANCEL);
+}
+
+void h2t_release(h2t_stream *s) { release(s); }
+
+/* Whether new streams may start on the connection (no GOAWAY received, ids left). */
+int h2t_usable(h2t_conn *c) { return nghttp2_session_check_request_allowed(c->session); }
+
+/* Whether the session still reads or writes (see h2e_alive). */
+int h2t_alive(h2t_conn *c) { return nghttp2_session_want_read(c->session) || nghttp2_session_want_write(c->session); }

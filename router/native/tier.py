@@ -1,0 +1,352 @@
+"""Tier replicas called over nghttp2 (`data_path.tier_client: native`): the same adapter
+as router/backends/tier_grpc.py, its Generate calls framed in C (router/native/h2tier.c)
+on one HTTP/2 connection per replica instead of a grpc.aio channel. Health still
+follows grpc.health.v1 Watch on the grpc.aio channel of the parent class.
+
+Per call, Python sends the whole request once; per response message it splits the
+frame out of the bytes nghttp2 gathered and decodes it. What the channel did is done
+here: `grpc-timeout` and the call's own deadline, status trailers to StatusError,
+cancellation (RST_STREAM), reconnection after a connection fails or a GOAWAY, TLS.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any, cast
+from urllib.parse import unquote
+
+import grpc
+
+from router import native
+from router.backends import attempt_span, tier_failed
+from router.backends.tier_grpc import CALLER_CODES, GENERATE, GrpcTier, tier_request
+from router.call import Call
+from router.coalesce import merge_waiting
+from router.native import wire
+from tiermesh import tracing
+from tiermesh.config import TlsSettings
+from tiermesh.errors import StatusError
+from tiermesh.tls import client_ssl_context
+from tiermesh.v1 import mesh_pb2
+
+CDEF = """
+typedef struct h2t_conn h2t_conn;
+typedef struct h2t_stream h2t_stream;
+h2t_conn *h2t_new(void);
+void h2t_free(h2t_conn *);
+ssize_t h2t_recv(h2t_conn *, const uint8_t *, size_t);
+const uint8_t *h2t_pending(h2t_conn *, size_t *);
+int h2t_event(h2t_conn *, int32_t *);
+h2t_stream *h2t_request(h2t_conn *, const uint8_t *, size_t, const uint8_t *, size_t);
+int32_t h2t_sid(h2t_stream *);
+const uint8_t *h2t_take(h2t_stream *, size_t *);
+void h2t_taken(h2t_conn *, h2t_stream *);
+const uint8_t *h2t_headers(h2t_stream *, size_t *);
+int64_t h2t_error(h2t_stream *);
+void h2t_cancel(h2t_conn *, h2t_stream *);
+void h2t_release(h2t_stream *);
+int h2t_usable(h2t_conn *);
+int h2t_alive(h2t_conn *);
+"""
+_native = native.load("h2tier", Path(__file__).with_name("h2tier.c"), CDEF, ["nghttp2"])
+ffi, lib = _native.ffi, _native.lib
+
+DATA, CLOSED = 1, 2  # h2tier.c's events
+REFUSED_STREAM = 7
+
+
+class TierConnection(asyncio.Protocol):
+    """One HTTP/2 connection to a replica; its calls multiplex on it."""
+
+    def __init__(self) -> None:
+        self.native = lib.h2t_new()
+        if self.native == ffi.NULL:
+            raise MemoryError("nghttp2 session")
+        self.transport: asyncio.Transport | None = None
+        self.streams: dict[int, TierStream] = {}
+        self._size = ffi.new("size_t *")
+        self._sid = ffi.new("int32_t *")
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
+        self.pump()
+
+    def data_received(self, data: bytes) -> None:
+        if self.native is None:
+            return
+        if lib.h2t_recv(self.native, data, len(data)) < 0:
+            self.close()
+            return
+        self.pump()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.close()
+
+    def usable(self) -> bool:
+        return self.native is not None and bool(lib.h2t_usable(self.native))
+
+    def pump(self) -> None:
+        """Act on nghttp2's events, then write what it has ready (window updates too)."""
+        while self.native is not None and (kind := lib.h2t_event(self.native, self._sid)):
+            stream = self.streams.get(self._sid[0])
+            if stream is None:
+                continue
+            if kind == DATA:
+                stream.take()
+            elif kind == CLOSED:
+                del self.streams[self._sid[0]]
+                stream.take()
+                stream.end()
+        if self.native is None or self.transport is None:
+            return
+        if (data := lib.h2t_pending(self.native, self._size)) != ffi.NULL:
+            self.transport.write(ffi.buffer(data, self._size[0])[:])
+        if not lib.h2t_alive(self.native):
+            self.close()  # a connection error: nghttp2 wrote its GOAWAY and is done
+
+    def request(self, fields: bytes, body: bytes, deadline: float) -> TierStream | None:
+        """A new stream with this request (`deadline` in loop time), or None when the
+        connection takes no more."""
+        if self.native is None:
+            return None
+        handle = lib.h2t_request(self.native, fields, len(fields), body, len(body))
+        if handle == ffi.NULL:
+            return None
+        stream = self.streams[lib.h2t_sid(handle)] = TierStream(self, handle, deadline)
+        self.pump()
+        return stream
+
+    def close(self) -> None:
+        """The connection is gone: every open stream ends (h2t_free marks them reset)."""
+        if self.native is None:
+            return
+        lib.h2t_free(self.native)
+        self.native = None
+        if self.transport is not None:
+            self.transport.close()
+        streams, self.streams = self.streams, {}
+        for stream in streams.values():
+            stream.end()
+
+
+class TierStream:
+    """One call's response as it arrives: whole messages, then how it ended."""
+
+    def __init__(self, connection: TierConnection, handle: Any, deadline: float) -> None:
+        self.connection = connection
+        self.timer: asyncio.TimerHandle | None = asyncio.get_running_loop().call_at(deadline, self.expire)
+        self.handle = handle
+        self.buffer = b""
+        self.messages: collections.deque[bytes] = collections.deque()
+        self.ended = False
+        self.cancelled = False
+        self.released = False
+        self.expired = False
+        self.waiter: asyncio.Future[None] | None = None
+        self._size = connection._size
+
+    def take(self) -> None:
+        """Split what nghttp2 gathered into messages (a frame may straddle takes)."""
+        if self.handle is None:
+            return
+        data = lib.h2t_take(self.handle, self._size)
+        if not self._size[0]:
+            return
+        buffer = self.buffer + ffi.buffer(data, self._size[0])[:]
+        lib.h2t_taken(self.connection.native or ffi.NULL, self.handle)
+        if self.released:
+            return  # read only to keep the connection's window open
+        while len(buffer) >= 5:
+            end = 5 + int.from_bytes(buffer[1:5], "big")
+            if len(buffer) < end:
+                break
+            self.messages.append(buffer[5:end])
+            buffer = buffer[end:]
+        self.buffer = buffer
+        self.wake()
+
+    def end(self) -> None:
+        self.ended = True
+        self.wake()
+        if self.released:
+            self.free()
+
+    def wake(self) -> None:
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_result(None)
+
+    def expire(self) -> None:
+        """The call's deadline passed (one timer per stream, not one per wait)."""
+        self.expired = True
+        self.wake()
+
+    async def next(self) -> bytes | None:
+        """The next message; None once the stream ended (see `status`). TimeoutError past
+        the deadline; CancelledError once cancelled, as a grpc.aio call's read (a
+        cancelled call is the caller leaving, not the tier failing)."""
+        while not self.messages:
+            if self.cancelled:
+                raise asyncio.CancelledError
+            if self.expired:
+                raise TimeoutError
+            if self.ended:
+                return None
+            self.waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self.waiter
+            finally:
+                self.waiter = None
+        return self.messages.popleft()
+
+    def status(self) -> tuple[grpc.StatusCode | None, str]:
+        """How the stream ended: the trailers' status and message; None and why when it
+        was reset or carried no status."""
+        error = lib.h2t_error(self.handle)
+        if error == REFUSED_STREAM:
+            return None, "stream refused"
+        if error > 0:
+            return None, f"stream reset (HTTP/2 error {error})"
+        headers = lib.h2t_headers(self.handle, self._size)
+        fields = wire.fields(ffi.buffer(headers, self._size[0])[:]) if self._size[0] else []
+        status = wire.header(fields[::-1], "grpc-status")  # the trailers' (the last block)
+        if status is None or not status.isdigit():
+            return None, "response without grpc-status"
+        message = unquote(wire.header(fields[::-1], "grpc-message") or "")
+        codes = {code.value[0]: code for code in grpc.StatusCode}
+        return codes.get(int(status), grpc.StatusCode.UNKNOWN), message
+
+    def cancel(self) -> None:
+        if self.ended or self.cancelled:
+            return
+        self.cancelled = True
+        self.wake()
+        if self.connection.native is not None:
+            lib.h2t_cancel(self.connection.native, self.handle)
+            self.connection.pump()
+
+    def release(self) -> None:
+        """The call is done with the stream; it is freed once nghttp2 is too (a cancelled
+        stream's last bytes may still come, and are read to keep the window open)."""
+        self.released = True
+        if self.timer is not None:
+            self.timer.cancel()
+        if self.ended:
+            self.free()
+
+    def free(self) -> None:
+        if self.handle is not None:
+            lib.h2t_release(self.handle)
+            self.handle = None
+
+
+def grpc_timeout(seconds: float) -> str:
+    """`grpc-timeout`: at most 8 digits, so milliseconds up to a day, then seconds."""
+    millis = max(1, int(seconds * 1000))
+    return f"{millis}m" if millis < 100_000_000 else f"{int(seconds)}S"
+
+
+class NativeTier(GrpcTier):
+    """One tier replica; Generate calls on a native HTTP/2 connection."""
+
+    def __init__(
+        self,
+        name: str,
+        address: str,
+        health_service: str = "",
+        health_retry_s: float = 1.0,
+        tls: TlsSettings | None = None,
+        merge: bool = True,
+    ) -> None:
+        super().__init__(name, address, health_service, health_retry_s, tls)
+        self._merge = merge
+        host, _, port = address.rpartition(":")
+        self._host, self._port = host.strip("[]"), int(port)
+        self._tls = tls if tls is not None and tls.enabled else None
+        self._scheme = b"https" if self._tls else b"http"
+        self._connection: TierConnection | None = None
+        self._connecting = asyncio.Lock()
+
+    async def _connected(self) -> TierConnection:
+        connection = self._connection
+        if connection is not None and connection.usable():
+            return connection
+        async with self._connecting:
+            if self._connection is not None and self._connection.usable():
+                return self._connection
+            ssl = client_ssl_context(self._tls) if self._tls else None
+            server_hostname = (self._tls.server_name or self._host) if self._tls else None
+            try:
+                _, connection = await asyncio.get_running_loop().create_connection(
+                    TierConnection, self._host, self._port, ssl=ssl, server_hostname=server_hostname
+                )
+            except OSError as e:
+                raise tier_failed(self.name, self.address, 0, f"cannot connect: {e}") from None
+            self._connection = connection
+            return connection
+
+    def _fields(self, remaining: float, metadata: tracing.Metadata) -> bytes:
+        fields = [
+            (b":method", b"POST"),
+            (b":scheme", self._scheme),
+            (b":path", GENERATE.encode()),
+            (b":authority", self.address.encode()),
+            (b"te", b"trailers"),
+            (b"content-type", b"application/grpc"),
+            (b"grpc-timeout", grpc_timeout(remaining).encode()),
+            *((str(k).encode(), str(v).encode()) for k, v in metadata),
+        ]
+        return b"".join(name + b"\0" + value + b"\0" for name, value in fields)
+
+    async def generate(self, call: Call) -> AsyncIterator[mesh_pb2.GenerateResponse]:
+        remaining = call.remaining()
+        if remaining <= 0:
+            raise StatusError(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline passed before the tier call")
+        deadline = asyncio.get_running_loop().time() + remaining
+        span = attempt_span(self.name, self.address, call)
+        body = wire.frame(tier_request(call).SerializeToString())
+        stream = None
+        sent = 0
+        try:
+            connection = await self._connected()
+            stream = connection.request(self._fields(remaining, tracing.inject(span)), body, deadline)
+            if stream is None:
+                raise tier_failed(self.name, self.address, 0, "the connection takes no more streams")
+            call.tier_calls.add(stream.cancel)
+            while (message := await stream.next()) is not None:
+                if not (self._merge and stream.messages):
+                    sent += 1
+                    yield mesh_pb2.GenerateResponse.FromString(message)
+                    continue
+                # Tokens that arrived together (the caller's edge was waiting, or the
+                # tier wrote faster than one read) leave merged, as router/coalesce.py does.
+                parse = mesh_pb2.GenerateResponse.FromString
+                waiting = collections.deque(map(parse, [message, *stream.messages]))
+                stream.messages.clear()
+                while waiting:
+                    sent += 1
+                    yield merge_waiting(waiting)
+            code, detail = stream.status()
+            if code is not None:
+                span.set_attribute("rpc.grpc.status_code", code.value[0])
+            if code in CALLER_CODES:
+                raise StatusError(code, detail or code.name)
+            if code != grpc.StatusCode.OK:
+                why = f"{code.name}: {detail}" if code is not None else detail
+                raise tier_failed(self.name, self.address, sent, why)
+        except TimeoutError:
+            raise StatusError(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded") from None
+        finally:
+            if stream is not None:
+                call.tier_calls.discard(stream.cancel)
+                stream.cancel()  # no-op when it ended; otherwise the tier aborts its work
+                stream.release()
+            span.set_attribute("messages", sent)
+            span.end()
+
+    async def close(self) -> None:
+        if self._connection is not None:
+            self._connection.close()
+        await super().close()

@@ -1,0 +1,108 @@
+"""gRPC over HTTP/2, the parts the native edge writes itself (grpc.aio did them before):
+request headers to metadata and deadline, the request message out of its frame, response
+messages into frames, and the status trailers. https://github.com/grpc/grpc/blob/master/doc/PROTOCOL-HTTP2.md"""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import zlib
+from collections.abc import Callable
+
+import grpc
+from google.rpc import status_pb2
+
+from tiermesh.errors import StatusError, invalid
+
+Fields = list[tuple[str, str]]
+Metadata = list[tuple[str, str | bytes]]
+
+TIMEOUT_UNITS = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9}
+# Headers gRPC itself uses; the rest are the caller's metadata.
+RESERVED = frozenset({"te", "content-type", "grpc-timeout", "grpc-encoding", "grpc-accept-encoding"})
+DECOMPRESS: dict[str, Callable[[bytes], bytes]] = {"gzip": gzip.decompress, "deflate": zlib.decompress}
+
+
+def fields(block: bytes) -> Fields:
+    """Header fields from nghttp2's flat block, "name\\0value\\0..." (HTTP/2 allows no
+    NUL in either)."""
+    parts = block.decode("latin-1").split("\0")
+    return list(zip(parts[0:-1:2], parts[1:-1:2], strict=True))
+
+
+def metadata(headers: Fields) -> Metadata:
+    """The caller's metadata as grpc.aio hands it over: `-bin` values decoded."""
+    out: Metadata = []
+    for name, value in headers:
+        if name.startswith(":") or name in RESERVED:
+            continue
+        if name.endswith("-bin"):
+            out.append((name, base64.b64decode(value + "=" * (-len(value) % 4))))
+        else:
+            out.append((name, value))
+    return out
+
+
+def header(headers: Fields, name: str) -> str | None:
+    return next((value for key, value in headers if key == name), None)
+
+
+def timeout(headers: Fields) -> float | None:
+    """Seconds the caller gives the call (`grpc-timeout`), None without a deadline."""
+    value = header(headers, "grpc-timeout")
+    if value is None:
+        return None
+    amount, unit = value[:-1], value[-1:]
+    if not (amount.isdigit() and len(amount) <= 8 and unit in TIMEOUT_UNITS):
+        raise invalid(f"malformed grpc-timeout {value!r}")
+    return int(amount) * TIMEOUT_UNITS[unit]
+
+
+def message(headers: Fields, body: bytes | None, max_bytes: int) -> bytes:
+    """The one request message of a unary request. `body` is None when it ran past the
+    size limit (the edge stopped reading it)."""
+    content_type = header(headers, "content-type") or ""
+    if not content_type.startswith("application/grpc"):
+        raise StatusError(grpc.StatusCode.UNIMPLEMENTED, f"content-type {content_type!r} is not gRPC")
+    if body is None:
+        raise StatusError(grpc.StatusCode.RESOURCE_EXHAUSTED, f"request larger than {max_bytes} bytes")
+    if len(body) < 5 or int.from_bytes(body[1:5], "big") != len(body) - 5:
+        raise invalid("a unary call carries exactly one request message")
+    if len(body) - 5 > max_bytes:
+        raise StatusError(grpc.StatusCode.RESOURCE_EXHAUSTED, f"request larger than {max_bytes} bytes")
+    payload = body[5:]
+    if body[0]:
+        encoding = header(headers, "grpc-encoding") or "identity"
+        if encoding not in DECOMPRESS:
+            raise StatusError(grpc.StatusCode.UNIMPLEMENTED, f"grpc-encoding {encoding!r} is not supported")
+        try:
+            payload = DECOMPRESS[encoding](payload)
+        except (OSError, zlib.error, EOFError) as e:
+            raise invalid(f"cannot decompress the request: {e}") from None
+        if len(payload) > max_bytes:
+            raise StatusError(grpc.StatusCode.RESOURCE_EXHAUSTED, f"request larger than {max_bytes} bytes")
+    return payload
+
+
+def frame(payload: bytes) -> bytes:
+    """A response message as it goes on the wire: uncompressed flag, length, bytes."""
+    return b"\0" + len(payload).to_bytes(4, "big") + payload
+
+
+def percent_encoded(text: str) -> str:
+    """grpc-message's encoding: printable ASCII as is, every other byte (and '%') as %XX."""
+    return "".join(chr(b) if 0x20 <= b <= 0x7E and b != 0x25 else f"%{b:02X}" for b in text.encode("utf-8"))
+
+
+def trailers(code: grpc.StatusCode, text: str = "", status: status_pb2.Status | None = None) -> bytes:
+    """The status trailers in nghttp2's flat form. `status`, the rich google.rpc.Status,
+    rides in grpc-status-details-bin (RetryInfo)."""
+    out = [("grpc-status", str(code.value[0]))]
+    if text:
+        out.append(("grpc-message", percent_encoded(text)))
+    if status is not None:
+        out.append(("grpc-status-details-bin", base64.b64encode(status.SerializeToString()).decode()))
+    return "".join(f"{name}\0{value}\0" for name, value in out).encode("ascii")
+
+
+OK_TRAILERS = trailers(grpc.StatusCode.OK)

@@ -1,0 +1,87 @@
+"""What the native data plane (data_path.edge / tier_client: native) does that grpc.aio
+did for it, beyond the router tests that run on both planes: surviving a caller that
+breaks HTTP/2, compressed requests, draining on shutdown, and one tier connection
+carrying many calls."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+
+import grpc
+import pytest
+import pytest_asyncio
+
+from router.app import Router, start_router
+from tests.doubles import Script, ScriptedTier
+from tests.fakes import request
+from tests.router.conftest import router_settings
+from tiermesh.v1 import mesh_pb2_grpc
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+TEXT = "Halt! Who goes there?"
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def native(scripted_silver: tuple[ScriptedTier, int]) -> AsyncIterator[Router]:
+    _, port = scripted_silver
+    settings = router_settings(f"127.0.0.1:{port}")
+    settings.router.data_path.edge = settings.router.data_path.tier_client = "native"
+    router = await start_router(settings)
+    yield router
+    await router.close(None)
+
+
+async def answer(port: int, **options: object) -> str:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}", **options) as channel:  # type: ignore[arg-type]
+        return "".join([r.text async for r in mesh_pb2_grpc.MeshStub(channel).Generate(request(), timeout=5)])
+
+
+async def test_a_caller_breaking_http2_loses_its_connection_only(
+    native: Router, silver: ScriptedTier
+) -> None:
+    slow = asyncio.ensure_future(answer(native.port))  # a call in flight on its own connection
+    for garbage in (b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\xff" * 64):
+        reader, writer = await asyncio.open_connection("127.0.0.1", native.port)
+        writer.write(garbage)
+        await writer.drain()
+        assert await asyncio.wait_for(reader.read(), 5) is not None  # closed by the edge (GOAWAY at most)
+        writer.close()
+    assert await slow == TEXT
+    assert await answer(native.port) == TEXT
+
+
+async def test_gzip_compressed_requests_are_read(native: Router, silver: ScriptedTier) -> None:
+    assert await answer(native.port, compression=grpc.Compression.Gzip) == TEXT
+    assert silver.seen[-1].request.messages[-1].content == request().prompt
+
+
+async def test_shutdown_lets_open_streams_finish_and_refuses_new_ones(
+    scripted_silver: tuple[ScriptedTier, int], silver: ScriptedTier
+) -> None:
+    _, port = scripted_silver
+    settings = router_settings(f"127.0.0.1:{port}")
+    settings.router.data_path.edge = settings.router.data_path.tier_client = "native"
+    router = await start_router(settings)
+    silver.reset(Script(delay=0.1))  # 0.6 s of tokens
+    in_flight = asyncio.ensure_future(answer(router.port))
+    await asyncio.sleep(0.15)
+    started = time.monotonic()
+    await router.close(grace=5.0)
+    assert time.monotonic() - started < 2.0  # it waited for the stream, not the whole grace
+    assert await in_flight == TEXT
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await answer(router.port)
+    assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+async def test_many_calls_share_one_tier_connection(native: Router, silver: ScriptedTier) -> None:
+    silver.reset(Script(delay=0.01))
+    texts = await asyncio.gather(*(answer(native.port) for _ in range(20)))
+    assert texts == [TEXT] * 20
+    (replica,) = native.replicas["silver"].replicas
+    connection = replica.backend._connection  # type: ignore[attr-defined]
+    assert connection is not None
+    assert connection.usable()
+    assert not connection.streams
