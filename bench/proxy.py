@@ -8,10 +8,12 @@ metrics) relay them. A bare grpc.aio pass-through (bench/passthrough.py) shows t
 floor a Python grpc.aio relay stands on, a byte relay (bench/tcp_relay.py) what is left
 of it without HTTP/2 and gRPC, and an HTTP/2 relay framed in C by nghttp2 with Python
 on the loop (bench/h2_relay.py) what a data plane without the gRPC stack would stand
-on. Seven routers show what each choice is worth: the shipped default (uvloop,
-coalescing), the same without coalescing, the pre-#9 data path (asyncio, message by
-message), pinned to one CPU (`pin_cpus`), two SO_REUSEPORT workers unpinned and pinned,
-and pinned with gRPC core's EventEngine poller for Python turned off.
+on. Nine routers show what each choice is worth: the shipped default (the native data
+plane: nghttp2 at the edge and to the tier, router/native/), the same without
+coalescing, the grpc.aio data plane (edge and tier client: grpc) unpinned and pinned to
+one CPU (`pin_cpus`), the native edge with grpc.aio's tier client, the pre-#9 data path
+(grpc.aio, asyncio, message by message), two SO_REUSEPORT workers unpinned and pinned,
+and grpc.aio pinned with gRPC core's EventEngine poller for Python turned off.
 
 Measured, in rounds that interleave the paths (medians of rounds; "vs nginx" is the
 median of each round's ratio, so both sides of a ratio ran minutes apart at most):
@@ -46,33 +48,31 @@ ROUTER_PACED, ROUTER_IDLE = "127.0.0.1:7214", "127.0.0.1:7224"
 TCP_RELAY, TCP_RELAY_PACED = "127.0.0.1:7250", "127.0.0.1:7251"
 H2_RELAY, H2_RELAY_PACED, H2_RELAY_IDLE = "127.0.0.1:7260", "127.0.0.1:7261", "127.0.0.1:7262"
 PASSTHROUGH_PINNED_PACED, ROUTER_PINNED_PACED = "127.0.0.1:7252", "127.0.0.1:7254"
-NATIVE_PLANE_PACED, NATIVE_EDGE_PACED, NATIVE_PLANE_IDLE = (
-    "127.0.0.1:7272",
-    "127.0.0.1:7273",
-    "127.0.0.1:7274",
-)
+GRPC_PACED, NATIVE_EDGE_PACED, GRPC_IDLE = "127.0.0.1:7272", "127.0.0.1:7273", "127.0.0.1:7274"
 REDIS_PORT = 7230
-DEFAULT = "router"
-PINNED = "router, pinned (pin_cpus)"
+DEFAULT = "router"  # as shipped: the native data plane (router/native/)
+GRPC = "router, grpc.aio data plane"
+PINNED = "router, grpc.aio data plane, pinned (pin_cpus)"
+NATIVE_EDGE = "router, native edge, grpc.aio tier client"
 WORKERS = "router, 2 workers"
 WORKERS_PINNED = "router, 2 workers, pinned"
-BEFORE = "router, pre-#9 (asyncio, no coalescing)"
-NATIVE_PLANE = "router, native data plane (edge + tier client)"
-NATIVE_EDGE = "router, native edge, grpc.aio tier client"
+BEFORE = "router, pre-#9 (grpc.aio, asyncio, no coalescing)"
+GRPC_PLANE = {"edge": "grpc", "tier_client": "grpc"}
 # Router variants on the burst backend: listen address, router.data_path, environment.
 # The last also turns off gRPC core's EventEngine poller for Python (an experiment flag
 # of grpcio 1.81, not a setting of ours): measured, not shipped.
 ROUTERS: dict[str, tuple[str, dict[str, Any], dict[str, str]]] = {
     DEFAULT: ("127.0.0.1:7204", {}, {}),
     "router, no coalescing": ("127.0.0.1:7205", {"coalesce": False}, {}),
-    BEFORE: ("127.0.0.1:7206", {"coalesce": False, "event_loop": "asyncio"}, {}),
-    PINNED: ("127.0.0.1:7209", {"pin_cpus": True}, {}),
+    GRPC: ("127.0.0.1:7270", GRPC_PLANE, {}),
+    PINNED: ("127.0.0.1:7209", GRPC_PLANE | {"pin_cpus": True}, {}),
+    NATIVE_EDGE: ("127.0.0.1:7271", {"tier_client": "grpc"}, {}),
+    BEFORE: ("127.0.0.1:7206", GRPC_PLANE | {"coalesce": False, "event_loop": "asyncio"}, {}),
     WORKERS: ("127.0.0.1:7207", {"workers": 2}, {}),
     WORKERS_PINNED: ("127.0.0.1:7255", {"workers": 2, "pin_cpus": True}, {}),
-    NATIVE_PLANE: ("127.0.0.1:7270", {"edge": "native", "tier_client": "native"}, {}),
-    NATIVE_EDGE: ("127.0.0.1:7271", {"edge": "native"}, {}),
-    "router, pinned, GRPC_EXPERIMENTS=-event_engine_poller_for_python": (
-        "127.0.0.1:7256", {"pin_cpus": True}, {"GRPC_EXPERIMENTS": "-event_engine_poller_for_python"},
+    "router, grpc.aio, pinned, GRPC_EXPERIMENTS=-event_engine_poller_for_python": (
+        "127.0.0.1:7256", GRPC_PLANE | {"pin_cpus": True},
+        {"GRPC_EXPERIMENTS": "-event_engine_poller_for_python"},
     ),
 }  # fmt: skip
 FLOOR = "grpc.aio pass-through"  # bench/passthrough.py: a relay hop and nothing else
@@ -95,8 +95,8 @@ PACED_PATHS = {
     FLOOR: PASSTHROUGH_PACED,
     FLOOR_PINNED: PASSTHROUGH_PINNED_PACED,
     DEFAULT: ROUTER_PACED,
+    GRPC: GRPC_PACED,
     PINNED: ROUTER_PINNED_PACED,
-    NATIVE_PLANE: NATIVE_PLANE_PACED,
     NATIVE_EDGE: NATIVE_EDGE_PACED,
 }
 # Path: its address and the process whose memory is read.
@@ -105,7 +105,7 @@ IDLE_PATHS = {
     NATIVE: (H2_RELAY_IDLE, f"{NATIVE} (idle)"),
     FLOOR: (PASSTHROUGH_IDLE, f"{FLOOR} (idle)"),
     DEFAULT: (ROUTER_IDLE, "router (idle)"),
-    NATIVE_PLANE: (NATIVE_PLANE_IDLE, f"{NATIVE_PLANE} (idle)"),
+    GRPC: (GRPC_IDLE, f"{GRPC} (idle)"),
 }
 
 
@@ -143,14 +143,15 @@ def main() -> None:
         for name, (listen, data_path, env) in ROUTERS.items():
             processes.router(name, router_config(listen, BACKEND, data_path, redis), env)
         processes.router("router (paced)", router_config(ROUTER_PACED, PACED))
-        _, pinned, _ = ROUTERS[PINNED]
-        processes.router("router, pinned (paced)", router_config(ROUTER_PINNED_PACED, PACED, pinned))
+        for name, address in (
+            (GRPC, GRPC_PACED),
+            (PINNED, ROUTER_PINNED_PACED),
+            (NATIVE_EDGE, NATIVE_EDGE_PACED),
+        ):
+            _, data_path, _ = ROUTERS[name]
+            processes.router(f"{name} (paced)", router_config(address, PACED, data_path))
         processes.router("router (idle)", router_config(ROUTER_IDLE, IDLE))
-        _, plane, _ = ROUTERS[NATIVE_PLANE]
-        processes.router(f"{NATIVE_PLANE} (paced)", router_config(NATIVE_PLANE_PACED, PACED, plane))
-        processes.router(f"{NATIVE_PLANE} (idle)", router_config(NATIVE_PLANE_IDLE, IDLE, plane))
-        _, edge_only, _ = ROUTERS[NATIVE_EDGE]
-        processes.router(f"{NATIVE_EDGE} (paced)", router_config(NATIVE_EDGE_PACED, PACED, edge_only))
+        processes.router(f"{GRPC} (idle)", router_config(GRPC_IDLE, IDLE, GRPC_PLANE))
         settle()
         for address in BURST_PATHS.values():
             asyncio.run(check(address))
@@ -210,26 +211,29 @@ def report(
 
     summary = "\n".join(
         (
-            f"- Burst stream, nginx's time ×: the router **{ratio(samples, DEFAULT, 'burst_ms'):.2f}×**, "
-            f"pinned to a CPU **{ratio(samples, PINNED, 'burst_ms'):.2f}×** (target ≤ 1.5×, stretch 1.2×); "
+            f"- Burst stream, nginx's time ×: the router **{ratio(samples, DEFAULT, 'burst_ms'):.2f}×** "
+            "(target ≤ 1.5×, stretch 1.2×); on the grpc.aio data plane "
+            f"{ratio(samples, GRPC, 'burst_ms'):.2f}×, pinned to a CPU "
+            f"{ratio(samples, PINNED, 'burst_ms'):.2f}×; "
             f"before #9: {ratio(samples, BEFORE, 'burst_ms'):.2f}×; a bare grpc.aio pass-through: "
             f"{ratio(samples, FLOOR, 'burst_ms'):.2f}×.",
             "- Paced stream, added per token (target ≤ 0.15 ms): the router "
-            f"**{added(DEFAULT, trip):.3f} ms**, pinned **{added(PINNED, trip):.3f} ms**; the bare "
-            f"pass-through {added(FLOOR, trip):.3f} ms, pinned {added(FLOOR_PINNED, trip):.3f} ms; "
+            f"**{added(DEFAULT, trip):.3f} ms**; on the grpc.aio data plane {added(GRPC, trip):.3f} ms, "
+            f"pinned {added(PINNED, trip):.3f} ms; the bare pass-through {added(FLOOR, trip):.3f} ms; "
             f"HTTP/2 framed by nghttp2 {added(NATIVE, trip):.3f} ms; "
             f"a Python byte relay {added(BYTES, trip):.3f} ms; nginx {added('nginx', trip):.3f} ms.",
             f"- Paced stream, added to the first token (target ≤ 0.5 ms): the router "
-            f"**{added(DEFAULT, ttft):.3f} ms**, pinned **{added(PINNED, ttft):.3f} ms**; the bare "
-            f"pass-through {added(FLOOR, ttft):.3f} ms, pinned {added(FLOOR_PINNED, ttft):.3f} ms; "
+            f"**{added(DEFAULT, ttft):.3f} ms**; on the grpc.aio data plane {added(GRPC, ttft):.3f} ms, "
+            f"pinned {added(PINNED, ttft):.3f} ms; the bare pass-through {added(FLOOR, ttft):.3f} ms; "
             f"HTTP/2 framed by nghttp2 {added(NATIVE, ttft):.3f} ms; a Python byte relay "
             f"{added(BYTES, ttft):.3f} ms; nginx {added('nginx', ttft):.3f} ms.",
             f"- Relay, 64 streams on one connection, nginx's tokens/s ×: the router "
-            f"**{ratio(samples, DEFAULT, 'relay_1conn_tokens_per_s'):.2f}×**, pinned "
-            f"**{ratio(samples, PINNED, 'relay_1conn_tokens_per_s'):.2f}×**; on four connections, two "
+            f"**{ratio(samples, DEFAULT, 'relay_1conn_tokens_per_s'):.2f}×**, on the grpc.aio data plane "
+            f"{ratio(samples, GRPC, 'relay_1conn_tokens_per_s'):.2f}×; on four connections, two "
             f"workers **{ratio(samples, WORKERS, 'relay_4conn_tokens_per_s'):.2f}×**, pinned "
             f"**{ratio(samples, WORKERS_PINNED, 'relay_4conn_tokens_per_s'):.2f}×**.",
             f"- Idle open stream: **{idle[DEFAULT]['kb_per_stream']:.1f} KiB** in the router, "
+            f"{idle[GRPC]['kb_per_stream']:.1f} KiB on the grpc.aio data plane, "
             f"{idle[FLOOR]['kb_per_stream']:.1f} KiB in the bare pass-through, "
             f"{idle[NATIVE]['kb_per_stream']:.1f} KiB framed by nghttp2, "
             f"{idle['nginx']['kb_per_stream']:.1f} KiB in nginx.",

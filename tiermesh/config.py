@@ -181,14 +181,15 @@ class DataPathSettings(BaseModel):
     # pod under Kubernetes' static CPU manager): routers pinned in a shared pool pile up
     # on one CPU.
     pin_cpus: bool = False
-    # Who frames the callers' HTTP/2: grpc.aio's server (`grpc`), or nghttp2 in C with
-    # Python entered once per Generate request and once per response message (`native`,
-    # router/native/). Other calls are relayed to the grpc.aio server either way.
-    edge: Literal["grpc", "native"] = "grpc"
-    # Who frames the calls to TierService replicas (Silver, Bronze): a grpc.aio channel
-    # (`grpc`), or nghttp2 in C on one connection per replica (`native`, router/native/).
-    # Health checks stay on grpc.aio; Triton's client is tritonclient either way.
-    tier_client: Literal["grpc", "native"] = "grpc"
+    # The data plane (router/native/, bench/proxy.py measures both). `native`: nghttp2
+    # frames the callers' connections in C, and Python is entered once per Generate
+    # request and once per response message; other calls are relayed to the grpc.aio
+    # server. `grpc`: grpc.aio's server (needs no C compiler at start).
+    edge: Literal["grpc", "native"] = "native"
+    # The same for calls to TierService replicas (Silver, Bronze): nghttp2 on one
+    # connection per replica, or a grpc.aio channel. Health checks stay on grpc.aio;
+    # Triton's client is tritonclient either way.
+    tier_client: Literal["grpc", "native"] = "native"
 
 
 class RouterSettings(BaseModel):

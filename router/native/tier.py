@@ -265,7 +265,12 @@ class NativeTier(GrpcTier):
         host, _, port = address.rpartition(":")
         self._host, self._port = host.strip("[]"), int(port)
         self._tls = tls if tls is not None and tls.enabled else None
-        self._scheme = b"https" if self._tls else b"http"
+        scheme = "https" if self._tls else "http"
+        # Every call's headers begin the same: built once (per-call work is first-token time).
+        self._headers = wire.flat(
+            [(":method", "POST"), (":scheme", scheme), (":path", GENERATE), (":authority", address),
+             ("te", "trailers"), ("content-type", "application/grpc")]
+        )  # fmt: skip
         self._connection: TierConnection | None = None
         self._connecting = asyncio.Lock()
 
@@ -288,17 +293,7 @@ class NativeTier(GrpcTier):
             return connection
 
     def _fields(self, remaining: float, metadata: tracing.Metadata) -> bytes:
-        fields = [
-            (b":method", b"POST"),
-            (b":scheme", self._scheme),
-            (b":path", GENERATE.encode()),
-            (b":authority", self.address.encode()),
-            (b"te", b"trailers"),
-            (b"content-type", b"application/grpc"),
-            (b"grpc-timeout", grpc_timeout(remaining).encode()),
-            *((str(k).encode(), str(v).encode()) for k, v in metadata),
-        ]
-        return b"".join(name + b"\0" + value + b"\0" for name, value in fields)
+        return self._headers + wire.flat([("grpc-timeout", grpc_timeout(remaining)), *metadata])
 
     async def generate(self, call: Call) -> AsyncIterator[mesh_pb2.GenerateResponse]:
         remaining = call.remaining()

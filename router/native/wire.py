@@ -7,7 +7,7 @@ from __future__ import annotations
 import base64
 import gzip
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import grpc
 from google.rpc import status_pb2
@@ -28,6 +28,11 @@ def fields(block: bytes) -> Fields:
     NUL in either)."""
     parts = block.decode("latin-1").split("\0")
     return list(zip(parts[0:-1:2], parts[1:-1:2], strict=True))
+
+
+def flat(headers: Iterable[tuple[str, object]]) -> bytes:
+    """Header fields in nghttp2's flat form (what `fields` reads)."""
+    return "".join(f"{name}\0{value}\0" for name, value in headers).encode("latin-1")
 
 
 def metadata(headers: Fields) -> Metadata:
@@ -102,7 +107,7 @@ def trailers(code: grpc.StatusCode, text: str = "", status: status_pb2.Status | 
         out.append(("grpc-message", percent_encoded(text)))
     if status is not None:
         out.append(("grpc-status-details-bin", base64.b64encode(status.SerializeToString()).decode()))
-    return "".join(f"{name}\0{value}\0" for name, value in out).encode("ascii")
+    return flat(out)
 
 
 OK_TRAILERS = trailers(grpc.StatusCode.OK)

@@ -16,13 +16,9 @@ from tiermesh.errors import StatusError
 GRPC = [(":path", "/tiermesh.v1.Mesh/Generate"), ("content-type", "application/grpc")]
 
 
-def flat(fields: list[tuple[str, str]]) -> bytes:
-    return b"".join(f"{name}\0{value}\0".encode() for name, value in fields)
-
-
 def test_header_block_becomes_fields_and_metadata_without_grpcs_own_headers() -> None:
     token = base64.b64encode(b"\x00\xffbin").decode().rstrip("=")
-    block = flat([*GRPC, ("te", "trailers"), ("x-client-id", "studio"), ("trace-bin", token)])
+    block = wire.flat([*GRPC, ("te", "trailers"), ("x-client-id", "studio"), ("trace-bin", token)])
     fields = wire.fields(block)
     assert fields[0] == (":path", "/tiermesh.v1.Mesh/Generate")
     assert wire.metadata(fields) == [("x-client-id", "studio"), ("trace-bin", b"\x00\xffbin")]
