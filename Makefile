@@ -17,7 +17,7 @@ export PATH := $(abspath $(BIN)):$(PATH)
 PROTOS := $(shell find protos -name '*.proto')
 STUBS := tiermesh/v1/mesh_pb2.py tiermesh/tier/v1/tier_pb2.py
 
-.PHONY: help setup protos model run test test-fast lint bench bench-tools contract-baseline certs load clean
+.PHONY: help setup native protos model run test test-fast lint bench bench-tools contract-baseline certs load clean
 
 help:
 	@echo "make run    install, prepare the model, start the local mesh and stream an NPC conversation"
@@ -25,15 +25,21 @@ help:
 	@echo "make test-fast   the same without the engine tests"
 	@echo "make bench  benchmarks into bench/results/"
 
-setup: $(STAMPS)/venv $(STAMPS)/venv-gold $(STAMPS)/debian $(STUBS) $(BUF)
+setup: $(STAMPS)/venv $(STAMPS)/venv-gold $(STAMPS)/debian $(STUBS) $(BUF) native
+
+# The router's C parts (router/native/), built ahead: a container with a read-only root
+# filesystem then imports them from .run/native/ (or $$TIERMESH_NATIVE_DIR) at start.
+native: $(STAMPS)/venv $(STAMPS)/debian $(STUBS)
+	$(BIN)/python -c "import router.native.edge, router.native.tier"
 
 # Debian's redis-server (session state shared by router replicas), prometheus (the
-# local mesh's metrics, promtool for the alert rules' tests) and libnghttp2-dev (the
-# proxy benchmark's HTTP/2 reference relay, bench/h2_relay.c).
+# local mesh's metrics, promtool for the alert rules' tests) and libnghttp2-dev with a C
+# compiler (the router's native data plane, router/native/, and the proxy benchmark's
+# HTTP/2 reference relay, bench/h2_relay.c).
 $(STAMPS)/debian:
 	command -v redis-server >/dev/null && command -v prometheus >/dev/null && command -v promtool >/dev/null && \
-	  test -f /usr/include/nghttp2/nghttp2.h || \
-	  (apt-get update -q && apt-get install -y -q --no-install-recommends redis-server prometheus libnghttp2-dev)
+	  test -f /usr/include/nghttp2/nghttp2.h && command -v cc >/dev/null || \
+	  (apt-get update -q && apt-get install -y -q --no-install-recommends redis-server prometheus libnghttp2-dev gcc libc6-dev)
 	mkdir -p $(STAMPS) && touch $@
 
 $(STAMPS)/venv: pyproject.toml

@@ -93,6 +93,16 @@ def test_router_scales_and_is_protected_from_disruption(rendered: Rendered) -> N
     assert pdb["spec"]["selector"]["matchLabels"].items() <= router_labels.items()
 
 
+def test_the_router_has_a_writable_tmp_under_its_read_only_root(rendered: Rendered) -> None:
+    # The native edge's private socket to its grpc.aio server lives there (router/native/).
+    _, docs = rendered
+    pod = objects(docs, "Deployment")["tm-tiermesh-router"]["spec"]["template"]["spec"]
+    [container] = pod["containers"]
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    tmp = next(m for m in container["volumeMounts"] if m["mountPath"] == "/tmp")
+    assert "emptyDir" in next(v for v in pod["volumes"] if v["name"] == tmp["name"])
+
+
 def test_the_settings_configmap_loads_with_the_codes_settings_schema(
     rendered: Rendered, tmp_path: Path
 ) -> None:
