@@ -191,7 +191,9 @@ async def test_corrupted_state_starts_the_session_over(fleet: Fleet, redis_serve
 
 async def test_converse_streams_turns_and_state_and_survives_a_bad_turn(fleet: Fleet) -> None:
     [stub] = await fleet.start(StateSettings())
-    fleet.silver.reset(Script(tokens=["Aye", "."]))
+    # Tokens 10 ms apart, as an engine's: back to back, the router may merge them into one
+    # delta (coalescing), and this counts deltas.
+    fleet.silver.reset(Script(tokens=["Aye", "."], delay=0.01))
     turns = [
         turn("Good evening.", "talk"),
         turn("", "talk"),  # bad: empty prompt
