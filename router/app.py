@@ -152,7 +152,12 @@ async def start_router(settings: Settings) -> Router:
 
         checker = authenticator(settings.security.auth)
         edge = NativeEdge(servicer, str(internal), router.max_message_bytes, checker)
-        await edge.start(router.listen, settings.security.edge_tls, reuse_port)
+        try:
+            await edge.start(router.listen, settings.security.edge_tls, reuse_port)
+        except BaseException:  # e.g. the port is taken: leave nothing running behind
+            await serving.server.stop(None)
+            shutil.rmtree(internal.parent, ignore_errors=True)
+            raise
     return Router(serving, replicas, jobs, sessions, edge)
 
 

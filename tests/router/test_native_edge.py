@@ -85,3 +85,14 @@ async def test_many_calls_share_one_tier_connection(native: Router, silver: Scri
     assert connection is not None
     assert connection.usable()
     assert not connection.streams
+
+
+async def test_a_taken_port_fails_the_start(
+    native: Router, scripted_silver: tuple[ScriptedTier, int]
+) -> None:
+    _, port = scripted_silver
+    settings = router_settings(f"127.0.0.1:{port}")
+    settings.router.listen = f"127.0.0.1:{native.port}"  # the fixture's router has it
+    with pytest.raises(OSError, match="address already in use"):
+        await start_router(settings)
+    assert await answer(native.port) == TEXT
