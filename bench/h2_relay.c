@@ -1,19 +1,15 @@
 /* An HTTP/2 stream relay on nghttp2, framing and relaying in C. Python owns the sockets
    (uvloop) and is called once per request (h2r_on_request), where a router's policies
    would run. Each client connection has its own backend connection. */
-#include <nghttp2/nghttp2.h>
-#include <stdlib.h>
-#include <string.h>
-
-typedef struct { uint8_t *p; size_t len, cap; } h2r_bytes;
+/* Built after router/native/h2common.c (the byte buffer, draining a session). */
 typedef struct { size_t name, namelen, value, valuelen; } h2r_field; /* offsets into h2r_block.bytes */
-typedef struct { h2r_bytes bytes; h2r_field *fields; size_t n, cap; } h2r_block;
+typedef struct { h2_bytes bytes; h2r_field *fields; size_t n, cap; } h2r_block;
 
 /* One direction of a relayed stream: what waits to go out on `sid` of `session`. */
 typedef struct {
   nghttp2_session *session;
   int32_t sid;
-  h2r_bytes out;
+  h2_bytes out;
   size_t off;
   int ended;
   h2r_block trailers;
@@ -25,20 +21,9 @@ typedef struct h2r_pair {
   int responded, refs;
   struct h2r_pair *prev, *next; /* the relay's open pairs, freed with it */
 } h2r_pair;
-typedef struct { nghttp2_session *down, *up; h2r_pair *pairs; h2r_bytes pending; } h2r_relay;
+typedef struct { nghttp2_session *down, *up; h2r_pair *pairs; h2_bytes pending; } h2r_relay;
 
 static int h2r_on_request(const uint8_t *path, size_t pathlen); /* Python's: 0 relays */
-
-static void put(h2r_bytes *b, const uint8_t *data, size_t len) {
-  if (b->len + len > b->cap) {
-    size_t cap = b->cap ? b->cap : 256;
-    while (cap < b->len + len) cap *= 2;
-    b->p = realloc(b->p, cap);
-    b->cap = cap;
-  }
-  memcpy(b->p + b->len, data, len);
-  b->len += len;
-}
 
 static void add_field(h2r_block *k, const uint8_t *name, size_t nl, const uint8_t *value, size_t vl) {
   if (k->n == k->cap) {
@@ -237,10 +222,5 @@ ssize_t h2r_recv(h2r_relay *r, int from_client, const uint8_t *data, size_t len)
 
 /* What is ready to go out to one side, in a buffer the next call reuses; NULL if nothing. */
 const uint8_t *h2r_pending(h2r_relay *r, int to_client, size_t *len) {
-  const uint8_t *data;
-  ssize_t n;
-  r->pending.len = 0;
-  while ((n = nghttp2_session_mem_send(to_client ? r->down : r->up, &data)) > 0) put(&r->pending, data, n);
-  *len = r->pending.len;
-  return r->pending.len ? r->pending.p : NULL;
+  return drain(to_client ? r->down : r->up, &r->pending, len);
 }

@@ -25,7 +25,7 @@ extern "Python" int h2r_on_request(const uint8_t *, size_t);
 """
 
 
-_native = native.load("h2relay", HERE / "h2_relay.c", CDEF, ["nghttp2"])
+_native = native.load("h2relay", [native.COMMON, HERE / "h2_relay.c"], CDEF, ["nghttp2"])
 ffi, lib = _native.ffi, _native.lib
 SERVICE = b"/tiermesh.v1.Mesh/"
 CONNECTING: set[asyncio.Task[None]] = set()  # kept referenced while they run

@@ -8,12 +8,16 @@ import importlib
 import os
 import sys
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import cffi
 
-ROOT = Path(__file__).resolve().parents[2]
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parents[1]
+# Built in front of the router's C parts: what they share (buffers, events, draining).
+COMMON = HERE / "h2common.c"
 
 
 def build_dir() -> Path:
@@ -22,10 +26,10 @@ def build_dir() -> Path:
     return Path(os.environ.get("TIERMESH_NATIVE_DIR") or ROOT / ".run" / "native")
 
 
-def load(prefix: str, source: Path, cdef: str, libraries: list[str]) -> Any:
-    """The compiled module of `source`, built on first use under a name that changes
-    with its source and declarations (a stale build is never loaded)."""
-    text = source.read_text()
+def load(prefix: str, sources: Sequence[Path], cdef: str, libraries: list[str]) -> Any:
+    """The compiled module of `sources` (built as one, in order), built on first use under
+    a name that changes with its source and declarations (a stale build is never loaded)."""
+    text = "\n".join(source.read_text() for source in sources)
     name = f"_{prefix}_{hashlib.sha256((cdef + text).encode()).hexdigest()[:12]}"
     build = build_dir()
     build.mkdir(parents=True, exist_ok=True)
@@ -45,7 +49,7 @@ def load(prefix: str, source: Path, cdef: str, libraries: list[str]) -> Any:
             built = Path(ffi.compile(tmpdir=private))
         except (cffi.VerificationError, OSError) as e:
             raise RuntimeError(
-                f"cannot build {source.name} ({e}): it needs a C compiler and libnghttp2-dev "
+                f"cannot build {sources[-1].name} ({e}): it needs a C compiler and libnghttp2-dev "
                 "(`make setup`); or set router.data_path.edge and tier_client to grpc"
             ) from e
         os.replace(built, build / built.name)

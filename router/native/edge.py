@@ -49,7 +49,7 @@ void h2e_goaway(h2e_conn *);
 size_t h2e_open_streams(h2e_conn *);
 int h2e_alive(h2e_conn *);
 """
-_native = native.load("h2edge", Path(__file__).with_name("h2edge.c"), CDEF, ["nghttp2"])
+_native = native.load("h2edge", [native.COMMON, Path(__file__).with_name("h2edge.c")], CDEF, ["nghttp2"])
 ffi, lib = _native.ffi, _native.lib
 
 REQUEST, CLOSED, DRAINED, CONNECT = 1, 2, 3, 4  # h2edge.c's events

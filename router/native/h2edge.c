@@ -7,22 +7,18 @@
      Python opens when the first such stream arrives (event H2E_CONNECT).
    Python owns the sockets: it feeds what it reads (h2e_recv), writes what is pending
    (h2e_pending) and then takes the events. Nothing here calls into Python. */
-#include <nghttp2/nghttp2.h>
-#include <stdlib.h>
-#include <string.h>
-
+/* Built after h2common.c (buffers, events, draining). */
 enum { H2E_REQUEST = 1, H2E_CLOSED = 2, H2E_DRAINED = 3, H2E_CONNECT = 4 };
 
-typedef struct { uint8_t *p; size_t len, cap; } h2e_bytes;
 /* Offsets into `bytes`, which holds "name\0value\0" per field: Python reads it as is. */
 typedef struct { size_t name, namelen, value, valuelen; } h2e_field;
-typedef struct { h2e_bytes bytes; h2e_field *fields; size_t n, cap; } h2e_block;
+typedef struct { h2_bytes bytes; h2e_field *fields; size_t n, cap; } h2e_block;
 
 /* One direction of a stream: what waits to go out on `sid` of `session`. */
 typedef struct {
   nghttp2_session *session;
   int32_t sid;
-  h2e_bytes out;
+  h2_bytes out;
   size_t off;
   int ended;
   h2e_block trailers;
@@ -32,20 +28,17 @@ typedef struct h2e_stream {
   h2e_half down, up;        /* up: relayed streams only */
   h2e_block incoming;       /* the header block being received */
   h2e_block request;        /* native: the request's headers, for Python */
-  h2e_bytes body;           /* native: the request body */
+  h2_bytes body;           /* native: the request body */
   int native, started, requested, responded, oversize, watch, refs;
   struct h2e_stream *prev, *next; /* the connection's open streams, freed with it */
 } h2e_stream;
 
-typedef struct { int kind; int32_t sid; } h2e_note;
-
 typedef struct {
   nghttp2_session *down, *up;
   h2e_stream *streams;
-  h2e_bytes pending;
-  h2e_note *events;
-  size_t nevents, capevents, nextevent;
-  h2e_bytes native_path;
+  h2_bytes pending;
+  h2_events events;
+  h2_bytes native_path;
   size_t max_body;
   int connecting;
 } h2e_conn;
@@ -54,17 +47,6 @@ static const nghttp2_nv RESPONSE[] = {
   {(uint8_t *)":status", (uint8_t *)"200", 7, 3, NGHTTP2_NV_FLAG_NONE},
   {(uint8_t *)"content-type", (uint8_t *)"application/grpc", 12, 16, NGHTTP2_NV_FLAG_NONE},
 };
-
-static void put(h2e_bytes *b, const uint8_t *data, size_t len) {
-  if (b->len + len > b->cap) {
-    size_t cap = b->cap ? b->cap : 256;
-    while (cap < b->len + len) cap *= 2;
-    b->p = realloc(b->p, cap);
-    b->cap = cap;
-  }
-  memcpy(b->p + b->len, data, len);
-  b->len += len;
-}
 
 static void add_field(h2e_block *k, const uint8_t *name, size_t nl, const uint8_t *value, size_t vl) {
   if (k->n == k->cap) {
@@ -103,14 +85,6 @@ static nghttp2_nv *views(const nghttp2_nv *first, size_t nfirst, const h2e_block
 static void clear(h2e_block *k) { k->n = 0; k->bytes.len = 0; }
 static void drop(h2e_block *k) { free(k->bytes.p); free(k->fields); }
 
-static void emit(h2e_conn *c, int kind, int32_t sid) {
-  if (c->nevents == c->capevents) {
-    c->capevents = c->capevents ? 2 * c->capevents : 16;
-    c->events = realloc(c->events, c->capevents * sizeof *c->events);
-  }
-  c->events[c->nevents++] = (h2e_note){kind, sid};
-}
-
 static void release(h2e_conn *c, h2e_stream *s, int all) {
   if (--s->refs && !all) return;
   if (s->prev) s->prev->next = s->next; else c->streams = s->next;
@@ -139,7 +113,7 @@ static ssize_t read_out(nghttp2_session *session, int32_t sid, uint8_t *buf, siz
   /* A relayed sender may send more only now: a slow reader holds back its writer. */
   h2e_half *from = session == c->down ? &s->up : &s->down;
   if (n && from->sid > 0) nghttp2_session_consume(from->session, from->sid, n);
-  if (s->watch && h->off == h->out.len) { s->watch = 0; emit(c, H2E_DRAINED, sid); }
+  if (s->watch && h->off == h->out.len) { s->watch = 0; emit(&c->events, H2E_DRAINED, sid); }
   if (h->off == h->out.len && h->ended) {
     *flags |= NGHTTP2_DATA_FLAG_EOF;
     if (h->trailers.n) {
@@ -179,7 +153,7 @@ static int on_header(nghttp2_session *session, const nghttp2_frame *f, const uin
 static void request_ready(h2e_conn *c, h2e_stream *s) {
   if (s->requested) return;
   s->requested = 1;
-  emit(c, H2E_REQUEST, s->down.sid);
+  emit(&c->events, H2E_REQUEST, s->down.sid);
 }
 
 /* The request headers are in: a native stream waits for its body, any other goes up. */
@@ -205,7 +179,7 @@ static void start(h2e_conn *c, h2e_stream *s, int end) {
     return;
   }
   s->up.sid = sid; s->up.ended = end; s->refs++;
-  if (!c->connecting) { c->connecting = 1; emit(c, H2E_CONNECT, 0); }
+  if (!c->connecting) { c->connecting = 1; emit(&c->events, H2E_CONNECT, 0); }
 }
 
 static int on_frame_recv(nghttp2_session *session, const nghttp2_frame *f, void *ud) {
@@ -249,7 +223,7 @@ static int on_data_chunk(nghttp2_session *session, uint8_t flags, int32_t sid, c
     if (s->oversize) return 0;
     if (s->body.len + len > c->max_body) {
       s->oversize = 1;
-      free(s->body.p); s->body = (h2e_bytes){0};
+      free(s->body.p); s->body = (h2_bytes){0};
       request_ready(c, s);  /* Python answers RESOURCE_EXHAUSTED without waiting for the rest */
       return 0;
     }
@@ -268,7 +242,7 @@ static int on_stream_close(nghttp2_session *session, int32_t sid, uint32_t error
   if (!s) return 0;
   h2e_half *mine = session == c->down ? &s->down : &s->up, *other = session == c->down ? &s->up : &s->down;
   mine->sid = -1;
-  if (s->native) emit(c, H2E_CLOSED, sid);
+  if (s->native) emit(&c->events, H2E_CLOSED, sid);
   else if (error && other->sid > 0)
     nghttp2_submit_rst_stream(other->session, NGHTTP2_FLAG_NONE, other->sid, error);
   release(c, s, 0);
@@ -309,7 +283,7 @@ void h2e_free(h2e_conn *c) {
   while (c->streams) release(c, c->streams, 1);
   nghttp2_session_del(c->down);
   nghttp2_session_del(c->up);
-  free(c->pending.p); free(c->events); free(c->native_path.p);
+  free(c->pending.p); free(c->events.notes); free(c->native_path.p);
   free(c);
 }
 
@@ -320,21 +294,11 @@ ssize_t h2e_recv(h2e_conn *c, int from_caller, const uint8_t *data, size_t len) 
 
 /* What is ready to go out to one side, in a buffer the next call reuses; NULL if nothing. */
 const uint8_t *h2e_pending(h2e_conn *c, int to_caller, size_t *len) {
-  const uint8_t *data;
-  ssize_t n;
-  c->pending.len = 0;
-  while ((n = nghttp2_session_mem_send(to_caller ? c->down : c->up, &data)) > 0) put(&c->pending, data, n);
-  *len = c->pending.len;
-  return c->pending.len ? c->pending.p : NULL;
+  return drain(to_caller ? c->down : c->up, &c->pending, len);
 }
 
 /* The next event (its kind, 0 when there is none) and its stream. */
-int h2e_event(h2e_conn *c, int32_t *sid) {
-  if (c->nextevent == c->nevents) { c->nextevent = c->nevents = 0; return 0; }
-  h2e_note *e = &c->events[c->nextevent++];
-  *sid = e->sid;
-  return e->kind;
-}
+int h2e_event(h2e_conn *c, int32_t *sid) { return next_event(&c->events, sid); }
 
 /* A native request: its header block (returned) and body; the body is NULL when it
    exceeded max_body. NULL when the stream is gone. */

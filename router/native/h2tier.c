@@ -2,51 +2,24 @@
    submits a request whole (h2t_request); the response's header fields and bytes gather
    per stream, and Python takes them when told (events). The tier's window reopens as
    Python takes the bytes (h2t_taken). Python owns the socket, as with the edge (h2edge.c). */
-#include <nghttp2/nghttp2.h>
-#include <stdlib.h>
-#include <string.h>
-
+/* Built after h2common.c (buffers, events, draining). */
 enum { H2T_DATA = 1, H2T_CLOSED = 2 };
-
-typedef struct { uint8_t *p; size_t len, cap; } h2t_bytes;
 
 typedef struct h2t_stream {
   int32_t sid;
-  h2t_bytes request, headers, data; /* headers: "name\0value\0..." of every block received */
+  h2_bytes request, headers, data; /* headers: "name\0value\0..." of every block received */
   size_t sent;
   uint32_t error;                    /* RST_STREAM's code, 0 when it ended cleanly */
   int closed, refs;
   struct h2t_stream *prev, *next; /* the connection's open streams */
 } h2t_stream;
 
-typedef struct { int kind; int32_t sid; } h2t_note;
-
 typedef struct {
   nghttp2_session *session;
   h2t_stream *open;
-  h2t_bytes pending;
-  h2t_note *events;
-  size_t nevents, capevents, nextevent;
+  h2_bytes pending;
+  h2_events events;
 } h2t_conn;
-
-static void put(h2t_bytes *b, const uint8_t *data, size_t len) {
-  if (b->len + len > b->cap) {
-    size_t cap = b->cap ? b->cap : 256;
-    while (cap < b->len + len) cap *= 2;
-    b->p = realloc(b->p, cap);
-    b->cap = cap;
-  }
-  memcpy(b->p + b->len, data, len);
-  b->len += len;
-}
-
-static void emit(h2t_conn *c, int kind, int32_t sid) {
-  if (c->nevents == c->capevents) {
-    c->capevents = c->capevents ? 2 * c->capevents : 16;
-    c->events = realloc(c->events, c->capevents * sizeof *c->events);
-  }
-  c->events[c->nevents++] = (h2t_note){kind, sid};
-}
 
 static void release(h2t_stream *s) {
   if (--s->refs) return;
@@ -78,7 +51,7 @@ static int on_data_chunk(nghttp2_session *session, uint8_t flags, int32_t sid, c
                          void *ud) {
   h2t_stream *s = nghttp2_session_get_stream_user_data(session, sid);
   if (!s) { nghttp2_session_consume(session, sid, len); return 0; }
-  if (!s->data.len) emit(ud, H2T_DATA, sid); /* one event until Python takes what gathered */
+  if (!s->data.len) emit(&((h2t_conn *)ud)->events, H2T_DATA, sid); /* one event until Python takes what gathered */
   put(&s->data, data, len);
   return 0;
 }
@@ -93,7 +66,7 @@ static void closed(h2t_conn *c, h2t_stream *s, uint32_t error) {
 static int on_stream_close(nghttp2_session *session, int32_t sid, uint32_t error, void *ud) {
   h2t_stream *s = nghttp2_session_get_stream_user_data(session, sid);
   if (!s) return 0;
-  emit(ud, H2T_CLOSED, sid);
+  emit(&((h2t_conn *)ud)->events, H2T_CLOSED, sid);
   closed(ud, s, error);
   return 0;
 }
@@ -124,7 +97,7 @@ void h2t_free(h2t_conn *c) {
     closed(c, c->open, NGHTTP2_INTERNAL_ERROR);
   }
   nghttp2_session_del(c->session); /* it calls no on_stream_close */
-  free(c->pending.p); free(c->events);
+  free(c->pending.p); free(c->events.notes);
   free(c);
 }
 
@@ -132,21 +105,9 @@ ssize_t h2t_recv(h2t_conn *c, const uint8_t *data, size_t len) {
   return nghttp2_session_mem_recv(c->session, data, len);
 }
 
-const uint8_t *h2t_pending(h2t_conn *c, size_t *len) {
-  const uint8_t *data;
-  ssize_t n;
-  c->pending.len = 0;
-  while ((n = nghttp2_session_mem_send(c->session, &data)) > 0) put(&c->pending, data, n);
-  *len = c->pending.len;
-  return c->pending.len ? c->pending.p : NULL;
-}
+const uint8_t *h2t_pending(h2t_conn *c, size_t *len) { return drain(c->session, &c->pending, len); }
 
-int h2t_event(h2t_conn *c, int32_t *sid) {
-  if (c->nextevent == c->nevents) { c->nextevent = c->nevents = 0; return 0; }
-  h2t_note *e = &c->events[c->nextevent++];
-  *sid = e->sid;
-  return e->kind;
-}
+int h2t_event(h2t_conn *c, int32_t *sid) { return next_event(&c->events, sid); }
 
 /* Starts a stream: header fields ("name\0value\0...") and the whole request body. NULL
    when the connection takes no more streams (GOAWAY received, or ids run out). */

@@ -51,7 +51,7 @@ void h2t_release(h2t_stream *);
 int h2t_usable(h2t_conn *);
 int h2t_alive(h2t_conn *);
 """
-_native = native.load("h2tier", Path(__file__).with_name("h2tier.c"), CDEF, ["nghttp2"])
+_native = native.load("h2tier", [native.COMMON, Path(__file__).with_name("h2tier.c")], CDEF, ["nghttp2"])
 ffi, lib = _native.ffi, _native.lib
 
 DATA, CLOSED = 1, 2  # h2tier.c's events

@@ -1,0 +1,49 @@
+/* What the nghttp2 parts share (h2edge.c, h2tier.c, and the proxy benchmark's reference
+   relay, bench/h2_relay.c): a growing byte buffer, the queue of events Python takes after
+   each call, and a session's output drained into one buffer. router/native/__init__.py
+   builds it in front of each of them. */
+#include <nghttp2/nghttp2.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef struct { uint8_t *p; size_t len, cap; } h2_bytes;
+
+static inline void put(h2_bytes *b, const uint8_t *data, size_t len) {
+  if (b->len + len > b->cap) {
+    size_t cap = b->cap ? b->cap : 256;
+    while (cap < b->len + len) cap *= 2;
+    b->p = realloc(b->p, cap);
+    b->cap = cap;
+  }
+  memcpy(b->p + b->len, data, len);
+  b->len += len;
+}
+
+typedef struct { int kind; int32_t sid; } h2_note;
+typedef struct { h2_note *notes; size_t n, cap, next; } h2_events;
+
+static inline void emit(h2_events *q, int kind, int32_t sid) {
+  if (q->n == q->cap) {
+    q->cap = q->cap ? 2 * q->cap : 16;
+    q->notes = realloc(q->notes, q->cap * sizeof *q->notes);
+  }
+  q->notes[q->n++] = (h2_note){kind, sid};
+}
+
+/* The next event's kind (0 when there is none) and its stream. */
+static inline int next_event(h2_events *q, int32_t *sid) {
+  if (q->next == q->n) { q->next = q->n = 0; return 0; }
+  h2_note *e = &q->notes[q->next++];
+  *sid = e->sid;
+  return e->kind;
+}
+
+/* What `session` has ready to go out, in `pending` (reused by the next call); NULL if nothing. */
+static inline const uint8_t *drain(nghttp2_session *session, h2_bytes *pending, size_t *len) {
+  const uint8_t *data;
+  ssize_t n;
+  pending->len = 0;
+  while ((n = nghttp2_session_mem_send(session, &data)) > 0) put(pending, data, n);
+  *len = pending->len;
+  return pending->len ? pending->p : NULL;
+}
