@@ -342,11 +342,6 @@ void h2e_finish(h2e_conn *c, int32_t sid, const uint8_t *trailers, size_t len) {
   free(nv);
 }
 
-/* Resets a native stream (the caller is gone, or its request cannot be read). */
-void h2e_reset(h2e_conn *c, int32_t sid, uint32_t error) {
-  if (native_stream(c, sid)) nghttp2_submit_rst_stream(c->down, NGHTTP2_FLAG_NONE, sid, error);
-}
-
 /* Refuses new streams (GOAWAY); those already open run to their end. */
 void h2e_goaway(h2e_conn *c) {
   nghttp2_submit_goaway(c->down, NGHTTP2_FLAG_NONE, nghttp2_session_get_last_proc_stream_id(c->down),

@@ -56,6 +56,7 @@ ffi, lib = _native.ffi, _native.lib
 
 DATA, CLOSED = 1, 2  # h2tier.c's events
 REFUSED_STREAM = 7
+STATUS_CODES = {code.value[0]: code for code in grpc.StatusCode}  # grpc-status → StatusCode
 
 
 class TierConnection(asyncio.Protocol):
@@ -211,12 +212,12 @@ class TierStream:
             return None, f"stream reset (HTTP/2 error {error})"
         headers = lib.h2t_headers(self.handle, self._size)
         fields = wire.fields(ffi.buffer(headers, self._size[0])[:]) if self._size[0] else []
-        status = wire.header(fields[::-1], "grpc-status")  # the trailers' (the last block)
+        last_first = fields[::-1]  # the trailers' fields (the last block) before the headers'
+        status = wire.header(last_first, "grpc-status")
         if status is None or not status.isdigit():
             return None, "response without grpc-status"
-        message = unquote(wire.header(fields[::-1], "grpc-message") or "")
-        codes = {code.value[0]: code for code in grpc.StatusCode}
-        return codes.get(int(status), grpc.StatusCode.UNKNOWN), message
+        message = unquote(wire.header(last_first, "grpc-message") or "")
+        return STATUS_CODES.get(int(status), grpc.StatusCode.UNKNOWN), message
 
     def cancel(self) -> None:
         if self.ended or self.cancelled:
