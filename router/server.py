@@ -9,7 +9,7 @@ import dataclasses
 import logging
 import time
 from collections.abc import AsyncGenerator, AsyncIterator
-from typing import Any, NoReturn, TypeVar
+from typing import Any, NoReturn
 
 import grpc
 from google.protobuf import any_pb2
@@ -25,6 +25,7 @@ from router.jobs import Jobs
 from router.pipeline import Backend
 from router.policies.session import StoreDown
 from router.state.store import SessionStore
+from router.streams import close
 from router.validation import TASK_NAMES, check_session_ids, check_session_update, resolve
 from tiermesh import tracing
 from tiermesh.config import Settings
@@ -33,7 +34,6 @@ from tiermesh.serving import status_errors
 from tiermesh.v1 import mesh_pb2, mesh_pb2_grpc
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 
 CLIENT_ID_HEADER = "x-client-id"
 Context = grpc.aio.ServicerContext[Any, Any]
@@ -109,12 +109,6 @@ def record(
         metrics.TOKENS.labels(task, tier, "out").inc(usage.completion_tokens)
 
 
-async def one_by_one(stream: AsyncIterator[T]) -> AsyncGenerator[T]:
-    """Each message as it comes (`data_path.coalesce: false`, or the native data plane)."""
-    async for message in stream:
-        yield message
-
-
 class MeshServicer(mesh_pb2_grpc.MeshServicer):
     def __init__(
         self, settings: Settings, pipeline: Backend, sessions: SessionStore, jobs: Jobs | None = None
@@ -163,7 +157,8 @@ class MeshServicer(mesh_pb2_grpc.MeshServicer):
                 client_id(metadata),
                 tracing.child_context(span),
             )
-            async with contextlib.aclosing(self._relay(call)) as responses:
+            responses = self._relay(call)
+            try:
                 async for response in responses:
                     if index == 0:
                         tier = TIER_LABELS[response.tier]
@@ -174,6 +169,8 @@ class MeshServicer(mesh_pb2_grpc.MeshServicer):
                         usage = response.usage
                     index += 1
                     yield response
+            finally:
+                await close(responses)
         except StatusError as e:
             code = e.code
             raise
@@ -189,16 +186,17 @@ class MeshServicer(mesh_pb2_grpc.MeshServicer):
             span.set_attributes({"tier": tier, "rpc.grpc.status_code": code.value[0], "messages": index})
             span.end()
 
-    def _relay(self, call: Call) -> AsyncGenerator[mesh_pb2.GenerateResponse]:
-        """The pipeline's stream as the caller gets it: coalesced unless configured off.
-        On the native data plane (edge and tier client) the edge's writes do not wait,
-        and the tier client merges what arrives together itself (router/native/tier.py):
-        a reader task would only cost each message a hop between tasks."""
+    def _relay(self, call: Call) -> AsyncIterator[mesh_pb2.GenerateResponse]:
+        """The pipeline's stream as the caller gets it (close it with `streams.close`):
+        coalesced unless configured off. On the native data plane (edge and tier client)
+        the edge's writes do not wait, and the tier client merges what arrives together
+        itself (router/native/tier.py): a reader task would only cost each message a hop
+        between tasks."""
         stream = self._pipeline.generate(call)
         data_path = self._settings.router.data_path
         if data_path.coalesce and not (data_path.edge == data_path.tier_client == "native"):
             return coalesced(stream, call.cancel_tier_calls)
-        return one_by_one(stream)
+        return stream
 
     # --- jobs (Bronze) ---------------------------------------------------------
 
@@ -258,12 +256,13 @@ class MeshServicer(mesh_pb2_grpc.MeshServicer):
                     call = dataclasses.replace(
                         call, deadline=min(call.deadline, time.monotonic() + remaining)
                     )
-                async with (
-                    asyncio.timeout(call.remaining()),
-                    contextlib.aclosing(self._relay(call)) as deltas,
-                ):
-                    async for response in deltas:
-                        yield mesh_pb2.ConverseResponse(turn=turn, delta=response)
+                deltas = self._relay(call)
+                try:
+                    async with asyncio.timeout(call.remaining()):
+                        async for response in deltas:
+                            yield mesh_pb2.ConverseResponse(turn=turn, delta=response)
+                finally:
+                    await close(deltas)
                 async with store_errors():
                     session = await self._sessions.get(call.npc_id, call.session_id)
                 if session is not None:

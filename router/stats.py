@@ -41,9 +41,13 @@ class Window:
 
     def __init__(self, size: int = 200) -> None:
         self._values: deque[float] = deque(maxlen=size)
+        # Sorted once per observation, not per query: the planner and hedging ask on
+        # every call, mostly of tiers whose windows have not moved since.
+        self._ordered: list[float] | None = None
 
     def observe(self, value: float) -> None:
         self._values.append(value)
+        self._ordered = None
 
     def __len__(self) -> int:
         return len(self._values)
@@ -51,7 +55,9 @@ class Window:
     def quantile(self, q: float) -> float | None:
         if not self._values:
             return None
-        ordered = sorted(self._values)
+        if self._ordered is None:
+            self._ordered = sorted(self._values)
+        ordered = self._ordered
         return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 

@@ -77,10 +77,12 @@ class NativeEdge:
         self.tasks: set[asyncio.Task[Any]] = set()  # kept referenced while they run
         self.server: asyncio.Server | None = None
         self.port = 0
+        self.loop: asyncio.AbstractEventLoop | None = None  # kept: getting it is a getpid() on 3.11
 
     async def start(self, listen: str, tls: TlsSettings | None = None, reuse_port: bool = False) -> int:
         host, _, port = listen.rpartition(":")
-        self.server = await asyncio.get_running_loop().create_server(
+        self.loop = asyncio.get_running_loop()
+        self.server = await self.loop.create_server(
             lambda: CallerConnection(self),
             host.strip("[]") or None,
             int(port),
@@ -91,7 +93,7 @@ class NativeEdge:
         return self.port
 
     def spawn(self, coroutine: Any) -> asyncio.Task[Any]:
-        task = asyncio.get_running_loop().create_task(coroutine)
+        task = (self.loop or asyncio.get_running_loop()).create_task(coroutine)
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
         return task

@@ -66,6 +66,8 @@ class TierConnection(asyncio.Protocol):
         self.native = lib.h2t_new()
         if self.native == ffi.NULL:
             raise MemoryError("nghttp2 session")
+        # Kept: asyncio.get_running_loop() is a getpid() system call on Python 3.11.
+        self.loop = asyncio.get_running_loop()
         self.transport: asyncio.Transport | None = None
         self.streams: dict[int, TierStream] = {}
         self._size = ffi.new("size_t *")
@@ -138,7 +140,7 @@ class TierStream:
 
     def __init__(self, connection: TierConnection, handle: Any, deadline: float) -> None:
         self.connection = connection
-        self.timer: asyncio.TimerHandle | None = asyncio.get_running_loop().call_at(deadline, self.expire)
+        self.timer: asyncio.TimerHandle | None = connection.loop.call_at(deadline, self.expire)
         self.handle = handle
         self.buffer = b""
         self.messages: collections.deque[bytes] = collections.deque()
@@ -195,7 +197,7 @@ class TierStream:
                 raise TimeoutError
             if self.ended:
                 return None
-            self.waiter = asyncio.get_running_loop().create_future()
+            self.waiter = self.connection.loop.create_future()
             try:
                 await self.waiter
             finally:

@@ -76,3 +76,13 @@ def test_tier_latency_uses_the_expectation_until_observed() -> None:
         latency.observe(ms / 1000)
     assert latency.quantile(0.5) == 0.051
     assert latency.quantile(0.95) == 0.096
+
+
+def test_a_quantile_follows_each_new_observation_and_the_window_slides() -> None:
+    latency = TierLatency(expected_s=0.2, size=3)
+    for seconds in (0.01, 0.02, 0.03):
+        latency.observe(seconds)
+    assert latency.quantile(0.99) == 0.03
+    latency.observe(0.5)  # asked before: the answer must not be the old order's
+    assert latency.quantile(0.99) == 0.5
+    assert latency.quantile(0.0) == 0.02  # 0.01 left the window
