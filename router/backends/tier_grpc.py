@@ -88,18 +88,21 @@ class GrpcTier:
                 yield response
         except grpc.aio.AioRpcError as e:
             span.set_attribute("rpc.grpc.status_code", e.code().value[0])
-            raise self._status(e, sent) from None
+            raise self._status(e.code(), e.details(), sent) from None
         finally:
             call.tier_calls.discard(stream.cancel)
             stream.cancel()  # no-op when finished; otherwise the tier aborts its work
             span.set_attribute("messages", sent)
             span.end()
 
-    def _status(self, error: grpc.aio.AioRpcError, sent: int) -> StatusError:
-        code = error.code()
-        if code in CALLER_CODES:
-            return StatusError(code, error.details() or code.name)
-        return tier_failed(self.name, self.address, sent, f"{code.name}: {error.details()}")
+    def _status(self, code: grpc.StatusCode | None, detail: str | None, sent: int) -> StatusError:
+        """A failed call as the caller sees it: its own mistakes pass through, anything
+        else is this replica's fault. `code` None: the stream ended without a status
+        (reset or refused; `detail` says which)."""
+        if code is not None and code in CALLER_CODES:
+            return StatusError(code, detail or code.name)
+        why = f"{code.name}: {detail}" if code is not None else str(detail)
+        return tier_failed(self.name, self.address, sent, why)
 
     async def health(self) -> AsyncIterator[bool]:
         """Follow grpc.health.v1 Watch on this replica's own channel; reconnect forever."""

@@ -22,7 +22,7 @@ import grpc
 
 from router import native
 from router.backends import attempt_span, tier_failed
-from router.backends.tier_grpc import CALLER_CODES, GENERATE, GrpcTier, tier_request
+from router.backends.tier_grpc import GENERATE, GrpcTier, tier_request
 from router.call import Call
 from router.coalesce import merge_waiting
 from router.native import wire
@@ -329,11 +329,8 @@ class NativeTier(GrpcTier):
             code, detail = stream.status()
             if code is not None:
                 span.set_attribute("rpc.grpc.status_code", code.value[0])
-            if code in CALLER_CODES:
-                raise StatusError(code, detail or code.name)
             if code != grpc.StatusCode.OK:
-                why = f"{code.name}: {detail}" if code is not None else detail
-                raise tier_failed(self.name, self.address, sent, why)
+                raise self._status(code, detail, sent)
         except TimeoutError:
             raise StatusError(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded") from None
         finally:
