@@ -117,6 +117,7 @@ class NativeEdge:
 
     async def answer(self, connection: CallerConnection, sid: int, block: bytes, body: bytes | None) -> None:
         """One Generate call, from its whole request to its trailers."""
+        deadline: asyncio.TimerHandle | None = None
         try:
             headers = wire.fields(block)
             metadata = wire.metadata(headers)
@@ -129,19 +130,31 @@ class NativeEdge:
                 request.ParseFromString(payload)
             except Exception as e:  # protobuf's DecodeError, by any backend's name for it
                 raise invalid(f"cannot parse the request: {e}") from None
+            if timeout is not None:
+                # One timer that cancels the stream's task (asyncio.timeout is an object,
+                # two running-loop lookups and a cancel count more, per call).
+                loop = self.loop or asyncio.get_running_loop()
+                deadline = loop.call_at(loop.time() + timeout, connection.expire, sid)
             responses = self.servicer.respond(request, metadata, timeout)
-            async with asyncio.timeout(timeout), contextlib.aclosing(responses):
+            try:
                 async for response in responses:
                     if connection.send(sid, wire.frame(response.SerializeToString())):
                         await connection.drained(sid)
+            finally:
+                await responses.aclose()
             connection.finish(sid, wire.OK_TRAILERS)
         except StatusError as e:
             connection.finish(sid, wire.trailers(e.code, e.message, rich_status(e)))
-        except TimeoutError:
+        except asyncio.CancelledError:
+            if sid not in connection.expired:
+                raise  # the caller reset the stream or left
             connection.finish(sid, DEADLINE)
         except Exception:
             log.exception("native edge: Generate failed")
             connection.finish(sid, wire.trailers(grpc.StatusCode.INTERNAL, "internal router error"))
+        finally:
+            if deadline is not None:
+                deadline.cancel()
 
 
 class CallerConnection(asyncio.Protocol):
@@ -158,6 +171,7 @@ class CallerConnection(asyncio.Protocol):
         self.paused = False
         self.streams: dict[int, asyncio.Task[None]] = {}  # native streams being answered
         self.draining: dict[int, asyncio.Future[None]] = {}
+        self.expired: set[int] = set()  # streams whose deadline passed, their task cancelled
         self._size = ffi.new("size_t *")
         self._sid = ffi.new("int32_t *")
         self._body = ffi.new("const uint8_t **")
@@ -269,7 +283,14 @@ class CallerConnection(asyncio.Protocol):
         if (waiter := self.draining.get(sid)) is not None and not waiter.done():
             waiter.set_result(None)
 
+    def expire(self, sid: int) -> None:
+        """The stream's deadline passed: its task ends it with DEADLINE_EXCEEDED."""
+        if (task := self.streams.get(sid)) is not None:
+            self.expired.add(sid)
+            task.cancel()
+
     def finish(self, sid: int, trailers: bytes) -> None:
+        self.expired.discard(sid)
         if self.native is None or self.streams.pop(sid, None) is None:
             return
         lib.h2e_finish(self.native, sid, trailers, len(trailers))

@@ -302,13 +302,13 @@ class NativeTier(GrpcTier):
         remaining = call.remaining()
         if remaining <= 0:
             raise StatusError(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline passed before the tier call")
-        deadline = asyncio.get_running_loop().time() + remaining
         span = attempt_span(self.name, self.address, call)
         body = wire.frame(tier_request(call).SerializeToString())
         stream = None
         sent = 0
         try:
             connection = await self._connected()
+            deadline = connection.loop.time() + remaining
             stream = connection.request(self._fields(remaining, tracing.inject(span)), body, deadline)
             if stream is None:
                 raise tier_failed(self.name, self.address, 0, "the connection takes no more streams")

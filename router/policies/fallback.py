@@ -88,30 +88,42 @@ class Fallback:
         """The tier's first message; or why this tier is given up. Awaited in place (no
         task): giving up on the first token ends the attempt anyway."""
         started = time.monotonic()
-        timeout = asyncio.timeout(max(0.0, step.first_token_by - started))
+        # A step with the whole deadline needs no timer of its own: the tier call ends
+        # at the caller's deadline (and the edge with it), as DEADLINE_EXCEEDED.
+        whole = step.first_token_by >= call.deadline
+        timeout = None if whole else asyncio.timeout(step.first_token_by - started)
         try:
-            async with timeout:
+            if timeout is None:
                 first = await anext(stream)
+            else:
+                async with timeout:
+                    first = await anext(stream)
         except TimeoutError:
-            if not timeout.expired():
+            if timeout is None or not timeout.expired():
                 raise
-            # A censored sample: this tier took at least this long.
-            self._latency[step.tier].observe(time.monotonic() - started)
-            metrics.FALLBACKS.labels(call.task, step.tier, "slow").inc()
-            return StatusError(
-                grpc.StatusCode.DEADLINE_EXCEEDED,
-                f"{step.tier} gave no first token within {step.first_token_by - started:.3f}s",
-            )
+            return self._slow(call, step, started)
         except StopAsyncIteration:
             return StatusError(grpc.StatusCode.UNAVAILABLE, f"{step.tier} sent nothing")
         except StatusError as error:
             if error.code in CALLER_FAULTS:
                 raise
+            if error.code == grpc.StatusCode.DEADLINE_EXCEEDED and time.monotonic() >= step.first_token_by:
+                return self._slow(call, step, started)
             reason = "shed" if error.code == grpc.StatusCode.RESOURCE_EXHAUSTED else "failed"
             metrics.FALLBACKS.labels(call.task, step.tier, reason).inc()
             return error
         self._latency[step.tier].observe(time.monotonic() - started)
         return first
+
+    def _slow(self, call: Call, step: Step, started: float) -> StatusError:
+        """The tier gave no first token by its step's budget."""
+        # A censored sample: this tier took at least this long.
+        self._latency[step.tier].observe(time.monotonic() - started)
+        metrics.FALLBACKS.labels(call.task, step.tier, "slow").inc()
+        return StatusError(
+            grpc.StatusCode.DEADLINE_EXCEEDED,
+            f"{step.tier} gave no first token within {step.first_token_by - started:.3f}s",
+        )
 
     @staticmethod
     def _summary(call: Call, failures: list[StatusError], skipped: list[TierName]) -> StatusError:

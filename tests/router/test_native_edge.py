@@ -8,16 +8,21 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
+from typing import cast
 
 import grpc
 import pytest
 import pytest_asyncio
 
 from router.app import Router, start_router
+from router.native import wire
+from router.native.edge import NativeEdge
+from router.native.tier import TierConnection
+from router.server import MeshServicer
 from tests.doubles import Script, ScriptedTier
 from tests.fakes import request
 from tests.router.conftest import router_settings
-from tiermesh.v1 import mesh_pb2_grpc
+from tiermesh.v1 import mesh_pb2, mesh_pb2_grpc
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 TEXT = "Halt! Who goes there?"
@@ -96,3 +101,56 @@ async def test_a_taken_port_fails_the_start(
     with pytest.raises(OSError, match="address already in use"):
         await start_router(settings)
     assert await answer(native.port) == TEXT
+
+
+class Hanging:
+    """A servicer stand-in whose answers never come: what the edge's own deadline is for
+    (a stage no tier call times, such as a caller that stopped reading)."""
+
+    def __init__(self) -> None:
+        self.closed = asyncio.Event()
+
+    async def respond(self, *_: object) -> AsyncIterator[mesh_pb2.GenerateResponse]:
+        try:
+            await asyncio.Event().wait()
+            yield mesh_pb2.GenerateResponse()
+        finally:
+            self.closed.set()
+
+
+async def test_the_edge_ends_a_stream_at_its_deadline_and_only_then() -> None:
+    servicer = Hanging()
+    edge = NativeEdge(cast(MeshServicer, servicer), "/nonexistent/grpc.sock", 1 << 20)
+    port = await edge.start("127.0.0.1:0")
+    loop = asyncio.get_running_loop()
+    # An HTTP/2 client that sends grpc-timeout but holds to no deadline of its own
+    # (a grpc.aio client would end the call itself): only the edge can end it.
+    _, caller = await loop.create_connection(TierConnection, "127.0.0.1", port)
+    fields = wire.flat(
+        [(":method", "POST"), (":scheme", "http"), (":path", "/tiermesh.v1.Mesh/Generate"),
+         (":authority", f"127.0.0.1:{port}"), ("te", "trailers"), ("content-type", "application/grpc"),
+         ("grpc-timeout", "300m")]
+    )  # fmt: skip
+    body = wire.frame(request().SerializeToString())
+    try:
+        started = time.monotonic()
+        stream = caller.request(fields, body, loop.time() + 30)
+        assert stream is not None
+        assert await stream.next() is None
+        assert stream.status()[0] == grpc.StatusCode.DEADLINE_EXCEEDED
+        assert 0.3 <= time.monotonic() - started < 2.0
+        await asyncio.wait_for(servicer.closed.wait(), 2.0)  # its answer was cancelled
+        # A caller that leaves is not a deadline, and leaves nothing behind.
+        servicer.closed.clear()
+        stream = caller.request(fields, body, loop.time() + 30)
+        assert stream is not None
+        await asyncio.sleep(0.1)
+        stream.cancel()
+        await asyncio.wait_for(servicer.closed.wait(), 2.0)
+        await asyncio.sleep(0.4)  # past the deadline it had
+        (connection,) = edge.connections
+        assert not connection.streams
+        assert not connection.expired
+    finally:
+        caller.close()
+        await edge.close(None)

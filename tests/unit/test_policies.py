@@ -250,6 +250,27 @@ async def test_fallback_when_the_first_token_misses_its_budget() -> None:
     assert silver.cancelled == 1
 
 
+async def test_the_last_tier_timing_out_at_the_deadline_counts_as_slow() -> None:
+    # The last step has the whole deadline and no timer of its own: the tier call ends
+    # at the deadline with DEADLINE_EXCEEDED, and that is the tier being slow.
+    late = StatusError(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded")
+    lat = latency(silver=0.05)
+    silver = FakeBackend(Step(first_delay=0.2, fail_before=late))
+    policy = Fallback(
+        TierPlanner({"dialogue": ["silver"]}, lat),
+        {"silver": silver},
+        lat,
+        canned_line=lambda call: "",
+        canned_tasks=frozenset(),
+    )
+    with pytest.raises(StatusError) as caught:
+        await drain(policy.generate(a_call(deadline_s=0.2)))
+    assert caught.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert "silver gave no first token within" in caught.value.message
+    assert lat["silver"].samples == 1
+    assert lat["silver"].quantile(0.5) >= 0.2  # a censored sample: at least this long
+
+
 async def test_canned_line_when_every_tier_fails() -> None:
     down = Step(fail_before=unavailable())
     out = await drain(fallback(FakeBackend(down), FakeBackend(down), "Move along.").generate(a_call()))
