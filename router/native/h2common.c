@@ -1,6 +1,7 @@
 /* What the nghttp2 parts share (h2edge.c, h2tier.c, and the proxy benchmark's reference
-   relay, bench/h2_relay.c): a growing byte buffer, the queue of events Python takes after
-   each call, and a session's output drained into one buffer. router/native/__init__.py
+   relay, bench/h2_relay.c): a growing byte buffer, header fields in the flat form Python
+   reads and writes, the queue of events Python takes after each call, and a session's
+   output drained into one buffer. router/native/__init__.py
    builds it in front of each of them. */
 #include <nghttp2/nghttp2.h>
 #include <stdlib.h>
@@ -17,6 +18,25 @@ static inline void put(h2_bytes *b, const uint8_t *data, size_t len) {
   }
   memcpy(b->p + b->len, data, len);
   b->len += len;
+}
+
+/* Header fields cross to and from Python flat, "name\0value\0..." (wire.fields and
+   wire.flat read and write it; HTTP/2 allows no NUL in either). */
+static inline void put_field(h2_bytes *b, const uint8_t *name, size_t nl, const uint8_t *value, size_t vl) {
+  put(b, name, nl); put(b, (const uint8_t *)"", 1);
+  put(b, value, vl); put(b, (const uint8_t *)"", 1);
+}
+
+/* The field at *p of a flat block ending at `end`, as a view into it; *p moves past it.
+   0 at the end, or where the block is cut short. */
+static inline int next_field(const uint8_t **p, const uint8_t *end, nghttp2_nv *nv) {
+  const uint8_t *name = *p, *value = memchr(name, 0, end - name);
+  if (!value++) return 0;
+  const uint8_t *next = memchr(value, 0, end - value);
+  if (!next) return 0;
+  *nv = (nghttp2_nv){(uint8_t *)name, (uint8_t *)value, value - 1 - name, next - value, NGHTTP2_NV_FLAG_NONE};
+  *p = next + 1;
+  return 1;
 }
 
 typedef struct { int kind; int32_t sid; } h2_note;

@@ -53,22 +53,15 @@ static void add_field(h2e_block *k, const uint8_t *name, size_t nl, const uint8_
     k->cap = k->cap ? 2 * k->cap : 16;
     k->fields = realloc(k->fields, k->cap * sizeof *k->fields);
   }
-  h2e_field *f = &k->fields[k->n++];
-  f->name = k->bytes.len; f->namelen = nl; put(&k->bytes, name, nl); put(&k->bytes, (const uint8_t *)"", 1);
-  f->value = k->bytes.len; f->valuelen = vl; put(&k->bytes, value, vl); put(&k->bytes, (const uint8_t *)"", 1);
+  k->fields[k->n++] = (h2e_field){k->bytes.len, nl, k->bytes.len + nl + 1, vl};
+  put_field(&k->bytes, name, nl, value, vl);
 }
 
-/* A flat "name\0value\0..." block from Python. */
+/* A flat block from Python. */
 static void parse_fields(h2e_block *k, const uint8_t *flat, size_t len) {
-  const uint8_t *end = flat + len;
-  while (flat < end) {
-    const uint8_t *name = flat, *value = memchr(name, 0, end - name);
-    if (!value++) return;
-    const uint8_t *next = memchr(value, 0, end - value);
-    if (!next) return;
-    add_field(k, name, value - 1 - name, value, next - value);
-    flat = next + 1;
-  }
+  nghttp2_nv f;
+  for (const uint8_t *p = flat; next_field(&p, flat + len, &f);)
+    add_field(k, f.name, f.namelen, f.value, f.valuelen);
 }
 
 /* nghttp2_nv views of `first` then `k`; valid until the block changes. */

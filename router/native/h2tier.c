@@ -42,8 +42,7 @@ static int on_header(nghttp2_session *session, const nghttp2_frame *f, const uin
                      const uint8_t *value, size_t vl, uint8_t flags, void *ud) {
   h2t_stream *s = nghttp2_session_get_stream_user_data(session, f->hd.stream_id);
   if (!s) return 0;
-  put(&s->headers, name, nl); put(&s->headers, (const uint8_t *)"", 1);
-  put(&s->headers, value, vl); put(&s->headers, (const uint8_t *)"", 1);
+  put_field(&s->headers, name, nl, value, vl);
   return 0;
 }
 
@@ -112,16 +111,10 @@ int h2t_event(h2t_conn *c, int32_t *sid) { return next_event(&c->events, sid); }
 /* Starts a stream: header fields ("name\0value\0...") and the whole request body. NULL
    when the connection takes no more streams (GOAWAY received, or ids run out). */
 h2t_stream *h2t_request(h2t_conn *c, const uint8_t *fields, size_t fieldslen, const uint8_t *body, size_t bodylen) {
-  size_t n = 0;
-  for (size_t i = 0; i < fieldslen; i++) n += !fields[i];
-  nghttp2_nv *nv = malloc((n / 2 + 1) * sizeof *nv);
-  const uint8_t *p = fields, *end = fields + fieldslen;
-  size_t k = 0;
-  while (p < end && k < n / 2) {
-    const uint8_t *value = memchr(p, 0, end - p) + 1, *next = memchr(value, 0, end - value);
-    nv[k++] = (nghttp2_nv){(uint8_t *)p, (uint8_t *)value, value - 1 - p, next - value, NGHTTP2_NV_FLAG_NONE};
-    p = next + 1;
-  }
+  size_t nuls = 0, k = 0;
+  for (size_t i = 0; i < fieldslen; i++) nuls += !fields[i];
+  nghttp2_nv *nv = malloc((nuls / 2 + 1) * sizeof *nv);
+  for (const uint8_t *p = fields; next_field(&p, fields + fieldslen, &nv[k]);) k++;
   h2t_stream *s = calloc(1, sizeof *s);
   put(&s->request, body, bodylen);
   nghttp2_data_provider provider = {{.ptr = s}, read_request};
