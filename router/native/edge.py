@@ -44,6 +44,7 @@ const uint8_t *h2e_pending(h2e_conn *, int, size_t *);
 int h2e_event(h2e_conn *, int32_t *);
 const uint8_t *h2e_request(h2e_conn *, int32_t, size_t *, const uint8_t **, size_t *);
 size_t h2e_send(h2e_conn *, int32_t, const uint8_t *, size_t, size_t);
+int h2e_watching(h2e_conn *, int32_t);
 void h2e_finish(h2e_conn *, int32_t, const uint8_t *, size_t);
 void h2e_goaway(h2e_conn *);
 size_t h2e_open_streams(h2e_conn *);
@@ -270,7 +271,11 @@ class CallerConnection(asyncio.Protocol):
             return False
         waiting = lib.h2e_send(self.native, sid, data, len(data), HIGH_WATER)
         self.pump()
-        return bool(waiting > HIGH_WATER and sid in self.streams)
+        if waiting <= HIGH_WATER or self.native is None or sid not in self.streams:
+            return False
+        # Asked after the write: what went out in it at once leaves no DRAINED to wait for
+        # (its event was dispatched before any waiter existed, and the stream stalled).
+        return bool(lib.h2e_watching(self.native, sid))
 
     async def drained(self, sid: int) -> None:
         waiter = self.draining[sid] = asyncio.get_running_loop().create_future()

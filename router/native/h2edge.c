@@ -305,8 +305,9 @@ const uint8_t *h2e_request(h2e_conn *c, int32_t sid, size_t *headerslen, const u
 }
 
 /* Queues response bytes (gRPC-framed messages); the response headers go first. Returns
-   how many bytes of the stream wait to be sent; past `watch_above`, H2E_DRAINED will say
-   when they have all gone. */
+   how many bytes of the stream wait to be sent; past `watch_above`, the stream is watched:
+   H2E_DRAINED will say when they have all gone (unless they go in the next write at once:
+   h2e_watching, asked after it). */
 size_t h2e_send(h2e_conn *c, int32_t sid, const uint8_t *data, size_t len, size_t watch_above) {
   h2e_stream *s = native_stream(c, sid);
   if (!s || s->down.ended) return 0;
@@ -319,6 +320,12 @@ size_t h2e_send(h2e_conn *c, int32_t sid, const uint8_t *data, size_t len, size_
   size_t waiting = s->down.out.len - s->down.off;
   s->watch = waiting > watch_above;
   return waiting;
+}
+
+/* Whether a watched stream's bytes still wait: H2E_DRAINED is yet to come. */
+int h2e_watching(h2e_conn *c, int32_t sid) {
+  h2e_stream *s = native_stream(c, sid);
+  return s && s->watch;
 }
 
 /* Ends a native stream with trailers ("name\0value\0..."): after the queued bytes, or as

@@ -154,3 +154,24 @@ async def test_the_edge_ends_a_stream_at_its_deadline_and_only_then() -> None:
     finally:
         caller.close()
         await edge.close(None)
+
+
+@pytest.mark.parametrize("bdp_probe", [1, 0])
+async def test_messages_larger_than_a_window_arrive_whole(
+    native: Router, silver: ScriptedTier, bdp_probe: int
+) -> None:
+    # Past the tier's 64 KiB stream window, which reopens only as the tier client takes
+    # what came, a token straddles several takes. Toward the caller, the edge's queue
+    # passes its high-water mark: a grpc.aio client's large window takes it all at once
+    # (no DRAINED to wait for); without its BDP probe the window stays small and the
+    # stream waits for its bytes to drain while the caller reads slowly.
+    tokens = ["x" * 150_000, "y" * 150_000, "!"]
+    silver.reset(Script(tokens=tokens))
+    options = [("grpc.http2.bdp_probe", bdp_probe)]
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{native.port}", options=options) as channel:
+        call = mesh_pb2_grpc.MeshStub(channel).Generate(request(), timeout=5)
+        texts = []
+        while isinstance(response := await call.read(), mesh_pb2.GenerateResponse):
+            texts.append(response.text)
+            await asyncio.sleep(0.1)
+    assert "".join(texts) == "".join(tokens)
