@@ -162,13 +162,14 @@ class TierStream:
         lib.h2t_taken(self.connection.native or ffi.NULL, self.handle)
         if self.released:
             return  # read only to keep the connection's window open
-        while len(buffer) >= 5:
-            end = 5 + int.from_bytes(buffer[1:5], "big")
+        start = 0  # the next frame's offset: the rest is copied once, not after each message
+        while len(buffer) - start >= 5:
+            end = start + 5 + int.from_bytes(buffer[start + 1 : start + 5], "big")
             if len(buffer) < end:
                 break
-            self.messages.append(buffer[5:end])
-            buffer = buffer[end:]
-        self.buffer = buffer
+            self.messages.append(buffer[start + 5 : end])
+            start = end
+        self.buffer = buffer[start:]
         self.wake()
 
     def end(self) -> None:
