@@ -35,7 +35,7 @@ native: $(STAMPS)/venv $(STAMPS)/debian $(STUBS)
 # Debian's redis-server (session state shared by router replicas), prometheus (the
 # local mesh's metrics, promtool for the alert rules' tests) and libnghttp2-dev with a C
 # compiler (the router's native data plane, router/native/, and the proxy benchmark's
-# HTTP/2 reference relay, bench/h2_relay.c).
+# HTTP/2 reference relay, bench/h2_relay.py, which is that edge relaying every stream).
 $(STAMPS)/debian:
 	command -v redis-server >/dev/null && command -v prometheus >/dev/null && command -v promtool >/dev/null && \
 	  test -f /usr/include/nghttp2/nghttp2.h && command -v cc >/dev/null || \

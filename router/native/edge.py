@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, cast
 
@@ -69,9 +70,11 @@ class NativeEdge:
         internal: str,
         max_message_bytes: int,
         authenticator: Authenticator | None = None,
+        native_path: bytes = GENERATE,
     ) -> None:
         self.servicer = servicer
         self.internal = internal
+        self.native_path = native_path  # the method answered here; every other is relayed
         self.max_message_bytes = max_message_bytes
         self.authenticator = authenticator
         self.connections: set[CallerConnection] = set()
@@ -98,6 +101,10 @@ class NativeEdge:
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
         return task
+
+    async def open_internal(self, protocol: Callable[[], asyncio.Protocol]) -> None:
+        """Connect a caller connection's relayed streams to the grpc.aio server."""
+        await (self.loop or asyncio.get_running_loop()).create_unix_connection(protocol, self.internal)
 
     async def close(self, grace: float | None) -> None:
         """Stop accepting, refuse new streams (GOAWAY), let open ones finish within `grace`."""
@@ -164,7 +171,7 @@ class CallerConnection(asyncio.Protocol):
 
     def __init__(self, edge: NativeEdge) -> None:
         self.edge = edge
-        self.native = lib.h2e_new(GENERATE, len(GENERATE), edge.max_message_bytes + 5)
+        self.native = lib.h2e_new(edge.native_path, len(edge.native_path), edge.max_message_bytes + 5)
         if self.native == ffi.NULL:
             raise MemoryError("nghttp2 session")
         self.caller: asyncio.Transport | None = None
@@ -305,10 +312,9 @@ class CallerConnection(asyncio.Protocol):
 
     async def connect_internal(self) -> None:
         try:
-            loop = asyncio.get_running_loop()
-            await loop.create_unix_connection(lambda: Internal(self), self.edge.internal)
+            await self.edge.open_internal(lambda: Internal(self))
         except OSError as e:
-            log.error("native edge: cannot reach the router's grpc.aio server: %s", e)
+            log.error("native edge: cannot reach the server it relays to: %s", e)
             self.close()
 
     def goaway(self) -> None:

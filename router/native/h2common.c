@@ -1,8 +1,8 @@
-/* What the nghttp2 parts share (h2edge.c, h2tier.c, and the proxy benchmark's reference
-   relay, bench/h2_relay.c): a growing byte buffer, header fields in the flat form Python
-   reads and writes, the queue of events Python takes after each call, and a session's
-   output drained into one buffer. router/native/__init__.py
-   builds it in front of each of them. */
+/* What the nghttp2 parts share (h2edge.c, which the proxy benchmark's reference relay,
+   bench/h2_relay.py, also runs, and h2tier.c): a growing byte buffer, header fields in the
+   flat form Python reads and writes, the queue of events Python takes after each call,
+   and a session's output drained into one buffer. router/native/__init__.py builds it in
+   front of each of them. */
 #include <nghttp2/nghttp2.h>
 #include <stdlib.h>
 #include <string.h>
