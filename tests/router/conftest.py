@@ -4,6 +4,7 @@ import shutil
 import subprocess
 import time
 from collections.abc import AsyncIterator, Iterator
+from typing import Literal
 
 import grpc
 import pytest
@@ -50,6 +51,13 @@ def router_settings(silver_endpoint: str) -> Settings:
     )
 
 
+async def start_on(plane: Literal["grpc", "native"], settings: Settings) -> Router:
+    """A router whose data path is `plane` on both sides: grpc.aio's, or nghttp2's for the
+    callers' connections and the tier's (data_path.edge, data_path.tier_client)."""
+    settings.router.data_path.edge = settings.router.data_path.tier_client = plane
+    return await start_router(settings)
+
+
 @pytest_asyncio.fixture(scope="session", loop_scope="session")
 async def scripted_silver() -> AsyncIterator[tuple[ScriptedTier, int]]:
     tier = ScriptedTier()
@@ -72,9 +80,7 @@ async def router(
     request: pytest.FixtureRequest, scripted_silver: tuple[ScriptedTier, int]
 ) -> AsyncIterator[Router]:
     _, port = scripted_silver
-    settings = router_settings(f"127.0.0.1:{port}")
-    settings.router.data_path.edge = settings.router.data_path.tier_client = request.param
-    router = await start_router(settings)
+    router = await start_on(request.param, router_settings(f"127.0.0.1:{port}"))
     yield router
     await router.close(None)
 

@@ -18,8 +18,9 @@ import pytest_asyncio
 from google.rpc import error_details_pb2, status_pb2
 from prometheus_client import REGISTRY
 
-from router.app import Router, start_router
+from router.app import Router
 from tests.doubles import Script, ScriptedTier, start_scripted_tier
+from tests.router.conftest import start_on
 from tiermesh.config import (
     AdmissionSettings,
     BreakerSettings,
@@ -118,8 +119,7 @@ async def make_fleet(request: pytest.FixtureRequest) -> AsyncIterator[object]:
         s, g = await replicas(silver, mesh_pb2.TIER_SILVER), await replicas(gold, mesh_pb2.TIER_GOLD)
         endpoints = [f"127.0.0.1:{r.port}" for r in s] + list(extra_silver)
         config = settings(endpoints, [f"127.0.0.1:{r.port}" for r in g], **kw)  # type: ignore[arg-type]
-        config.router.data_path.edge = config.router.data_path.tier_client = request.param
-        router = await start_router(config)
+        router = await start_on(request.param, config)
         channel = grpc.aio.insecure_channel(f"127.0.0.1:{router.port}")
         fleet = Fleet(s, g, router, mesh_pb2_grpc.MeshStub(channel), channel)
         fleets.append(fleet)

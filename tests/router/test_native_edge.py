@@ -21,7 +21,7 @@ from router.native.tier import TierConnection
 from router.server import MeshServicer
 from tests.doubles import Script, ScriptedTier
 from tests.fakes import request
-from tests.router.conftest import router_settings
+from tests.router.conftest import router_settings, start_on
 from tiermesh.v1 import mesh_pb2, mesh_pb2_grpc
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -31,9 +31,7 @@ TEXT = "Halt! Who goes there?"
 @pytest_asyncio.fixture(loop_scope="session")
 async def native(scripted_silver: tuple[ScriptedTier, int]) -> AsyncIterator[Router]:
     _, port = scripted_silver
-    settings = router_settings(f"127.0.0.1:{port}")
-    settings.router.data_path.edge = settings.router.data_path.tier_client = "native"
-    router = await start_router(settings)
+    router = await start_on("native", router_settings(f"127.0.0.1:{port}"))
     yield router
     await router.close(None)
 
@@ -66,9 +64,7 @@ async def test_shutdown_lets_open_streams_finish_and_refuses_new_ones(
     scripted_silver: tuple[ScriptedTier, int], silver: ScriptedTier
 ) -> None:
     _, port = scripted_silver
-    settings = router_settings(f"127.0.0.1:{port}")
-    settings.router.data_path.edge = settings.router.data_path.tier_client = "native"
-    router = await start_router(settings)
+    router = await start_on("native", router_settings(f"127.0.0.1:{port}"))
     silver.reset(Script(delay=0.1))  # 0.6 s of tokens
     in_flight = asyncio.ensure_future(answer(router.port))
     await asyncio.sleep(0.15)

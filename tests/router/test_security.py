@@ -15,10 +15,10 @@ import pytest
 import pytest_asyncio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from router.app import Router, start_router
+from router.app import Router
 from tests.doubles import ScriptedTier, start_scripted_tier
 from tests.fakes import request
-from tests.router.conftest import router_settings
+from tests.router.conftest import router_settings, start_on
 from tiermesh.certs import write_local_certs
 from tiermesh.config import ApiKey, AuthSettings, JwtSettings, SecuritySettings, Settings, TlsSettings
 from tiermesh.v1 import mesh_pb2, mesh_pb2_grpc
@@ -81,9 +81,7 @@ async def secure(
     serving = await start_scripted_tier(tier, tls=mesh_tls(certs))
 
     async def secure_router(mesh: TlsSettings) -> Router:
-        settings = secure_settings(certs, serving.port, mesh)
-        settings.router.data_path.edge = settings.router.data_path.tier_client = request.param
-        return await start_router(settings)
+        return await start_on(request.param, secure_settings(certs, serving.port, mesh))
 
     router = await secure_router(mesh_tls(certs))
     rogue = certs / "rogue"
