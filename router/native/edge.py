@@ -127,9 +127,8 @@ class NativeEdge:
         """One Generate call, from its whole request to its trailers."""
         deadline: asyncio.TimerHandle | None = None
         try:
-            headers = wire.fields(block)
-            metadata = wire.metadata(headers)
-            timeout = wire.timeout(headers)
+            headers = wire.request(wire.fields(block))
+            metadata, timeout = headers.metadata, headers.timeout
             if self.authenticator is not None:
                 CLIENT.set(self.authenticator.authenticate(metadata))
             payload = wire.message(headers, body, self.max_message_bytes)

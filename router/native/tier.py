@@ -118,8 +118,10 @@ class TierConnection(asyncio.Protocol):
         handle = lib.h2t_request(self.native, fields, len(fields), body, len(body))
         if handle == ffi.NULL:
             return None
-        stream = self.streams[lib.h2t_sid(handle)] = TierStream(self, handle, deadline)
+        stream = self.streams[lib.h2t_sid(handle)] = TierStream(self, handle)
         self.pump()
+        # Armed once the request is on its way: the timer is not first-token time.
+        stream.timer = self.loop.call_at(deadline, stream.expire)
         return stream
 
     def close(self) -> None:
@@ -138,9 +140,9 @@ class TierConnection(asyncio.Protocol):
 class TierStream:
     """One call's response as it arrives: whole messages, then how it ended."""
 
-    def __init__(self, connection: TierConnection, handle: Any, deadline: float) -> None:
+    def __init__(self, connection: TierConnection, handle: Any) -> None:
         self.connection = connection
-        self.timer: asyncio.TimerHandle | None = connection.loop.call_at(deadline, self.expire)
+        self.timer: asyncio.TimerHandle | None = None  # the call's deadline, armed by `request`
         self.handle = handle
         self.buffer = b""
         self.messages: collections.deque[bytes] = collections.deque()
@@ -278,10 +280,8 @@ class NativeTier(GrpcTier):
         self._connection: TierConnection | None = None
         self._connecting = asyncio.Lock()
 
-    async def _connected(self) -> TierConnection:
-        connection = self._connection
-        if connection is not None and connection.usable():
-            return connection
+    async def _connect(self) -> TierConnection:
+        """A usable connection, opened when there is none (one opening at a time)."""
         async with self._connecting:
             if self._connection is not None and self._connection.usable():
                 return self._connection
@@ -308,7 +308,9 @@ class NativeTier(GrpcTier):
         stream = None
         sent = 0
         try:
-            connection = await self._connected()
+            connection = self._connection
+            if connection is None or not connection.usable():  # no await on the common path
+                connection = await self._connect()
             deadline = connection.loop.time() + remaining
             stream = connection.request(self._fields(remaining, tracing.inject(span)), body, deadline)
             if stream is None:

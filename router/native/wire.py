@@ -8,6 +8,7 @@ import base64
 import gzip
 import zlib
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 
 import grpc
 from google.rpc import status_pb2
@@ -35,40 +36,54 @@ def flat(headers: Iterable[tuple[str, object]]) -> bytes:
     return "".join(f"{name}\0{value}\0" for name, value in headers).encode("latin-1")
 
 
-def metadata(headers: Fields) -> Metadata:
-    """The caller's metadata as grpc.aio hands it over: `-bin` values decoded."""
-    out: Metadata = []
+@dataclass(frozen=True, slots=True)
+class RequestHeaders:
+    """What a request's headers say, read in one pass (each header scan is first-token time)."""
+
+    metadata: Metadata  # the caller's, as grpc.aio hands it over: `-bin` values decoded
+    timeout: float | None  # seconds the caller gives the call; None: no deadline
+    content_type: str = ""
+    encoding: str = "identity"
+
+
+def request(headers: Fields) -> RequestHeaders:
+    metadata: Metadata = []
+    seconds, content_type, encoding = None, "", "identity"
     for name, value in headers:
-        if name.startswith(":") or name in RESERVED:
+        if name.startswith(":"):
             continue
-        if name.endswith("-bin"):
-            out.append((name, base64.b64decode(value + "=" * (-len(value) % 4))))
+        if name == "grpc-timeout":
+            seconds = timeout(value)
+        elif name == "content-type":
+            content_type = value
+        elif name == "grpc-encoding":
+            encoding = value
+        elif name in RESERVED:
+            continue
+        elif name.endswith("-bin"):
+            metadata.append((name, base64.b64decode(value + "=" * (-len(value) % 4))))
         else:
-            out.append((name, value))
-    return out
+            metadata.append((name, value))
+    return RequestHeaders(metadata, seconds, content_type, encoding)
 
 
 def header(headers: Fields, name: str) -> str | None:
     return next((value for key, value in headers if key == name), None)
 
 
-def timeout(headers: Fields) -> float | None:
-    """Seconds the caller gives the call (`grpc-timeout`), None without a deadline."""
-    value = header(headers, "grpc-timeout")
-    if value is None:
-        return None
+def timeout(value: str) -> float:
+    """`grpc-timeout`'s value in seconds."""
     amount, unit = value[:-1], value[-1:]
     if not (amount.isdigit() and len(amount) <= 8 and unit in TIMEOUT_UNITS):
         raise invalid(f"malformed grpc-timeout {value!r}")
     return int(amount) * TIMEOUT_UNITS[unit]
 
 
-def message(headers: Fields, body: bytes | None, max_bytes: int) -> bytes:
+def message(headers: RequestHeaders, body: bytes | None, max_bytes: int) -> bytes:
     """The one request message of a unary request. `body` is None when it ran past the
     size limit (the edge stopped reading it)."""
-    content_type = header(headers, "content-type") or ""
-    if not content_type.startswith("application/grpc"):
-        raise StatusError(grpc.StatusCode.UNIMPLEMENTED, f"content-type {content_type!r} is not gRPC")
+    if not headers.content_type.startswith("application/grpc"):
+        raise StatusError(grpc.StatusCode.UNIMPLEMENTED, f"content-type {headers.content_type!r} is not gRPC")
     if body is None:
         raise StatusError(grpc.StatusCode.RESOURCE_EXHAUSTED, f"request larger than {max_bytes} bytes")
     if len(body) < 5 or int.from_bytes(body[1:5], "big") != len(body) - 5:
@@ -77,11 +92,12 @@ def message(headers: Fields, body: bytes | None, max_bytes: int) -> bytes:
         raise StatusError(grpc.StatusCode.RESOURCE_EXHAUSTED, f"request larger than {max_bytes} bytes")
     payload = body[5:]
     if body[0]:
-        encoding = header(headers, "grpc-encoding") or "identity"
-        if encoding not in DECOMPRESS:
-            raise StatusError(grpc.StatusCode.UNIMPLEMENTED, f"grpc-encoding {encoding!r} is not supported")
+        if headers.encoding not in DECOMPRESS:
+            raise StatusError(
+                grpc.StatusCode.UNIMPLEMENTED, f"grpc-encoding {headers.encoding!r} is not supported"
+            )
         try:
-            payload = DECOMPRESS[encoding](payload)
+            payload = DECOMPRESS[headers.encoding](payload)
         except (OSError, zlib.error, EOFError) as e:
             raise invalid(f"cannot decompress the request: {e}") from None
         if len(payload) > max_bytes:

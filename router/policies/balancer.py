@@ -83,14 +83,19 @@ class Balancer:
         started = time.monotonic()
         verdict = False
         try:
-            first = True
             outlier = False
-            async for response in replica.backend.generate(call):
-                if first:
-                    first = False
-                    replica.latency.observe(time.monotonic() - started)
+            stream = replica.backend.generate(call)
+            async for first in stream:
+                took = time.monotonic() - started
+                try:
+                    yield first
+                finally:
+                    # Judged once the first token is on its way: not the caller's time.
+                    replica.latency.observe(took)
                     outlier = self._eject_if_outlier(replica)
-                yield response
+                async for response in stream:
+                    yield response
+                break
             if not outlier:  # a slow success must not undo the ejection
                 replica.breaker.success()
             verdict = True
@@ -107,11 +112,14 @@ class Balancer:
 
     def _eject_if_outlier(self, replica: Replica) -> bool:
         s = self._settings
-        peers = [r for r in self.replicas.replicas if r is not replica and r.latency.samples]
-        if replica.latency.samples < s.outlier_min_samples or not peers:
+        replicas = self.replicas.replicas
+        if replica.latency.samples < s.outlier_min_samples or len(replicas) < 2:
             return False
-        ejected = sum(r.breaker.state != "closed" for r in self.replicas.replicas)
-        if ejected + 1 > s.max_ejected_fraction * len(self.replicas.replicas):
+        peers = [r for r in replicas if r is not replica and r.latency.samples]
+        if not peers:
+            return False
+        ejected = sum(r.breaker.state != "closed" for r in replicas)
+        if ejected + 1 > s.max_ejected_fraction * len(replicas):
             return False  # never eject so many that the rest drown
         typical = statistics.median(r.latency.value for r in peers)
         if replica.latency.value <= max(s.outlier_factor * typical, typical + s.outlier_floor_s):

@@ -21,39 +21,38 @@ def test_header_block_becomes_fields_and_metadata_without_grpcs_own_headers() ->
     block = wire.flat([*GRPC, ("te", "trailers"), ("x-client-id", "studio"), ("trace-bin", token)])
     fields = wire.fields(block)
     assert fields[0] == (":path", "/tiermesh.v1.Mesh/Generate")
-    assert wire.metadata(fields) == [("x-client-id", "studio"), ("trace-bin", b"\x00\xffbin")]
+    assert wire.request(fields).metadata == [("x-client-id", "studio"), ("trace-bin", b"\x00\xffbin")]
 
 
 @pytest.mark.parametrize(
     ("value", "seconds"), [("1H", 3600.0), ("250m", 0.25), ("15S", 15.0), ("2500u", 0.0025), ("7n", 7e-9)]
 )
 def test_grpc_timeout_units(value: str, seconds: float) -> None:
-    assert wire.timeout([("grpc-timeout", value)]) == pytest.approx(seconds)
+    assert wire.timeout(value) == pytest.approx(seconds)
 
 
 @pytest.mark.parametrize("value", ["", "m", "12", "123456789m", "-5m", "5x"])
 def test_malformed_grpc_timeout_is_invalid_argument(value: str) -> None:
     with pytest.raises(StatusError) as caught:
-        wire.timeout([("grpc-timeout", value)])
+        wire.request([*GRPC, ("grpc-timeout", value)])
     assert caught.value.code == grpc.StatusCode.INVALID_ARGUMENT
 
 
 def test_no_grpc_timeout_is_no_deadline() -> None:
-    assert wire.timeout(GRPC) is None
+    assert wire.request(GRPC).timeout is None
 
 
 def test_timeouts_the_tier_client_sends_read_back() -> None:
     for seconds in (0.0001, 0.015, 3.0, 86_400.0, 400_000.0):
-        sent = wire.timeout([("grpc-timeout", grpc_timeout(seconds))])
-        assert sent is not None
+        sent = wire.timeout(grpc_timeout(seconds))
         assert sent == pytest.approx(max(seconds, 0.001), rel=0.01)
 
 
 def test_the_request_message_comes_out_of_its_frame_compressed_or_not() -> None:
-    assert wire.message(GRPC, wire.frame(b"hello"), 64) == b"hello"
+    assert wire.message(wire.request(GRPC), wire.frame(b"hello"), 64) == b"hello"
     packed = gzip.compress(b"hello")
     body = b"\1" + len(packed).to_bytes(4, "big") + packed
-    assert wire.message([*GRPC, ("grpc-encoding", "gzip")], body, 64) == b"hello"
+    assert wire.message(wire.request([*GRPC, ("grpc-encoding", "gzip")]), body, 64) == b"hello"
 
 
 @pytest.mark.parametrize(
@@ -73,7 +72,7 @@ def test_bad_request_bodies_get_a_precise_status(
     headers: list[tuple[str, str]], body: bytes | None, code: grpc.StatusCode
 ) -> None:
     with pytest.raises(StatusError) as caught:
-        wire.message(headers, body, 64)
+        wire.message(wire.request(headers), body, 64)
     assert caught.value.code == code
 
 
