@@ -57,7 +57,7 @@ class Fallback:
             # it is a first-token cost on every request.
             attempt = (
                 call
-                if step.first_token_by >= call.deadline
+                if step.has_whole_deadline(call)
                 else dataclasses.replace(call, first_token_by=step.first_token_by)
             )
             stream = self._tiers[step.tier].generate(attempt)
@@ -90,7 +90,7 @@ class Fallback:
         started = time.monotonic()
         # A step with the whole deadline needs no timer of its own: the tier call ends
         # at the caller's deadline (and the edge with it), as DEADLINE_EXCEEDED.
-        whole = step.first_token_by >= call.deadline
+        whole = step.has_whole_deadline(call)
         timeout = None if whole else asyncio.timeout(step.first_token_by - started)
         try:
             if timeout is None:

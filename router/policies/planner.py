@@ -28,6 +28,10 @@ class Step:
     # Absolute time.monotonic() by which this tier's first token must arrive.
     first_token_by: float
 
+    def has_whole_deadline(self, call: Call) -> bool:
+        """Whether this tier's first token may take all the caller's time (the last step)."""
+        return self.first_token_by >= call.deadline
+
 
 class TierPlanner:
     def __init__(
