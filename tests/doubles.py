@@ -5,7 +5,7 @@ latency and faults a real engine cannot be made to produce on demand."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 import grpc
@@ -47,18 +47,40 @@ class ScriptedTier(tier_pb2_grpc.TierServiceServicer):
         self.seen: list[Seen] = []
         self.cancelled = 0
         self.cancelled_event = asyncio.Event()
+        # The highest token index any stream has yielded: how far the furthest stream got.
+        self.furthest = -1
+        self._progress = asyncio.Condition()
 
     def reset(self, script: Script | None = None) -> None:
         self.script = script or Script()
         self.seen.clear()
         self.cancelled = 0
         self.cancelled_event.clear()
+        self.furthest = -1
+
+    async def wait_for_streams(self, count: int, within_s: float = 5.0) -> None:
+        """Until `count` streams have reached this tier: a call is surely in flight, on a
+        machine of any speed (a fixed sleep races a slow one)."""
+        await self._wait_until(lambda: len(self.seen) >= count, within_s)
+
+    async def wait_for_token(self, index: int, within_s: float = 5.0) -> None:
+        """Until some stream has yielded token `index`."""
+        await self._wait_until(lambda: self.furthest >= index, within_s)
+
+    async def _wait_until(self, check: Callable[[], bool], within_s: float) -> None:
+        async with asyncio.timeout(within_s), self._progress:
+            await self._progress.wait_for(check)
+
+    async def _progressed(self) -> None:
+        async with self._progress:
+            self._progress.notify_all()
 
     async def Generate(
         self, request: tier_pb2.GenerateRequest, context: TierContext
     ) -> AsyncIterator[tier_pb2.GenerateResponse]:
         metadata = {k: v for k, v in context.invocation_metadata() or () if isinstance(v, str)}
         self.seen.append(Seen(request, context.time_remaining(), metadata))
+        await self._progressed()
         script = self.script
         try:
             if script.hang:
@@ -73,6 +95,8 @@ class ScriptedTier(tier_pb2_grpc.TierServiceServicer):
                     response.finish_reason = mesh_pb2.FINISH_REASON_STOP
                     response.usage.prompt_tokens = 11
                     response.usage.completion_tokens = len(script.tokens)
+                self.furthest = max(self.furthest, index)
+                await self._progressed()
                 yield response
         except asyncio.CancelledError:
             self.cancelled += 1

@@ -185,7 +185,9 @@ async def test_replica_killed_mid_load_loses_no_stream(make_fleet: object) -> No
         replica.tier.reset(Script(tokens=["tok"] * 20, delay=0.01))
     resumes = metric("tiermesh_router_resumes_total", tier="silver")
     calls = [asyncio.ensure_future(call(fleet.stub, deadline_s=5.0)) for _ in range(60)]
-    await asyncio.sleep(0.1)
+    # Kill once a stream is surely mid-way: its first token went out 30 ms ago, 16 remain.
+    # A fixed sleep raced a slow machine, where no stream had a token yet (retries, not resumes).
+    await fleet.silver[0].tier.wait_for_token(3)
     await fleet.silver[0].kill()
     outcomes = await asyncio.gather(*calls)
     assert [o.code for o in outcomes] == [grpc.StatusCode.OK] * 60
@@ -210,8 +212,8 @@ async def test_hanging_replica_is_beaten_by_a_hedge(make_fleet: object) -> None:
     assert all(o.code == grpc.StatusCode.OK and o.tiers == {mesh_pb2.TIER_SILVER} for o in outcomes)
     assert max(o.seconds for o in outcomes) < 1.0
     assert metric("tiermesh_router_hedges_total", tier="silver", outcome="hedge_won") > hedges
-    await asyncio.sleep(0.1)
-    assert fleet.silver[0].tier.cancelled >= 1  # the losing attempt was cancelled at the tier
+    # The losing attempt was cancelled at the tier.
+    await asyncio.wait_for(fleet.silver[0].tier.cancelled_event.wait(), 2.0)
 
 
 async def test_slow_replica_gets_a_small_share(make_fleet: object) -> None:
@@ -287,7 +289,7 @@ async def test_full_tier_answers_resource_exhausted_with_retry_info_before_the_d
     fleet.silver[0].tier.reset(Script(tokens=["tok"] * 20, delay=0.02))  # 0.4 s streams
     assert (await call(fleet.stub, ask(mesh_pb2.TASK_BARK))).code == grpc.StatusCode.OK  # learns 0.4 s
     busy = asyncio.ensure_future(call(fleet.stub, ask(mesh_pb2.TASK_BARK), deadline_s=5.0))
-    await asyncio.sleep(0.05)
+    await fleet.silver[0].tier.wait_for_streams(2)
     full = await call(fleet.stub, ask(mesh_pb2.TASK_BARK), deadline_s=0.3)
     assert full.code == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert full.error is not None
@@ -298,7 +300,7 @@ async def test_full_tier_answers_resource_exhausted_with_retry_info_before_the_d
     assert (await call(fleet.stub, ask(mesh_pb2.TASK_BARK), deadline_s=3.0)).code == grpc.StatusCode.OK
     # Dialogue can fall back to gold instead of being refused.
     busy_again = asyncio.ensure_future(call(fleet.stub, ask(mesh_pb2.TASK_BARK), deadline_s=5.0))
-    await asyncio.sleep(0.05)
+    await fleet.silver[0].tier.wait_for_streams(4)
     assert (await call(fleet.stub, deadline_s=0.3)).tiers == {mesh_pb2.TIER_GOLD}
     assert (await busy).code == grpc.StatusCode.OK
     assert (await busy_again).code == grpc.StatusCode.OK
@@ -328,7 +330,8 @@ async def test_client_cancel_cancels_every_attempt(make_fleet: object) -> None:
         replica.tier.reset(Script(hang=True))
     pending = fleet.stub.Generate(ask(), timeout=5.0)
     consumer = asyncio.ensure_future(pending.read())
-    await asyncio.sleep(0.5)  # long enough for the hedge to start
+    for replica in fleet.silver:  # the primary and its hedge
+        await replica.tier.wait_for_streams(1)
     pending.cancel()
     await asyncio.gather(consumer, return_exceptions=True)
     for replica in fleet.silver:

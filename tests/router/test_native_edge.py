@@ -67,7 +67,7 @@ async def test_shutdown_lets_open_streams_finish_and_refuses_new_ones(
     router = await start_on("native", router_settings(f"127.0.0.1:{port}"))
     silver.reset(Script(delay=0.1))  # 0.6 s of tokens
     in_flight = asyncio.ensure_future(answer(router.port))
-    await asyncio.sleep(0.15)
+    await silver.wait_for_streams(1)
     started = time.monotonic()
     await router.close(grace=5.0)
     assert time.monotonic() - started < 2.0  # it waited for the stream, not the whole grace

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from typing import TYPE_CHECKING
 
@@ -136,9 +137,12 @@ async def test_tier_failing_mid_stream_ends_the_stream_with_unavailable(
 
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await consume()
-    assert received == ["Halt", "!", " Who"]
+    # Tokens the client had not read yet may arrive merged (router/coalesce.py): the text
+    # is what must survive, not its split into messages.
+    assert "".join(received) == "Halt! Who"
     assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
-    assert "after 3 messages" in (caught.value.details() or "")
+    # Counted as the tier client took them, which may also be merged.
+    assert re.search(r"failed after [123] messages", caught.value.details() or "")
 
 
 async def test_hanging_tier_meets_the_deadline_and_is_cancelled(stub: Stub, silver: ScriptedTier) -> None:
@@ -166,7 +170,7 @@ async def test_client_cancel_before_the_first_token_reaches_the_tier(
     silver.reset(Script(hang=True))
     call = stub.Generate(request(), timeout=10.0)
     reader = asyncio.ensure_future(call.read())
-    await asyncio.sleep(0.2)
+    await silver.wait_for_streams(1)
     call.cancel()
     await asyncio.gather(reader, return_exceptions=True)
     await asyncio.wait_for(silver.cancelled_event.wait(), 2.0)
