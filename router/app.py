@@ -145,13 +145,20 @@ async def start_router(settings: Settings) -> Router:
         tls=None if native else settings.security.edge_tls,
         interceptors=auth_interceptors(settings.security.auth),
         reuse_port=reuse_port and not native,
+        max_concurrent_streams=None if native else router.data_path.max_streams_per_connection,
     )
     edge = None
     if internal is not None:
         from router.native.edge import NativeEdge  # builds the C part on first use
 
         checker = authenticator(settings.security.auth)
-        edge = NativeEdge(servicer, str(internal), router.max_message_bytes, checker)
+        edge = NativeEdge(
+            servicer,
+            str(internal),
+            router.max_message_bytes,
+            checker,
+            max_streams=router.data_path.max_streams_per_connection,
+        )
         try:
             await edge.start(router.listen, settings.security.edge_tls, reuse_port)
         except BaseException:  # e.g. the port is taken: leave nothing running behind

@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 
 CDEF = """
 typedef struct h2e_conn h2e_conn;
-h2e_conn *h2e_new(const uint8_t *, size_t, size_t);
+h2e_conn *h2e_new(const uint8_t *, size_t, size_t, uint32_t);
 void h2e_free(h2e_conn *);
 ssize_t h2e_recv(h2e_conn *, int, const uint8_t *, size_t);
 const uint8_t *h2e_pending(h2e_conn *, int, size_t *);
@@ -71,11 +71,14 @@ class NativeEdge:
         max_message_bytes: int,
         authenticator: Authenticator | None = None,
         native_path: bytes = GENERATE,
+        *,
+        max_streams: int,
     ) -> None:
         self.servicer = servicer
         self.internal = internal
         self.native_path = native_path  # the method answered here; every other is relayed
         self.max_message_bytes = max_message_bytes
+        self.max_streams = max_streams  # open at once per caller connection; more are refused
         self.authenticator = authenticator
         self.connections: set[CallerConnection] = set()
         self.tasks: set[asyncio.Task[Any]] = set()  # kept referenced while they run
@@ -170,7 +173,9 @@ class CallerConnection(asyncio.Protocol):
 
     def __init__(self, edge: NativeEdge) -> None:
         self.edge = edge
-        self.native = lib.h2e_new(edge.native_path, len(edge.native_path), edge.max_message_bytes + 5)
+        self.native = lib.h2e_new(
+            edge.native_path, len(edge.native_path), edge.max_message_bytes + 5, edge.max_streams
+        )
         if self.native == ffi.NULL:
             raise MemoryError("nghttp2 session")
         self.caller: asyncio.Transport | None = None

@@ -242,7 +242,7 @@ static int on_stream_close(nghttp2_session *session, int32_t sid, uint32_t error
   return 0;
 }
 
-h2e_conn *h2e_new(const uint8_t *native_path, size_t pathlen, size_t max_body) {
+h2e_conn *h2e_new(const uint8_t *native_path, size_t pathlen, size_t max_body, uint32_t max_streams) {
   h2e_conn *c = calloc(1, sizeof *c);
   put(&c->native_path, native_path, pathlen);
   c->max_body = max_body;
@@ -261,7 +261,10 @@ h2e_conn *h2e_new(const uint8_t *native_path, size_t pathlen, size_t max_body) {
   nghttp2_option_del(option);
   nghttp2_session_callbacks_del(cb);
   if (rv) { free(c->native_path.p); free(c); return NULL; }
-  nghttp2_submit_settings(c->down, NGHTTP2_FLAG_NONE, NULL, 0);
+  /* Callers' clients queue streams past the limit; nghttp2 refuses (REFUSED_STREAM, safe
+     to retry) those of a client that does not, even before our SETTINGS are acknowledged. */
+  nghttp2_settings_entry limit = {NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS, max_streams};
+  nghttp2_submit_settings(c->down, NGHTTP2_FLAG_NONE, &limit, 1);
   nghttp2_submit_settings(c->up, NGHTTP2_FLAG_NONE, NULL, 0);
   return c;
 }

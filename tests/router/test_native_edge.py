@@ -116,7 +116,7 @@ class Hanging:
 
 async def test_the_edge_ends_a_stream_at_its_deadline_and_only_then() -> None:
     servicer = Hanging()
-    edge = NativeEdge(cast(MeshServicer, servicer), "/nonexistent/grpc.sock", 1 << 20)
+    edge = NativeEdge(cast(MeshServicer, servicer), "/nonexistent/grpc.sock", 1 << 20, max_streams=8)
     port = await edge.start("127.0.0.1:0")
     loop = asyncio.get_running_loop()
     # An HTTP/2 client that sends grpc-timeout but holds to no deadline of its own
@@ -149,6 +149,47 @@ async def test_the_edge_ends_a_stream_at_its_deadline_and_only_then() -> None:
         assert not connection.expired
     finally:
         caller.close()
+        await edge.close(None)
+
+
+def h2_frame(kind: int, flags: int, sid: int, payload: bytes = b"") -> bytes:
+    return len(payload).to_bytes(3, "big") + bytes([kind, flags]) + sid.to_bytes(4, "big") + payload
+
+
+def hpack_literal(name: bytes, value: bytes) -> bytes:
+    """A header field literal, not indexed, without Huffman (RFC 7541 6.2.2; short strings)."""
+    return b"\x00" + bytes([len(name)]) + name + bytes([len(value)]) + value
+
+
+async def test_streams_past_a_connections_limit_are_refused_even_before_settings_are_acked() -> None:
+    # A client that ignores the SETTINGS_MAX_CONCURRENT_STREAMS the edge sent (gRPC's
+    # queue the extra streams themselves): nghttp2 refuses the third stream outright.
+    edge = NativeEdge(cast(MeshServicer, Hanging()), "/nonexistent/grpc.sock", 1 << 20, max_streams=2)
+    port = await edge.start("127.0.0.1:0")
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    block = b"".join(
+        hpack_literal(name, value)
+        for name, value in [
+            (b":method", b"POST"), (b":scheme", b"http"), (b":path", b"/tiermesh.v1.Mesh/Generate"),
+            (b":authority", b"edge"), (b"content-type", b"application/grpc"), (b"te", b"trailers"),
+        ]
+    )  # fmt: skip
+    END_HEADERS, HEADERS, RST_STREAM, REFUSED_STREAM = 0x4, 0x1, 0x3, 0x7
+    try:
+        writer.write(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + h2_frame(0x4, 0, 0))  # preface, SETTINGS
+        writer.write(b"".join(h2_frame(HEADERS, END_HEADERS, sid, block) for sid in (1, 3, 5)))
+        resets: dict[int, int] = {}
+        async with asyncio.timeout(5):
+            while 5 not in resets:
+                head = await reader.readexactly(9)
+                payload = await reader.readexactly(int.from_bytes(head[:3], "big"))
+                if head[3] == RST_STREAM:
+                    resets[int.from_bytes(head[5:9], "big") & 0x7FFFFFFF] = int.from_bytes(payload, "big")
+        assert resets == {5: REFUSED_STREAM}  # the first two stay open
+        (connection,) = edge.connections
+        assert connection.open_streams() == 2
+    finally:
+        writer.close()
         await edge.close(None)
 
 
