@@ -105,11 +105,15 @@ class ScriptedTier(tier_pb2_grpc.TierServiceServicer):
 
 
 async def start_scripted_tier(
-    tier: ScriptedTier, listen: str = "127.0.0.1:0", tls: TlsSettings | None = None
+    tier: ScriptedTier,
+    listen: str = "127.0.0.1:0",
+    tls: TlsSettings | None = None,
+    min_ping_interval_ms: int = 15_000,
 ) -> Serving:
     return await start_grpc_server(
         listen,
         lambda server: tier_pb2_grpc.add_TierServiceServicer_to_server(tier, server),
         ["tiermesh.tier.v1.TierService"],
         tls=tls,
+        min_ping_interval_ms=min_ping_interval_ms,
     )

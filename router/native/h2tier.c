@@ -151,6 +151,9 @@ void h2t_cancel(h2t_conn *c, h2t_stream *s) {
 
 void h2t_release(h2t_stream *s) { release(s); }
 
+/* A keepalive PING; nghttp2 answers the tier's ACK itself, Python sees it as bytes read. */
+void h2t_ping(h2t_conn *c) { nghttp2_submit_ping(c->session, NGHTTP2_FLAG_NONE, NULL); }
+
 /* Whether new streams may start on the connection (no GOAWAY received, ids left). */
 int h2t_usable(h2t_conn *c) { return nghttp2_session_check_request_allowed(c->session); }
 

@@ -15,13 +15,15 @@ import pytest
 import pytest_asyncio
 
 from router.app import Router, start_router
+from router.backends.tier_grpc import GENERATE
 from router.native import wire
 from router.native.edge import NativeEdge
-from router.native.tier import TierConnection
+from router.native.tier import TierConnection, TierStream
 from router.server import MeshServicer
-from tests.doubles import Script, ScriptedTier
+from tests.doubles import Script, ScriptedTier, start_scripted_tier
 from tests.fakes import request
 from tests.router.conftest import router_settings, start_on
+from tiermesh.tier.v1 import tier_pb2
 from tiermesh.v1 import mesh_pb2, mesh_pb2_grpc
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -150,6 +152,86 @@ async def test_the_edge_ends_a_stream_at_its_deadline_and_only_then() -> None:
     finally:
         caller.close()
         await edge.close(None)
+
+
+class Blackhole:
+    """A TCP relay that can go silent: bytes stop both ways, no reset is sent (a host
+    gone from the network, as a replica's vanished VM looks to the router)."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.silent = False
+        self.server: asyncio.Server | None = None
+
+    async def start(self) -> int:
+        self.server = await asyncio.start_server(self._relay, "127.0.0.1", 0)
+        return int(self.server.sockets[0].getsockname()[1])
+
+    async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
+
+        async def pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+            while data := await source.read(65536):
+                if not self.silent:
+                    sink.write(data)
+
+        try:
+            await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+        finally:
+            writer.close()
+            up_writer.close()
+
+    def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
+
+
+async def open_tier_stream(
+    port: int, keepalive_s: float, timeout_s: float
+) -> tuple[TierConnection, TierStream]:
+    """A Generate call to the tier at `port` on a native tier connection, deadline 30 s."""
+    loop = asyncio.get_running_loop()
+    _, connection = await loop.create_connection(
+        lambda: TierConnection(keepalive_s, timeout_s), "127.0.0.1", port
+    )
+    fields = wire.flat(
+        [(":method", "POST"), (":scheme", "http"), (":path", GENERATE),
+         (":authority", f"127.0.0.1:{port}"), ("te", "trailers"), ("content-type", "application/grpc")]
+    )  # fmt: skip
+    body = wire.frame(tier_pb2.GenerateRequest(request_id="keepalive").SerializeToString())
+    stream = connection.request(fields, body, loop.time() + 30)
+    assert stream is not None
+    return connection, stream
+
+
+@pytest.mark.parametrize("vanishes", [True, False])
+async def test_a_silent_replica_is_found_by_keepalive_and_a_live_one_kept(vanishes: bool) -> None:
+    silver = ScriptedTier()
+    silver.reset(Script(hang=True))  # an open call that sends nothing: only pings are heard
+    # Its server takes a ping every 0.1 s (tier servers: every 15 s, the router pings at 30).
+    serving = await start_scripted_tier(silver, min_ping_interval_ms=100)
+    blackhole = Blackhole(serving.port)
+    connection, stream = await open_tier_stream(await blackhole.start(), keepalive_s=0.2, timeout_s=0.3)
+    try:
+        await silver.wait_for_streams(1)
+        blackhole.silent = vanishes
+        ended = asyncio.ensure_future(stream.next())
+        done, _ = await asyncio.wait([ended], timeout=2.0)
+        if vanishes:  # pinged after 0.2-0.4 s of silence, closed 0.3 s later
+            assert done
+            assert ended.result() is None
+            assert stream.status() == (None, "stream reset (HTTP/2 error 2)")
+            assert connection.native is None
+        else:  # five rounds of pings answered: the call waits on, as it should
+            assert not done
+            assert connection.native is not None
+            assert connection.streams
+    finally:
+        stream.cancel()
+        stream.release()
+        connection.close()
+        blackhole.close()
+        await serving.server.stop(None)
 
 
 def h2_frame(kind: int, flags: int, sid: int, payload: bytes = b"") -> bytes:
