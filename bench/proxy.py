@@ -8,9 +8,10 @@ metrics) relay them. A bare grpc.aio pass-through (bench/passthrough.py) shows t
 floor a Python grpc.aio relay stands on, a byte relay (bench/tcp_relay.py) what is left
 of it without HTTP/2 and gRPC, and an HTTP/2 relay framed in C by nghttp2 with Python
 on the loop (bench/h2_relay.py) what a data plane without the gRPC stack would stand
-on. Nine routers show what each choice is worth: the shipped default (the native data
-plane: nghttp2 at the edge and to the tier, router/native/), the same without
-coalescing, the grpc.aio data plane (edge and tier client: grpc) unpinned and pinned to
+on. Ten routers show what each choice is worth: the shipped default (the native data
+plane: nghttp2 at the edge and to the tier, router/native/, its heap on huge pages),
+the same without coalescing, with Python's own allocator on 4 KiB pages
+(`huge_page_heap: false`), the grpc.aio data plane (edge and tier client: grpc) unpinned and pinned to
 one CPU (`pin_cpus`), the native edge with grpc.aio's tier client, the pre-#9 data path
 (grpc.aio, asyncio, message by message), two SO_REUSEPORT workers unpinned and pinned,
 and grpc.aio pinned with gRPC core's EventEngine poller for Python turned off.
@@ -49,6 +50,7 @@ TCP_RELAY, TCP_RELAY_PACED = "127.0.0.1:7250", "127.0.0.1:7251"
 H2_RELAY, H2_RELAY_PACED, H2_RELAY_IDLE = "127.0.0.1:7260", "127.0.0.1:7261", "127.0.0.1:7262"
 PASSTHROUGH_PINNED_PACED, ROUTER_PINNED_PACED = "127.0.0.1:7252", "127.0.0.1:7254"
 GRPC_PACED, NATIVE_EDGE_PACED, GRPC_IDLE = "127.0.0.1:7272", "127.0.0.1:7273", "127.0.0.1:7274"
+SMALL_PAGES_PACED, SMALL_PAGES_IDLE = "127.0.0.1:7275", "127.0.0.1:7276"
 REDIS_PORT = 7230
 DEFAULT = "router"  # as shipped: the native data plane (router/native/)
 GRPC = "router, grpc.aio data plane"
@@ -56,6 +58,7 @@ PINNED = "router, grpc.aio data plane, pinned (pin_cpus)"
 NATIVE_EDGE = "router, native edge, grpc.aio tier client"
 WORKERS = "router, 2 workers"
 WORKERS_PINNED = "router, 2 workers, pinned"
+SMALL_PAGES = "router, 4 KiB-page heap (huge_page_heap: false)"
 BEFORE = "router, pre-#9 (grpc.aio, asyncio, no coalescing)"
 GRPC_PLANE = {"edge": "grpc", "tier_client": "grpc"}
 # Router variants on the burst backend: listen address, router.data_path, environment.
@@ -64,10 +67,14 @@ GRPC_PLANE = {"edge": "grpc", "tier_client": "grpc"}
 ROUTERS: dict[str, tuple[str, dict[str, Any], dict[str, str]]] = {
     DEFAULT: ("127.0.0.1:7204", {}, {}),
     "router, no coalescing": ("127.0.0.1:7205", {"coalesce": False}, {}),
+    SMALL_PAGES: ("127.0.0.1:7257", {"huge_page_heap": False}, {}),
     GRPC: ("127.0.0.1:7270", GRPC_PLANE, {}),
     PINNED: ("127.0.0.1:7209", GRPC_PLANE | {"pin_cpus": True}, {}),
     NATIVE_EDGE: ("127.0.0.1:7271", {"tier_client": "grpc"}, {}),
-    BEFORE: ("127.0.0.1:7206", GRPC_PLANE | {"coalesce": False, "event_loop": "asyncio"}, {}),
+    BEFORE: (
+        "127.0.0.1:7206",
+        GRPC_PLANE | {"coalesce": False, "event_loop": "asyncio", "huge_page_heap": False}, {},
+    ),
     WORKERS: ("127.0.0.1:7207", {"workers": 2}, {}),
     WORKERS_PINNED: ("127.0.0.1:7255", {"workers": 2, "pin_cpus": True}, {}),
     "router, grpc.aio, pinned, GRPC_EXPERIMENTS=-event_engine_poller_for_python": (
@@ -95,6 +102,7 @@ PACED_PATHS = {
     FLOOR: PASSTHROUGH_PACED,
     FLOOR_PINNED: PASSTHROUGH_PINNED_PACED,
     DEFAULT: ROUTER_PACED,
+    SMALL_PAGES: SMALL_PAGES_PACED,
     GRPC: GRPC_PACED,
     PINNED: ROUTER_PINNED_PACED,
     NATIVE_EDGE: NATIVE_EDGE_PACED,
@@ -105,6 +113,7 @@ IDLE_PATHS = {
     NATIVE: (H2_RELAY_IDLE, f"{NATIVE} (idle)"),
     FLOOR: (PASSTHROUGH_IDLE, f"{FLOOR} (idle)"),
     DEFAULT: (ROUTER_IDLE, "router (idle)"),
+    SMALL_PAGES: (SMALL_PAGES_IDLE, f"{SMALL_PAGES} (idle)"),
     GRPC: (GRPC_IDLE, f"{GRPC} (idle)"),
 }
 
@@ -144,6 +153,7 @@ def main() -> None:
             processes.router(name, router_config(listen, BACKEND, data_path, redis), env)
         processes.router("router (paced)", router_config(ROUTER_PACED, PACED))
         for name, address in (
+            (SMALL_PAGES, SMALL_PAGES_PACED),
             (GRPC, GRPC_PACED),
             (PINNED, ROUTER_PINNED_PACED),
             (NATIVE_EDGE, NATIVE_EDGE_PACED),
@@ -152,6 +162,8 @@ def main() -> None:
             processes.router(f"{name} (paced)", router_config(address, PACED, data_path))
         processes.router("router (idle)", router_config(ROUTER_IDLE, IDLE))
         processes.router(f"{GRPC} (idle)", router_config(GRPC_IDLE, IDLE, GRPC_PLANE))
+        small_pages = ROUTERS[SMALL_PAGES][1]
+        processes.router(f"{SMALL_PAGES} (idle)", router_config(SMALL_PAGES_IDLE, IDLE, small_pages))
         settle()
         for address in BURST_PATHS.values():
             asyncio.run(check(address))
@@ -175,6 +187,11 @@ def main() -> None:
             for name, (address, process) in IDLE_PATHS.items()
         }
     print(report(samples, idle, args))
+
+
+def paired(samples: dict[str, dict[str, list[float]]], path: str, to: str, key: str) -> float:
+    """Median over rounds of path - to for one measure: each difference from one round."""
+    return median([a - b for a, b in zip(samples[path][key], samples[to][key], strict=True)])
 
 
 def ratio(samples: dict[str, dict[str, list[float]]], path: str, key: str, to: str = "nginx") -> float:
@@ -226,13 +243,16 @@ def report(
             f"**{added(DEFAULT, ttft):.3f} ms**; on the grpc.aio data plane {added(GRPC, ttft):.3f} ms, "
             f"pinned {added(PINNED, ttft):.3f} ms; the bare pass-through {added(FLOOR, ttft):.3f} ms; "
             f"HTTP/2 framed by nghttp2 {added(NATIVE, ttft):.3f} ms; a Python byte relay "
-            f"{added(BYTES, ttft):.3f} ms; nginx {added('nginx', ttft):.3f} ms.",
+            f"{added(BYTES, ttft):.3f} ms; nginx {added('nginx', ttft):.3f} ms. With a 4 KiB-page "
+            f"heap the router adds {added(SMALL_PAGES, ttft):.3f} ms (the huge-page heap's share, "
+            f"round by round: {1000 * paired(samples, DEFAULT, SMALL_PAGES, ttft):+.0f} us).",
             f"- Relay, 64 streams on one connection, nginx's tokens/s ×: the router "
             f"**{ratio(samples, DEFAULT, 'relay_1conn_tokens_per_s'):.2f}×**, on the grpc.aio data plane "
             f"{ratio(samples, GRPC, 'relay_1conn_tokens_per_s'):.2f}×; on four connections, two "
             f"workers **{ratio(samples, WORKERS, 'relay_4conn_tokens_per_s'):.2f}×**, pinned "
             f"**{ratio(samples, WORKERS_PINNED, 'relay_4conn_tokens_per_s'):.2f}×**.",
-            f"- Idle open stream: **{idle[DEFAULT]['kb_per_stream']:.1f} KiB** in the router, "
+            f"- Idle open stream: **{idle[DEFAULT]['kb_per_stream']:.1f} KiB** in the router "
+            f"({idle[SMALL_PAGES]['kb_per_stream']:.1f} KiB with a 4 KiB-page heap), "
             f"{idle[GRPC]['kb_per_stream']:.1f} KiB on the grpc.aio data plane, "
             f"{idle[FLOOR]['kb_per_stream']:.1f} KiB in the bare pass-through, "
             f"{idle[NATIVE]['kb_per_stream']:.1f} KiB framed by nghttp2, "

@@ -36,9 +36,13 @@ def _settings(config: Path | None) -> Settings:
 @app.command()
 def router(config: ConfigOption = None) -> None:
     """Serve tiermesh.v1.Mesh (the router) in the foreground."""
+    from router.heap import restart_on_huge_pages
     from router.workers import run
 
-    run(_settings(config))
+    settings = _settings(config)
+    if settings.router.data_path.huge_page_heap:
+        restart_on_huge_pages()  # returns in the restarted process
+    run(settings)
 
 
 @app.command()

@@ -195,6 +195,10 @@ class DataPathSettings(BaseModel):
     # router a task and its generators (about 14 KiB idle, bench/results/proxy.md), so
     # one connection cannot hold an unbounded share of it; nginx's default is 128.
     max_streams_per_connection: int = Field(default=1024, ge=1, le=(1 << 31) - 1)
+    # Python's objects on glibc's heap, backed by 2 MiB pages (router/heap.py): fewer TLB
+    # misses in a request's cold Python, about 50 us of the first token on a VM. The
+    # `tiermesh router` command starts itself again once to set it.
+    huge_page_heap: bool = True
 
 
 class RouterSettings(BaseModel):

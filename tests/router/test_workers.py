@@ -175,6 +175,40 @@ async def test_workers_stop_when_their_supervisor_is_killed(workers: asyncio.sub
     assert not any(map(running, pids)), "no orphaned worker holds the port"
 
 
+def environment(pid: int) -> dict[str, str]:
+    pairs = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    return dict(pair.decode().partition("=")[::2] for pair in pairs if pair)
+
+
+def huge_pages_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+        if line.startswith("AnonHugePages:"):
+            return int(line.split()[1])
+    return 0
+
+
+THP_OFF = "[never]" in Path("/sys/kernel/mm/transparent_hugepage/enabled").read_text()
+
+
+@pytest.mark.parametrize(
+    ("data_path", "huge"), [({"workers": WORKERS}, True), ({"workers": 1, "huge_page_heap": False}, False)]
+)
+async def test_the_router_command_puts_its_heap_on_huge_pages(
+    workers: asyncio.subprocess.Process, huge: bool
+) -> None:
+    # The command started itself again in place (same pid), and its workers inherited it.
+    processes = [workers.pid, *worker_pids(workers.pid)]
+    for pid in processes:
+        env = environment(pid)
+        assert (env.get("PYTHONMALLOC") == "malloc") is huge
+        assert ("glibc.malloc.hugetlb=1" in env.get("GLIBC_TUNABLES", "").split(":")) is huge
+    async with grpc.aio.insecure_channel(LISTEN) as channel:
+        replies = [r async for r in mesh_pb2_grpc.MeshStub(channel).Generate(REQUEST, timeout=10)]
+    assert "".join(r.text for r in replies) == "Halt! Who goes there?"
+    if huge and not THP_OFF:  # the kernel backs the serving process's heap with 2 MiB pages
+        assert huge_pages_kib(processes[-1]) >= 2048
+
+
 def test_workers_need_shared_state(tmp_path: Path) -> None:
     path = tmp_path / "router.yaml"
     path.write_text(yaml.safe_dump({"router": {"listen": LISTEN, "data_path": {"workers": 2}}}))
