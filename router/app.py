@@ -145,7 +145,6 @@ async def start_router(settings: Settings) -> Router:
         tls=None if native else settings.security.edge_tls,
         interceptors=auth_interceptors(settings.security.auth),
         reuse_port=reuse_port and not native,
-        max_concurrent_streams=None if native else router.data_path.max_streams_per_connection,
     )
     edge = None
     if internal is not None:

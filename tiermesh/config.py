@@ -190,10 +190,11 @@ class DataPathSettings(BaseModel):
     # connection per replica, or a grpc.aio channel. Health checks stay on grpc.aio;
     # Triton's client is tritonclient either way.
     tier_client: Literal["grpc", "native"] = "native"
-    # Streams one caller connection may have open at once (HTTP/2 SETTINGS_MAX_CONCURRENT_
-    # STREAMS, on either edge): gRPC clients queue the rest. Each open stream costs the
-    # router a task and its generators (about 14 KiB idle, bench/results/proxy.md), so
-    # one connection cannot hold an unbounded share of it; nginx's default is 128.
+    # Streams one caller connection may have open at once on the native edge (HTTP/2
+    # SETTINGS_MAX_CONCURRENT_STREAMS): gRPC clients queue the rest. Each open stream costs
+    # the router a task and its generators (about 14 KiB idle, bench/results/proxy.md), so
+    # one connection cannot hold an unbounded share of it; nginx's default is 128. Not set
+    # on the grpc.aio edge, whose limit refuses streams opened as earlier ones end.
     max_streams_per_connection: int = Field(default=1024, ge=1, le=(1 << 31) - 1)
     # Python's objects on glibc's heap, backed by 2 MiB pages (router/heap.py): fewer TLB
     # misses in a request's cold Python, about 50 us of the first token on a VM. The

@@ -51,7 +51,6 @@ async def start_grpc_server(
     interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
     reuse_port: bool = False,
     min_ping_interval_ms: int = 15_000,
-    max_concurrent_streams: int | None = None,
 ) -> Serving:
     """Start a grpc.aio server with `register`ed services, health and reflection.
 
@@ -59,13 +58,10 @@ async def start_grpc_server(
     A request larger than `max_message_bytes` fails with RESOURCE_EXHAUSTED in gRPC
     itself, before any handler runs. With `reuse_port`, several processes may listen on
     one port (the kernel spreads connections); otherwise a busy port is an error.
-    `max_concurrent_streams` bounds the streams one connection may have open at once.
     """
-    limits = [("grpc.max_concurrent_streams", max_concurrent_streams)] if max_concurrent_streams else []
     server = grpc.aio.server(
         interceptors=interceptors,
         options=[
-            *limits,
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.so_reuseport", int(reuse_port)),
             # The router pings its tiers every 30 s to keep idle streams alive. gRPC's

@@ -79,6 +79,34 @@ async def test_shutdown_lets_open_streams_finish_and_refuses_new_ones(
     assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
 
 
+async def test_one_connection_holds_at_most_its_stream_limit(
+    scripted_silver: tuple[ScriptedTier, int], silver: ScriptedTier
+) -> None:
+    _, port = scripted_silver
+    settings = router_settings(f"127.0.0.1:{port}")
+    settings.router.data_path.max_streams_per_connection = 2
+    router = await start_on("native", settings)
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{router.port}") as channel:
+            stub = mesh_pb2_grpc.MeshStub(channel)
+
+            async def one() -> str:
+                return "".join([r.text async for r in stub.Generate(request(), timeout=5)])
+
+            # A client learns the limit from the router's SETTINGS: streams it opens before
+            # then, past the limit, are refused (REFUSED_STREAM) rather than queued.
+            assert await one() == TEXT
+            silver.reset(Script(delay=0.05))  # 0.3 s per stream
+            calls = [asyncio.ensure_future(one()) for _ in range(4)]
+            await silver.wait_for_streams(2)
+            await asyncio.sleep(0.1)
+            assert len(silver.seen) == 2  # the client holds the others back: none is lost
+            assert await asyncio.gather(*calls) == [TEXT] * 4
+        assert len(silver.seen) == 4
+    finally:
+        await router.close(None)
+
+
 async def test_many_calls_share_one_tier_connection(native: Router, silver: ScriptedTier) -> None:
     silver.reset(Script(delay=0.01))
     texts = await asyncio.gather(*(answer(native.port) for _ in range(20)))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
 import grpc
 import pytest
@@ -15,7 +15,7 @@ from prometheus_client import REGISTRY
 from router.app import Router, start_router
 from tests.doubles import Script, ScriptedTier
 from tests.fakes import request
-from tests.router.conftest import router_settings, start_on
+from tests.router.conftest import router_settings
 from tests.tools import grpcurl
 from tiermesh.tier.v1 import tier_pb2
 from tiermesh.v1 import mesh_pb2, mesh_pb2_grpc
@@ -174,28 +174,6 @@ async def test_client_cancel_before_the_first_token_reaches_the_tier(
     call.cancel()
     await asyncio.gather(reader, return_exceptions=True)
     await asyncio.wait_for(silver.cancelled_event.wait(), 2.0)
-
-
-@pytest.mark.parametrize("plane", ["grpc", "native"])
-async def test_one_connection_holds_at_most_its_stream_limit(
-    scripted_silver: tuple[ScriptedTier, int], silver: ScriptedTier, plane: Literal["grpc", "native"]
-) -> None:
-    _, port = scripted_silver
-    settings = router_settings(f"127.0.0.1:{port}")
-    settings.router.data_path.max_streams_per_connection = 2
-    router = await start_on(plane, settings)
-    silver.reset(Script(delay=0.05))  # 0.3 s per stream
-    try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{router.port}") as channel:
-            stub = mesh_pb2_grpc.MeshStub(channel)
-            calls = [asyncio.ensure_future(answer(stub)) for _ in range(4)]
-            await silver.wait_for_streams(2)
-            await asyncio.sleep(0.1)
-            assert len(silver.seen) == 2  # the client holds the others back: none is lost
-            assert await asyncio.gather(*calls) == ["Halt! Who goes there?"] * 4
-        assert len(silver.seen) == 4
-    finally:
-        await router.close(None)
 
 
 async def test_tier_down_is_unavailable_fast() -> None:
