@@ -194,6 +194,12 @@ def paired(samples: dict[str, dict[str, list[float]]], path: str, to: str, key: 
     return median([a - b for a, b in zip(samples[path][key], samples[to][key], strict=True)])
 
 
+def round_range(samples: dict[str, dict[str, list[float]]], path: str, key: str, to: str = "backend") -> str:
+    """The lowest and highest round's path - to: how far one round is from another."""
+    differences = [a - b for a, b in zip(samples[path][key], samples[to][key], strict=True)]
+    return f"{min(differences):.3f}–{max(differences):.3f}"
+
+
 def ratio(samples: dict[str, dict[str, list[float]]], path: str, key: str, to: str = "nginx") -> float:
     """Median over rounds of path/to for one measure: each ratio from one round."""
     return median([a / b for a, b in zip(samples[path][key], samples[to][key], strict=True)])
@@ -240,7 +246,9 @@ def report(
             f"HTTP/2 framed by nghttp2 {added(NATIVE, trip):.3f} ms; "
             f"a Python byte relay {added(BYTES, trip):.3f} ms; nginx {added('nginx', trip):.3f} ms.",
             f"- Paced stream, added to the first token (target ≤ 0.5 ms): the router "
-            f"**{added(DEFAULT, ttft):.3f} ms**; on the grpc.aio data plane {added(GRPC, ttft):.3f} ms, "
+            f"**{added(DEFAULT, ttft):.3f} ms** (its rounds {round_range(samples, DEFAULT, ttft)} ms, "
+            f"the median of their differences {paired(samples, DEFAULT, 'backend', ttft):.3f}); "
+            f"on the grpc.aio data plane {added(GRPC, ttft):.3f} ms, "
             f"pinned {added(PINNED, ttft):.3f} ms; the bare pass-through {added(FLOOR, ttft):.3f} ms; "
             f"HTTP/2 framed by nghttp2 {added(NATIVE, ttft):.3f} ms; a Python byte relay "
             f"{added(BYTES, ttft):.3f} ms; nginx {added('nginx', ttft):.3f} ms. With a 4 KiB-page "

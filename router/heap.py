@@ -13,11 +13,8 @@ router starts itself again, once, with them set; its workers inherit them.
 
 from __future__ import annotations
 
-import logging
 import os
 import sys
-
-log = logging.getLogger(__name__)
 
 HUGE_PAGE_TUNABLE = "glibc.malloc.hugetlb=1"
 
@@ -32,10 +29,8 @@ def huge_page_env(env: dict[str, str]) -> dict[str, str]:
 
 
 def on_huge_pages() -> bool:
-    env = os.environ
-    return env.get("PYTHONMALLOC") == "malloc" and HUGE_PAGE_TUNABLE in env.get("GLIBC_TUNABLES", "").split(
-        ":"
-    )
+    tunables = os.environ.get("GLIBC_TUNABLES", "").split(":")
+    return os.environ.get("PYTHONMALLOC") == "malloc" and HUGE_PAGE_TUNABLE in tunables
 
 
 def restart_on_huge_pages() -> None:
@@ -43,7 +38,6 @@ def restart_on_huge_pages() -> None:
     supervisor sees nothing); returns at once when it already runs on one."""
     if on_huge_pages():
         return
-    log.debug("restarting the router with its heap on huge pages")
     sys.stdout.flush()
     sys.stderr.flush()
     os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], huge_page_env(dict(os.environ)))

@@ -78,7 +78,7 @@ class NativeEdge:
         self.internal = internal
         self.native_path = native_path  # the method answered here; every other is relayed
         self.max_message_bytes = max_message_bytes
-        self.max_streams = max_streams  # open at once per caller connection; more are refused
+        self.max_streams = max_streams  # open at once per caller connection (SETTINGS)
         self.authenticator = authenticator
         self.connections: set[CallerConnection] = set()
         self.tasks: set[asyncio.Task[Any]] = set()  # kept referenced while they run
