@@ -97,11 +97,16 @@ def redis_command(port: int) -> list[str]:
     return ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
 
 
-def rss_kb(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+def proc_kb(pid: int, file: str, field: str) -> int:
+    """A "Field:   N kB" line of /proc/<pid>/<file> (status, smaps_rollup), in KiB."""
+    for line in Path(f"/proc/{pid}/{file}").read_text().splitlines():
+        if line.startswith(f"{field}:"):
             return int(line.split()[1])
-    raise RuntimeError(f"no VmRSS for {pid}")
+    raise RuntimeError(f"no {field} in /proc/{pid}/{file}")
+
+
+def rss_kb(pid: int) -> int:
+    return proc_kb(pid, "status", "VmRSS")
 
 
 def children(pid: int) -> list[int]:

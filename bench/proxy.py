@@ -189,15 +189,20 @@ def main() -> None:
     print(report(samples, idle, args))
 
 
-def paired(samples: dict[str, dict[str, list[float]]], path: str, to: str, key: str) -> float:
+def differences(samples: dict[str, dict[str, list[float]]], path: str, key: str, to: str) -> list[float]:
+    """path - to for one measure, round by round."""
+    return [a - b for a, b in zip(samples[path][key], samples[to][key], strict=True)]
+
+
+def paired(samples: dict[str, dict[str, list[float]]], path: str, key: str, to: str = "backend") -> float:
     """Median over rounds of path - to for one measure: each difference from one round."""
-    return median([a - b for a, b in zip(samples[path][key], samples[to][key], strict=True)])
+    return median(differences(samples, path, key, to))
 
 
 def round_range(samples: dict[str, dict[str, list[float]]], path: str, key: str, to: str = "backend") -> str:
     """The lowest and highest round's path - to: how far one round is from another."""
-    differences = [a - b for a, b in zip(samples[path][key], samples[to][key], strict=True)]
-    return f"{min(differences):.3f}–{max(differences):.3f}"
+    each = differences(samples, path, key, to)
+    return f"{min(each):.3f}–{max(each):.3f}"
 
 
 def ratio(samples: dict[str, dict[str, list[float]]], path: str, key: str, to: str = "nginx") -> float:
@@ -247,13 +252,13 @@ def report(
             f"a Python byte relay {added(BYTES, trip):.3f} ms; nginx {added('nginx', trip):.3f} ms.",
             f"- Paced stream, added to the first token (target ≤ 0.5 ms): the router "
             f"**{added(DEFAULT, ttft):.3f} ms** (its rounds {round_range(samples, DEFAULT, ttft)} ms, "
-            f"the median of their differences {paired(samples, DEFAULT, 'backend', ttft):.3f}); "
+            f"the median of their differences {paired(samples, DEFAULT, ttft):.3f}); "
             f"on the grpc.aio data plane {added(GRPC, ttft):.3f} ms, "
             f"pinned {added(PINNED, ttft):.3f} ms; the bare pass-through {added(FLOOR, ttft):.3f} ms; "
             f"HTTP/2 framed by nghttp2 {added(NATIVE, ttft):.3f} ms; a Python byte relay "
             f"{added(BYTES, ttft):.3f} ms; nginx {added('nginx', ttft):.3f} ms. With a 4 KiB-page "
             f"heap the router adds {added(SMALL_PAGES, ttft):.3f} ms (the huge-page heap's share, "
-            f"round by round: {1000 * paired(samples, DEFAULT, SMALL_PAGES, ttft):+.0f} us).",
+            f"round by round: {1000 * paired(samples, DEFAULT, ttft, SMALL_PAGES):+.0f} us).",
             f"- Relay, 64 streams on one connection, nginx's tokens/s ×: the router "
             f"**{ratio(samples, DEFAULT, 'relay_1conn_tokens_per_s'):.2f}×**, on the grpc.aio data plane "
             f"{ratio(samples, GRPC, 'relay_1conn_tokens_per_s'):.2f}×; on four connections, two "

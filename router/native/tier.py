@@ -94,12 +94,12 @@ class TierConnection(asyncio.Protocol):
 
     def _keepalive(self) -> None:
         """Ping a replica that went silent while calls wait on it; idle, nothing is sent
-        (gRPC's servers refuse pings without calls by default)."""
-        if self.native is None:
-            return
+        (gRPC's servers refuse pings without calls by default). `close` cancels it."""
         if self.streams and not self._heard and self._unanswered is None:
             lib.h2t_ping(self.native)
             self.pump()
+            if self.native is None:
+                return  # writing found the connection dead and closed it, timers and all
             self._unanswered = self.loop.call_later(self.keepalive_timeout_s, self._silent)
         self._heard = False
         self._ticker = self.loop.call_later(self.keepalive_s, self._keepalive)

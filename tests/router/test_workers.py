@@ -17,7 +17,7 @@ import pytest
 import pytest_asyncio
 import yaml
 
-from bench.paths import children
+from bench.paths import children, proc_kb
 from tests.doubles import ScriptedTier
 from tiermesh.config import load_settings
 from tiermesh.mesh import wait_serving
@@ -180,13 +180,6 @@ def environment(pid: int) -> dict[str, str]:
     return dict(pair.decode().partition("=")[::2] for pair in pairs if pair)
 
 
-def huge_pages_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-        if line.startswith("AnonHugePages:"):
-            return int(line.split()[1])
-    return 0
-
-
 THP_OFF = "[never]" in Path("/sys/kernel/mm/transparent_hugepage/enabled").read_text()
 
 
@@ -206,7 +199,7 @@ async def test_the_router_command_puts_its_heap_on_huge_pages(
         replies = [r async for r in mesh_pb2_grpc.MeshStub(channel).Generate(REQUEST, timeout=10)]
     assert "".join(r.text for r in replies) == "Halt! Who goes there?"
     if huge and not THP_OFF:  # the kernel backs the serving process's heap with 2 MiB pages
-        assert huge_pages_kib(processes[-1]) >= 2048
+        assert proc_kb(processes[-1], "smaps_rollup", "AnonHugePages") >= 2048
 
 
 def test_workers_need_shared_state(tmp_path: Path) -> None:
