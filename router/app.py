@@ -137,6 +137,8 @@ async def start_router(settings: Settings) -> Router:
     native = router.data_path.edge == "native"
     # Behind a native edge, grpc.aio serves what the edge relays, on a private socket.
     internal = Path(tempfile.mkdtemp(prefix="tiermesh-router-")) / "grpc.sock" if native else None
+    data_path = router.data_path
+    keepalive_s, keepalive_timeout_s = data_path.caller_keepalive_s, data_path.caller_keepalive_timeout_s
     serving = await start_grpc_server(
         f"unix:{internal}" if internal is not None else router.listen,
         lambda server: mesh_pb2_grpc.add_MeshServicer_to_server(servicer, server),
@@ -145,6 +147,10 @@ async def start_router(settings: Settings) -> Router:
         tls=None if native else settings.security.edge_tls,
         interceptors=auth_interceptors(settings.security.auth),
         reuse_port=reuse_port and not native,
+        options=[
+            ("grpc.keepalive_time_ms", int(keepalive_s * 1000)),
+            ("grpc.keepalive_timeout_ms", int(keepalive_timeout_s * 1000)),
+        ],
     )
     edge = None
     if internal is not None:
@@ -157,6 +163,8 @@ async def start_router(settings: Settings) -> Router:
             router.max_message_bytes,
             checker,
             max_streams=router.data_path.max_streams_per_connection,
+            keepalive_s=keepalive_s,
+            keepalive_timeout_s=keepalive_timeout_s,
         )
         try:
             await edge.start(router.listen, settings.security.edge_tls, reuse_port)

@@ -196,6 +196,12 @@ class DataPathSettings(BaseModel):
     # one connection cannot hold an unbounded share of it; nginx's default is 128. Not set
     # on the grpc.aio edge, whose limit refuses streams opened as earlier ones end.
     max_streams_per_connection: int = Field(default=1024, ge=1, le=(1 << 31) - 1)
+    # A caller connection with calls open that was silent this long is sent a PING, and
+    # dropped when the timeout passes without an answer (a game client gone without a
+    # reset, behind a NAT that forgot it): its calls end and the connection is freed.
+    # gRPC's server defaults, on either edge.
+    caller_keepalive_s: float = Field(default=7200.0, gt=0)
+    caller_keepalive_timeout_s: float = Field(default=20.0, gt=0)
     # Python's objects on glibc's heap, backed by 2 MiB pages (router/heap.py): fewer TLB
     # misses in a request's cold Python, about 50 us of the first token on a VM. The
     # `tiermesh router` command starts itself again once to set it.

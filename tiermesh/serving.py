@@ -51,6 +51,7 @@ async def start_grpc_server(
     interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
     reuse_port: bool = False,
     min_ping_interval_ms: int = 15_000,
+    options: Sequence[tuple[str, int]] = (),
 ) -> Serving:
     """Start a grpc.aio server with `register`ed services, health and reflection.
 
@@ -58,6 +59,7 @@ async def start_grpc_server(
     A request larger than `max_message_bytes` fails with RESOURCE_EXHAUSTED in gRPC
     itself, before any handler runs. With `reuse_port`, several processes may listen on
     one port (the kernel spreads connections); otherwise a busy port is an error.
+    `options` are more of gRPC's server arguments.
     """
     server = grpc.aio.server(
         interceptors=interceptors,
@@ -69,6 +71,7 @@ async def start_grpc_server(
             # killing every stream on the connection.
             ("grpc.http2.min_ping_interval_without_data_ms", min_ping_interval_ms),
             ("grpc.keepalive_permit_without_calls", 1),
+            *options,
         ],
     )
     register(server)

@@ -11,7 +11,9 @@ nghttp2 in C (router/native/h2edge.c), the gRPC stack left out of the data path.
 What grpc.aio did for Generate is done here: deadlines (`grpc-timeout`), status trailers
 with their details, authentication, size limits, caller cancellation (a reset stream
 cancels its task, and so the tier call), flow control (a stream whose caller reads slower
-than the tier writes waits once 64 KiB are queued) and GOAWAY on shutdown.
+than the tier writes waits once 64 KiB are queued), keepalive (a caller silent for 2 h
+while its calls are open is pinged, and dropped when 20 s more pass: gRPC's server
+defaults, router/native/keepalive.py) and GOAWAY on shutdown.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import grpc
 from router import native
 from router.auth import CLIENT, Authenticator
 from router.native import wire
+from router.native.keepalive import CALLER_INTERVAL_S, TIMEOUT_S, Keepalive
 from router.server import MeshServicer, rich_status
 from tiermesh.config import TlsSettings
 from tiermesh.errors import StatusError, invalid
@@ -48,6 +51,7 @@ size_t h2e_send(h2e_conn *, int32_t, const uint8_t *, size_t, size_t);
 int h2e_watching(h2e_conn *, int32_t);
 void h2e_finish(h2e_conn *, int32_t, const uint8_t *, size_t);
 void h2e_goaway(h2e_conn *);
+void h2e_ping(h2e_conn *);
 size_t h2e_open_streams(h2e_conn *);
 int h2e_alive(h2e_conn *);
 """
@@ -73,12 +77,15 @@ class NativeEdge:
         native_path: bytes = GENERATE,
         *,
         max_streams: int,
+        keepalive_s: float = CALLER_INTERVAL_S,
+        keepalive_timeout_s: float = TIMEOUT_S,
     ) -> None:
         self.servicer = servicer
         self.internal = internal
         self.native_path = native_path  # the method answered here; every other is relayed
         self.max_message_bytes = max_message_bytes
         self.max_streams = max_streams  # open at once per caller connection (SETTINGS)
+        self.keepalive_s, self.keepalive_timeout_s = keepalive_s, keepalive_timeout_s
         self.authenticator = authenticator
         self.connections: set[CallerConnection] = set()
         self.tasks: set[asyncio.Task[Any]] = set()  # kept referenced while they run
@@ -188,12 +195,17 @@ class CallerConnection(asyncio.Protocol):
         self._sid = ffi.new("int32_t *")
         self._body = ffi.new("const uint8_t **")
         self._bodylen = ffi.new("size_t *")
+        self.keepalive = Keepalive(
+            edge.loop or asyncio.get_running_loop(), edge.keepalive_s, edge.keepalive_timeout_s,
+            calls_open=lambda: bool(self.open_streams()), ping=self.ping, close=self.close, peer="caller",
+        )  # fmt: skip
 
     # --- the caller's socket ------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.caller = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
         self.edge.connections.add(self)
+        self.keepalive.start()
         self.pump()  # our SETTINGS
 
     def data_received(self, data: bytes) -> None:
@@ -214,6 +226,8 @@ class CallerConnection(asyncio.Protocol):
     def received(self, from_caller: bool, data: bytes) -> None:
         if self.native is None:
             return
+        if from_caller:
+            self.keepalive.heard()
         if lib.h2e_recv(self.native, from_caller, data, len(data)) < 0:
             self.close()  # a protocol error: nghttp2 has queued its GOAWAY, but the peer broke HTTP/2
             return
@@ -255,6 +269,7 @@ class CallerConnection(asyncio.Protocol):
         if self.native is None:
             return
         self.edge.connections.discard(self)
+        self.keepalive.stop()
         for task in self.streams.values():
             task.cancel()
         self.streams.clear()
@@ -320,6 +335,14 @@ class CallerConnection(asyncio.Protocol):
         except OSError as e:
             log.error("native edge: cannot reach the server it relays to: %s", e)
             self.close()
+
+    def ping(self) -> bool:
+        """A keepalive PING; False when writing it found the connection dead (closed)."""
+        if self.native is None:
+            return False
+        lib.h2e_ping(self.native)
+        self.pump()
+        return self.native is not None
 
     def goaway(self) -> None:
         if self.native is not None:

@@ -351,6 +351,9 @@ void h2e_goaway(h2e_conn *c) {
                         NGHTTP2_NO_ERROR, NULL, 0);
 }
 
+/* A keepalive PING to the caller; nghttp2 takes its ACK, Python sees it as bytes read. */
+void h2e_ping(h2e_conn *c) { nghttp2_submit_ping(c->down, NGHTTP2_FLAG_NONE, NULL); }
+
 /* Streams still open, native or relayed. */
 size_t h2e_open_streams(h2e_conn *c) {
   size_t n = 0;

@@ -7,17 +7,14 @@ Per call, Python sends the whole request once; per response message it splits th
 frame out of the bytes nghttp2 gathered and decodes it. What the channel did is done
 here: `grpc-timeout` and the call's own deadline, status trailers to StatusError,
 cancellation (RST_STREAM), reconnection after a connection fails or a GOAWAY, TLS,
-and keepalive: a connection with calls open that heard nothing from its replica for
-30 s sends a PING, and is closed when 20 s more pass in silence (grpc.aio's channel:
-`grpc.keepalive_time_ms` 30 s, gRPC's default keepalive timeout 20 s). A replica whose
-host vanished sends no reset; its streams would otherwise wait out their deadlines.
+and keepalive (router/native/keepalive.py: a PING after 30 s without a word from a
+replica while calls are open, as the grpc.aio channel's `grpc.keepalive_time_ms`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
-import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, cast
@@ -31,6 +28,7 @@ from router.backends.tier_grpc import GENERATE, GrpcTier, tier_request
 from router.call import Call
 from router.coalesce import merge_waiting
 from router.native import wire
+from router.native.keepalive import TIER_INTERVAL_S, TIMEOUT_S, Keepalive
 from tiermesh import tracing
 from tiermesh.config import TlsSettings
 from tiermesh.errors import StatusError
@@ -59,20 +57,16 @@ void h2t_ping(h2t_conn *);
 """
 _native = native.load("h2tier", [native.COMMON, Path(__file__).with_name("h2tier.c")], CDEF, ["nghttp2"])
 ffi, lib = _native.ffi, _native.lib
-log = logging.getLogger(__name__)
 
 DATA, CLOSED = 1, 2  # h2tier.c's events
 REFUSED_STREAM = 7
-KEEPALIVE_S, KEEPALIVE_TIMEOUT_S = 30.0, 20.0
 STATUS_CODES = {code.value[0]: code for code in grpc.StatusCode}  # grpc-status → StatusCode
 
 
 class TierConnection(asyncio.Protocol):
     """One HTTP/2 connection to a replica; its calls multiplex on it."""
 
-    def __init__(
-        self, keepalive_s: float = KEEPALIVE_S, keepalive_timeout_s: float = KEEPALIVE_TIMEOUT_S
-    ) -> None:
+    def __init__(self, keepalive_s: float = TIER_INTERVAL_S, keepalive_timeout_s: float = TIMEOUT_S) -> None:
         self.native = lib.h2t_new()
         if self.native == ffi.NULL:
             raise MemoryError("nghttp2 session")
@@ -82,43 +76,27 @@ class TierConnection(asyncio.Protocol):
         self.streams: dict[int, TierStream] = {}
         self._size = ffi.new("size_t *")
         self._sid = ffi.new("int32_t *")
-        self.keepalive_s, self.keepalive_timeout_s = keepalive_s, keepalive_timeout_s
-        self._heard = False  # anything read since the last keepalive tick
-        self._ticker: asyncio.TimerHandle | None = None
-        self._unanswered: asyncio.TimerHandle | None = None  # a PING's timeout
+        self.keepalive = Keepalive(
+            self.loop, keepalive_s, keepalive_timeout_s,
+            calls_open=lambda: bool(self.streams), ping=self._ping, close=self.close, peer="tier",
+        )  # fmt: skip
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
-        self._ticker = self.loop.call_later(self.keepalive_s, self._keepalive)
+        self.keepalive.start()
         self.pump()
 
-    def _keepalive(self) -> None:
-        """Ping a replica that went silent while calls wait on it; idle, nothing is sent
-        (gRPC's servers refuse pings without calls by default). `close` cancels it."""
-        if self.streams and not self._heard and self._unanswered is None:
-            lib.h2t_ping(self.native)
-            self.pump()
-            if self.native is None:
-                return  # writing found the connection dead and closed it, timers and all
-            self._unanswered = self.loop.call_later(self.keepalive_timeout_s, self._silent)
-        self._heard = False
-        self._ticker = self.loop.call_later(self.keepalive_s, self._keepalive)
-
-    def _silent(self) -> None:
-        log.warning(
-            "tier connection: no answer to a keepalive ping in %.0f s; closing it with %d calls",
-            self.keepalive_timeout_s,
-            len(self.streams),
-        )
-        self.close()
+    def _ping(self) -> bool:
+        if self.native is None:
+            return False
+        lib.h2t_ping(self.native)
+        self.pump()
+        return self.native is not None  # False: writing found the connection dead
 
     def data_received(self, data: bytes) -> None:
         if self.native is None:
             return
-        self._heard = True
-        if self._unanswered is not None:
-            self._unanswered.cancel()
-            self._unanswered = None
+        self.keepalive.heard()
         if lib.h2t_recv(self.native, data, len(data)) < 0:
             self.close()
             return
@@ -169,9 +147,7 @@ class TierConnection(asyncio.Protocol):
             return
         lib.h2t_free(self.native)
         self.native = None
-        for timer in (self._ticker, self._unanswered):
-            if timer is not None:
-                timer.cancel()
+        self.keepalive.stop()
         if self.transport is not None:
             self.transport.close()
         streams, self.streams = self.streams, {}

@@ -271,23 +271,28 @@ def hpack_literal(name: bytes, value: bytes) -> bytes:
     return b"\x00" + bytes([len(name)]) + name + bytes([len(value)]) + value
 
 
+# A raw HTTP/2 caller's part: frame types and flags (RFC 9113 6), a Generate call's headers.
+DATA, HEADERS, RST_STREAM, SETTINGS, PING = 0x0, 0x1, 0x3, 0x4, 0x6
+END_STREAM, ACK, END_HEADERS, REFUSED_STREAM = 0x1, 0x1, 0x4, 0x7
+PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+GENERATE_BLOCK = b"".join(
+    hpack_literal(name, value)
+    for name, value in [
+        (b":method", b"POST"), (b":scheme", b"http"), (b":path", b"/tiermesh.v1.Mesh/Generate"),
+        (b":authority", b"edge"), (b"content-type", b"application/grpc"), (b"te", b"trailers"),
+    ]
+)  # fmt: skip
+
+
 async def test_streams_past_a_connections_limit_are_refused_even_before_settings_are_acked() -> None:
     # A client that ignores the SETTINGS_MAX_CONCURRENT_STREAMS the edge sent (gRPC's
     # queue the extra streams themselves): nghttp2 refuses the third stream outright.
     edge = NativeEdge(cast(MeshServicer, Hanging()), "/nonexistent/grpc.sock", 1 << 20, max_streams=2)
     port = await edge.start("127.0.0.1:0")
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    block = b"".join(
-        hpack_literal(name, value)
-        for name, value in [
-            (b":method", b"POST"), (b":scheme", b"http"), (b":path", b"/tiermesh.v1.Mesh/Generate"),
-            (b":authority", b"edge"), (b"content-type", b"application/grpc"), (b"te", b"trailers"),
-        ]
-    )  # fmt: skip
-    END_HEADERS, HEADERS, RST_STREAM, REFUSED_STREAM = 0x4, 0x1, 0x3, 0x7
     try:
-        writer.write(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + h2_frame(0x4, 0, 0))  # preface, SETTINGS
-        writer.write(b"".join(h2_frame(HEADERS, END_HEADERS, sid, block) for sid in (1, 3, 5)))
+        writer.write(PREFACE + h2_frame(SETTINGS, 0, 0))
+        writer.write(b"".join(h2_frame(HEADERS, END_HEADERS, sid, GENERATE_BLOCK) for sid in (1, 3, 5)))
         resets: dict[int, int] = {}
         async with asyncio.timeout(5):
             while 5 not in resets:
@@ -298,6 +303,57 @@ async def test_streams_past_a_connections_limit_are_refused_even_before_settings
         assert resets == {5: REFUSED_STREAM}  # the first two stay open
         (connection,) = edge.connections
         assert connection.open_streams() == 2
+    finally:
+        writer.close()
+        await edge.close(None)
+
+
+@pytest.mark.parametrize("caller", ["vanishes", "answers", "idle"])
+async def test_a_silent_caller_is_found_by_keepalive_and_a_live_one_kept(caller: str) -> None:
+    # A caller gone without a reset (its host or NAT forgot the connection) holds its
+    # calls, which may have no deadline, and its connection. The edge pings a connection
+    # with calls open after 0.2 s without a word from it, and drops it 0.3 s later.
+    servicer = Hanging()
+    edge = NativeEdge(
+        cast(MeshServicer, servicer), "/nonexistent/grpc.sock", 1 << 20,
+        max_streams=8, keepalive_s=0.2, keepalive_timeout_s=0.3,
+    )  # fmt: skip
+    port = await edge.start("127.0.0.1:0")
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    pings = 0
+
+    async def read_frames() -> None:
+        nonlocal pings
+        while True:
+            head = await reader.readexactly(9)
+            payload = await reader.readexactly(int.from_bytes(head[:3], "big"))
+            if head[3] == PING and not head[4] & ACK:
+                pings += 1
+                if caller == "answers":
+                    writer.write(h2_frame(PING, ACK, 0, payload))
+
+    try:
+        writer.write(PREFACE + h2_frame(SETTINGS, 0, 0) + h2_frame(SETTINGS, ACK, 0))
+        if caller != "idle":  # a call with no grpc-timeout: only the caller could end it
+            writer.write(h2_frame(HEADERS, END_HEADERS, 1, GENERATE_BLOCK))
+            writer.write(h2_frame(DATA, END_STREAM, 1, wire.frame(b"")))
+        reading = asyncio.ensure_future(read_frames())
+        done, _ = await asyncio.wait([reading], timeout=1.5)
+        if caller == "vanishes":  # pinged after 0.2-0.4 s of silence, dropped 0.3 s later
+            assert done
+            assert isinstance(reading.exception(), asyncio.IncompleteReadError)  # the edge closed it
+            assert pings == 1
+            await asyncio.wait_for(servicer.closed.wait(), 1)  # and its call ended
+            assert not edge.connections
+        else:
+            assert not done
+            reading.cancel()
+            assert len(edge.connections) == 1
+            if caller == "answers":  # pinged every other 0.2 s tick, each answered
+                assert pings >= 2
+                assert not servicer.closed.is_set()
+            else:
+                assert pings == 0  # no calls, no pings: gRPC servers refuse them by default
     finally:
         writer.close()
         await edge.close(None)
