@@ -203,7 +203,7 @@ class DataPathSettings(BaseModel):
     caller_keepalive_s: float = Field(default=7200.0, gt=0)
     caller_keepalive_timeout_s: float = Field(default=20.0, gt=0)
     # Python's objects on glibc's heap, backed by 2 MiB pages (router/heap.py): fewer TLB
-    # misses in a request's cold Python, about 50 us of the first token on a VM. The
+    # misses in a request's cold Python, 14-48 us of the first token on a VM. The
     # `tiermesh router` command starts itself again once to set it.
     huge_page_heap: bool = True
 
