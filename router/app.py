@@ -123,8 +123,9 @@ class Router:
 
 async def start_router(settings: Settings) -> Router:
     router = settings.router
+    data_path = router.data_path
     replicas = {
-        name: ReplicaSet(name, tier, router.breaker, settings.security.mesh_tls, router.data_path)
+        name: ReplicaSet(name, tier, router.breaker, settings.security.mesh_tls, data_path)
         for name, tier in router.tiers.items()
     }
     await asyncio.gather(*(r.start() for r in replicas.values()))
@@ -133,11 +134,10 @@ async def start_router(settings: Settings) -> Router:
     sessions = session_store(settings.state)
     pipeline = build_pipeline(settings, replicas, jobs, sessions)
     servicer = MeshServicer(settings, pipeline, sessions, jobs)
-    reuse_port = router.data_path.workers > 1
-    native = router.data_path.edge == "native"
+    reuse_port = data_path.workers > 1
+    native = data_path.edge == "native"
     # Behind a native edge, grpc.aio serves what the edge relays, on a private socket.
     internal = Path(tempfile.mkdtemp(prefix="tiermesh-router-")) / "grpc.sock" if native else None
-    data_path = router.data_path
     keepalive_s, keepalive_timeout_s = data_path.caller_keepalive_s, data_path.caller_keepalive_timeout_s
     serving = await start_grpc_server(
         f"unix:{internal}" if internal is not None else router.listen,
@@ -162,7 +162,7 @@ async def start_router(settings: Settings) -> Router:
             str(internal),
             router.max_message_bytes,
             checker,
-            max_streams=router.data_path.max_streams_per_connection,
+            max_streams=data_path.max_streams_per_connection,
             keepalive_s=keepalive_s,
             keepalive_timeout_s=keepalive_timeout_s,
         )

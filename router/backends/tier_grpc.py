@@ -30,9 +30,11 @@ CALLER_CODES = frozenset(
     }
 )
 TASK_VALUES = {name: mesh_pb2.Task.ValueType(value) for value, name in TASK_NAMES.items()}
+# A replica silent this long while calls wait on it is pinged (the native client too).
+KEEPALIVE_S = 30.0
 CHANNEL_OPTIONS = [
     ("grpc.enable_retries", 0),  # retries are the router's policy, not the channel's
-    ("grpc.keepalive_time_ms", 30_000),
+    ("grpc.keepalive_time_ms", int(KEEPALIVE_S * 1000)),
     ("grpc.max_receive_message_length", 4 << 20),
 ]
 

@@ -14,9 +14,9 @@ from collections.abc import Callable
 
 log = logging.getLogger(__name__)
 
-# gRPC's defaults: a grpc.aio channel to a tier pings after 30 s (the router sets
-# grpc.keepalive_time_ms), a gRPC server pings its callers after 2 h; either waits 20 s.
-TIER_INTERVAL_S, CALLER_INTERVAL_S, TIMEOUT_S = 30.0, 7200.0, 20.0
+# gRPC's defaults: a gRPC server pings its callers after 2 h, and either side waits 20 s
+# for the answer (toward tiers the router pings after tier_grpc.KEEPALIVE_S).
+CALLER_INTERVAL_S, TIMEOUT_S = 7200.0, 20.0
 
 
 class Keepalive:

@@ -24,11 +24,11 @@ import grpc
 
 from router import native
 from router.backends import attempt_span, tier_failed
-from router.backends.tier_grpc import GENERATE, GrpcTier, tier_request
+from router.backends.tier_grpc import GENERATE, KEEPALIVE_S, GrpcTier, tier_request
 from router.call import Call
 from router.coalesce import merge_waiting
 from router.native import wire
-from router.native.keepalive import TIER_INTERVAL_S, TIMEOUT_S, Keepalive
+from router.native.keepalive import TIMEOUT_S, Keepalive
 from tiermesh import tracing
 from tiermesh.config import TlsSettings
 from tiermesh.errors import StatusError
@@ -66,7 +66,7 @@ STATUS_CODES = {code.value[0]: code for code in grpc.StatusCode}  # grpc-status 
 class TierConnection(asyncio.Protocol):
     """One HTTP/2 connection to a replica; its calls multiplex on it."""
 
-    def __init__(self, keepalive_s: float = TIER_INTERVAL_S, keepalive_timeout_s: float = TIMEOUT_S) -> None:
+    def __init__(self, keepalive_s: float = KEEPALIVE_S, keepalive_timeout_s: float = TIMEOUT_S) -> None:
         self.native = lib.h2t_new()
         if self.native == ffi.NULL:
             raise MemoryError("nghttp2 session")
