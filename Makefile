@@ -17,13 +17,14 @@ export PATH := $(abspath $(BIN)):$(PATH)
 PROTOS := $(shell find protos -name '*.proto')
 STUBS := tiermesh/v1/mesh_pb2.py tiermesh/tier/v1/tier_pb2.py
 
-.PHONY: help setup native protos model run test test-fast lint bench bench-tools contract-baseline certs load clean
+.PHONY: help setup native protos model run test test-fast lint fuzz fuzz-smoke bench bench-tools contract-baseline certs load clean
 
 help:
 	@echo "make run    install, prepare the model, start the local mesh and stream an NPC conversation"
 	@echo "make test   lint, type-check, contract checks and every test (engines included)"
 	@echo "make test-fast   the same without the engine tests"
 	@echo "make bench  benchmarks into bench/results/"
+	@echo "make fuzz   the router's C under libFuzzer + ASan/UBSan for FUZZ_SECONDS (bench/results/fuzz.md)"
 
 setup: $(STAMPS)/venv $(STAMPS)/venv-gold $(STAMPS)/debian $(STUBS) $(BUF) native
 
@@ -33,13 +34,16 @@ native: $(STAMPS)/venv $(STAMPS)/debian $(STUBS)
 	$(BIN)/python -c "import router.native.edge, router.native.tier"
 
 # Debian's redis-server (session state shared by router replicas), prometheus (the
-# local mesh's metrics, promtool for the alert rules' tests) and libnghttp2-dev with a C
+# local mesh's metrics, promtool for the alert rules' tests), libnghttp2-dev with a C
 # compiler (the router's native data plane, router/native/, and the proxy benchmark's
-# HTTP/2 reference relay, bench/h2_relay.py, which is that edge relaying every stream).
+# HTTP/2 reference relay, bench/h2_relay.py, which is that edge relaying every stream),
+# and clang with its libFuzzer and sanitizer runtimes and llvm-cov (fuzz/).
 $(STAMPS)/debian:
 	command -v redis-server >/dev/null && command -v prometheus >/dev/null && command -v promtool >/dev/null && \
-	  test -f /usr/include/nghttp2/nghttp2.h && command -v cc >/dev/null || \
-	  (apt-get update -q && apt-get install -y -q --no-install-recommends redis-server prometheus libnghttp2-dev gcc libc6-dev)
+	  test -f /usr/include/nghttp2/nghttp2.h && command -v cc >/dev/null && command -v clang >/dev/null && \
+	  command -v llvm-cov >/dev/null && ls /usr/lib/llvm-14/lib/clang/*/lib/linux/libclang_rt.fuzzer-x86_64.a >/dev/null || \
+	  (apt-get update -q && apt-get install -y -q --no-install-recommends redis-server prometheus libnghttp2-dev gcc \
+	    libc6-dev clang libclang-rt-14-dev llvm)
 	mkdir -p $(STAMPS) && touch $@
 
 $(STAMPS)/venv: pyproject.toml
@@ -87,11 +91,21 @@ lint: setup
 	cd protos && ../$(BUF) lint
 	cd protos && ../$(BUF) breaking --against baseline.binpb
 
-test: lint model
+test: lint model fuzz-smoke
 	$(BIN)/pytest -p no:cacheprovider
 
 test-fast: lint
 	$(BIN)/pytest -p no:cacheprovider -m "not engine"
+
+# The router's C under libFuzzer, ASan and UBSan (fuzz/run.py): every regression input in
+# tests/fuzz/regressions/, then both targets for FUZZ_SECONDS; `make fuzz` records the run
+# in bench/results/fuzz.md, `make test` runs a short smoke.
+FUZZ_SECONDS ?= 600
+fuzz: setup
+	$(BIN)/python -m fuzz.run --seconds $(FUZZ_SECONDS) --record bench/results/fuzz
+
+fuzz-smoke: setup
+	$(BIN)/python -m fuzz.run --seconds 30
 
 bench: setup model bench-tools
 	$(BIN)/python -m bench.silver

@@ -17,7 +17,7 @@ from typing import cast
 from bench import tcp_relay
 from router.native.edge import CallerConnection, NativeEdge
 from router.server import MeshServicer
-from tiermesh.config import DataPathSettings
+from tiermesh.config import CallerLimits
 
 
 class RelayEdge(NativeEdge):
@@ -26,8 +26,8 @@ class RelayEdge(NativeEdge):
 
     def __init__(self, backend: tuple[str, int]) -> None:
         # No stream is answered here (no native path), so no servicer is ever called.
-        limit = DataPathSettings().max_streams_per_connection  # as the router's edge has
-        super().__init__(cast(MeshServicer, None), "", 0, native_path=b"", max_streams=limit)
+        # The router's edge's default limits.
+        super().__init__(cast(MeshServicer, None), "", 0, native_path=b"", limits=CallerLimits())
         self.backend = backend
 
     async def open_internal(self, protocol: Callable[[], asyncio.Protocol]) -> None:

@@ -33,7 +33,7 @@ from router.server import MESH_SERVICE, MeshServicer
 from router.state.store import SessionStore
 from router.state.store import store as session_store
 from router.stats import RetryBudget, TierLatency
-from tiermesh.config import Settings, TierName
+from tiermesh.config import CallerLimits, DataPathSettings, Settings, TierName
 from tiermesh.serving import Serving, start_grpc_server, start_metrics, wait_for_signal
 from tiermesh.tracing import setup_tracing
 from tiermesh.v1 import mesh_pb2_grpc
@@ -121,6 +121,19 @@ class Router:
             await self.sessions.close()
 
 
+def grpc_edge_options(data_path: DataPathSettings, limits: CallerLimits) -> list[tuple[str, int]]:
+    """gRPC core's server options for what callers reach on the grpc.aio server: caller
+    keepalive and `router.limits`, as far as gRPC core has them (docs/operations.md)."""
+    return [
+        ("grpc.keepalive_time_ms", int(data_path.caller_keepalive_s * 1000)),
+        ("grpc.keepalive_timeout_ms", int(data_path.caller_keepalive_timeout_s * 1000)),
+        ("grpc.max_metadata_size", limits.max_header_list_bytes),
+        ("grpc.absolute_max_metadata_size", limits.max_header_list_bytes),
+        ("grpc.server_handshake_timeout_ms", int(limits.preface_timeout_s * 1000)),
+        ("grpc.max_connection_idle_ms", int(limits.idle_timeout_s * 1000)),
+    ]
+
+
 async def start_router(settings: Settings) -> Router:
     router = settings.router
     data_path = router.data_path
@@ -138,7 +151,6 @@ async def start_router(settings: Settings) -> Router:
     native = data_path.edge == "native"
     # Behind a native edge, grpc.aio serves what the edge relays, on a private socket.
     internal = Path(tempfile.mkdtemp(prefix="tiermesh-router-")) / "grpc.sock" if native else None
-    keepalive_s, keepalive_timeout_s = data_path.caller_keepalive_s, data_path.caller_keepalive_timeout_s
     serving = await start_grpc_server(
         f"unix:{internal}" if internal is not None else router.listen,
         lambda server: mesh_pb2_grpc.add_MeshServicer_to_server(servicer, server),
@@ -147,10 +159,7 @@ async def start_router(settings: Settings) -> Router:
         tls=None if native else settings.security.edge_tls,
         interceptors=auth_interceptors(settings.security.auth),
         reuse_port=reuse_port and not native,
-        options=[
-            ("grpc.keepalive_time_ms", int(keepalive_s * 1000)),
-            ("grpc.keepalive_timeout_ms", int(keepalive_timeout_s * 1000)),
-        ],
+        options=grpc_edge_options(data_path, router.limits),
     )
     edge = None
     if internal is not None:
@@ -162,9 +171,9 @@ async def start_router(settings: Settings) -> Router:
             str(internal),
             router.max_message_bytes,
             checker,
-            max_streams=data_path.max_streams_per_connection,
-            keepalive_s=keepalive_s,
-            keepalive_timeout_s=keepalive_timeout_s,
+            limits=router.limits,
+            keepalive_s=data_path.caller_keepalive_s,
+            keepalive_timeout_s=data_path.caller_keepalive_timeout_s,
         )
         try:
             await edge.start(router.listen, settings.security.edge_tls, reuse_port)

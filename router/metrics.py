@@ -91,6 +91,12 @@ SHED = Counter(
     "Calls refused because a tier's queue could not meet the deadline",
     ["tier"],
 )
+EDGE_REFUSED = Counter(
+    "tiermesh_router_edge_refused",
+    "Streams and connections the native edge refused before a call began, by reason "
+    "(header_limit | buffered_limit | body_timeout | timeout | connection_limit | protocol_error)",
+    ["reason"],
+)
 RATE_LIMITED = Counter("tiermesh_router_rate_limited", "Calls refused by a client's rate limit")
 QUEUE_DEPTH = Gauge("tiermesh_router_queue_depth", "Calls waiting for a tier stream slot", ["tier"])
 CACHE = Counter(
@@ -165,6 +171,15 @@ def initialise(settings: Settings) -> None:
             HEDGES.labels(tier, outcome)
         for reason in ("failures", "latency"):
             EJECTIONS.labels(tier, reason)
+    for reason in (
+        "header_limit",
+        "buffered_limit",
+        "body_timeout",
+        "timeout",
+        "connection_limit",
+        "protocol_error",
+    ):
+        EDGE_REFUSED.labels(reason)
     for cache in ("intent", "result"):
         for result in ("hit", "miss", "bypass"):
             CACHE.labels(cache, result)

@@ -190,12 +190,6 @@ class DataPathSettings(BaseModel):
     # connection per replica, or a grpc.aio channel. Health checks stay on grpc.aio;
     # Triton's client is tritonclient either way.
     tier_client: Literal["grpc", "native"] = "native"
-    # Streams one caller connection may have open at once on the native edge (HTTP/2
-    # SETTINGS_MAX_CONCURRENT_STREAMS): gRPC clients queue the rest. Each open stream costs
-    # the router a task and its generators (about 14 KiB idle, bench/results/proxy.md), so
-    # one connection cannot hold an unbounded share of it; nginx's default is 128. Not set
-    # on the grpc.aio edge, whose limit refuses streams opened as earlier ones end.
-    max_streams_per_connection: int = Field(default=1024, ge=1, le=(1 << 31) - 1)
     # A caller connection with calls open that was silent this long is sent a PING, and
     # dropped when the timeout passes without an answer (a game client gone without a
     # reset, behind a NAT that forgot it): its calls end and the connection is freed.
@@ -206,6 +200,41 @@ class DataPathSettings(BaseModel):
     # misses in a request's cold Python, 14-48 us of the first token on a VM. The
     # `tiermesh router` command starts itself again once to set it.
     huge_page_heap: bool = True
+
+
+class CallerLimits(BaseModel):
+    """What one caller may hold of the router: a caller is not trusted, so each of its
+    connections is bounded in streams, header bytes, buffered request bytes and time, and
+    a stream past a bound gets a precise answer (docs/operations.md lists each, with what
+    a caller over it sees). Defaults near Envoy's, nginx's and gRPC's own."""
+
+    # A request's header fields, counted as HTTP/2 counts them (name + value + 32 each):
+    # gRPC's hard metadata limit. Past it the stream is answered RESOURCE_EXHAUSTED and
+    # nothing more of its headers is kept (an HPACK index of a byte can stand for kilobytes).
+    max_header_list_bytes: int = Field(default=16 * 1024, ge=1024, le=1 << 24)
+    max_header_fields: int = Field(default=100, ge=8, le=10_000)  # Envoy's default
+    # Streams one connection may have open at once (SETTINGS_MAX_CONCURRENT_STREAMS; nginx's
+    # 128): gRPC clients queue the rest. Each open stream holds a task, its generators and
+    # up to a 64 KiB window of relayed bytes. Not set on the grpc.aio edge, whose limit
+    # refuses streams opened as earlier ones end.
+    max_streams_per_connection: int = Field(default=128, ge=1, le=(1 << 31) - 1)
+    # Connections one router process holds; the next ones are told GOAWAY at once.
+    max_connections: int = Field(default=4096, ge=1)
+    # Request bytes held at once for one connection's Generate streams (bodies are read
+    # whole before a call starts): past it, the stream that would exceed it is answered
+    # RESOURCE_EXHAUSTED.
+    max_buffered_request_bytes: int = Field(default=8 << 20, ge=1 << 16)
+    # A connection that has not sent HTTP/2's preface and SETTINGS within this is dropped.
+    preface_timeout_s: float = Field(default=10.0, gt=0)
+    # A header block left unfinished this long blocks its connection (HTTP/2 allows no
+    # other frame between its parts): the connection is dropped with GOAWAY.
+    header_timeout_s: float = Field(default=10.0, gt=0)
+    # A Generate request whose body has not ended this long after its headers is answered
+    # DEADLINE_EXCEEDED and its bytes let go.
+    body_timeout_s: float = Field(default=30.0, gt=0)
+    # A connection with no stream open this long is told GOAWAY and closed (gRPC clients
+    # reconnect when they next call).
+    idle_timeout_s: float = Field(default=3600.0, gt=0)
 
 
 class RouterSettings(BaseModel):
@@ -224,6 +253,7 @@ class RouterSettings(BaseModel):
     admission: AdmissionSettings = Field(default_factory=AdmissionSettings)
     intent_cache: IntentCacheSettings = Field(default_factory=IntentCacheSettings)
     data_path: DataPathSettings = Field(default_factory=DataPathSettings)
+    limits: CallerLimits = Field(default_factory=CallerLimits)
 
     @field_validator("tasks", mode="before")
     @classmethod

@@ -26,10 +26,18 @@ def build_dir() -> Path:
     return Path(os.environ.get("TIERMESH_NATIVE_DIR") or ROOT / ".run" / "native")
 
 
-def load(prefix: str, sources: Sequence[Path], cdef: str, libraries: list[str]) -> Any:
-    """The compiled module of `sources` (built as one, in order), built on first use under
-    a name that changes with its source and declarations (a stale build is never loaded)."""
-    text = "\n".join(source.read_text() for source in sources)
+def declarations(header: Path) -> str:
+    """A header's declarations as cffi reads them: its text without the preprocessor's
+    lines, so that the header is the one place they are written."""
+    return "\n".join(line for line in header.read_text().splitlines() if not line.lstrip().startswith("#"))
+
+
+def load(prefix: str, sources: Sequence[Path], header: Path, libraries: list[str]) -> Any:
+    """The compiled module of `sources` (built as one, in order), declared to Python by
+    `header`, built on first use under a name that changes with its source and
+    declarations (a stale build is never loaded)."""
+    cdef = declarations(header)
+    text = "\n".join(source.read_text() for source in [*sources, header])
     name = f"_{prefix}_{hashlib.sha256((cdef + text).encode()).hexdigest()[:12]}"
     build = build_dir()
     build.mkdir(parents=True, exist_ok=True)
@@ -44,7 +52,12 @@ def load(prefix: str, sources: Sequence[Path], cdef: str, libraries: list[str]) 
     with tempfile.TemporaryDirectory(dir=build) as private:
         ffi = cffi.FFI()
         ffi.cdef(cdef)
-        ffi.set_source(name, text, libraries=libraries)
+        ffi.set_source(
+            name,
+            "\n".join(source.read_text() for source in sources),
+            libraries=libraries,
+            include_dirs=[str(HERE)],
+        )
         try:
             built = Path(ffi.compile(tmpdir=private))
         except (cffi.VerificationError, OSError) as e:

@@ -8,12 +8,15 @@ nghttp2 in C (router/native/h2edge.c), the gRPC stack left out of the data path.
   frame by frame, to the router's grpc.aio server on a Unix socket, which keeps serving
   them as before, auth interceptor included.
 
-What grpc.aio did for Generate is done here: deadlines (`grpc-timeout`), status trailers
-with their details, authentication, size limits, caller cancellation (a reset stream
-cancels its task, and so the tier call), flow control (a stream whose caller reads slower
-than the tier writes waits once 64 KiB are queued), keepalive (a caller silent for 2 h
-while its calls are open is pinged, and dropped when 20 s more pass: gRPC's server
-defaults, router/native/keepalive.py) and GOAWAY on shutdown.
+What grpc.aio did for Generate is done here: deadlines (`grpc-timeout`), gRPC's request
+rules, status trailers with their details, authentication, size limits, caller
+cancellation (a reset stream cancels its task, and so the tier call), flow control (a
+stream whose caller reads slower than the tier writes waits once 64 KiB are queued),
+keepalive (a caller silent for 2 h while its calls are open is pinged, and dropped when
+20 s more pass: gRPC's server defaults, router/native/keepalive.py) and GOAWAY on
+shutdown. A caller is not trusted: what each connection may hold (`router.limits`:
+header bytes and fields, streams, buffered request bytes, the preface's, headers',
+body's and idle time) is bounded in C, which answers a stream past a bound itself.
 """
 
 from __future__ import annotations
@@ -22,46 +25,55 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any, cast
 
 import grpc
 
-from router import native
+from router import metrics, native
 from router.auth import CLIENT, Authenticator
 from router.native import wire
 from router.native.keepalive import CALLER_INTERVAL_S, TIMEOUT_S, Keepalive
 from router.server import MeshServicer, rich_status
-from tiermesh.config import TlsSettings
+from tiermesh.config import CallerLimits, TlsSettings
 from tiermesh.errors import StatusError, invalid
 from tiermesh.tls import server_ssl_context
 from tiermesh.v1 import mesh_pb2
 
 log = logging.getLogger(__name__)
 
-CDEF = """
-typedef struct h2e_conn h2e_conn;
-h2e_conn *h2e_new(const uint8_t *, size_t, size_t, uint32_t);
-void h2e_free(h2e_conn *);
-ssize_t h2e_recv(h2e_conn *, int, const uint8_t *, size_t);
-const uint8_t *h2e_pending(h2e_conn *, int, size_t *);
-int h2e_event(h2e_conn *, int32_t *);
-const uint8_t *h2e_request(h2e_conn *, int32_t, size_t *, const uint8_t **, size_t *);
-size_t h2e_send(h2e_conn *, int32_t, const uint8_t *, size_t, size_t);
-int h2e_watching(h2e_conn *, int32_t);
-void h2e_finish(h2e_conn *, int32_t, const uint8_t *, size_t);
-void h2e_goaway(h2e_conn *);
-void h2e_ping(h2e_conn *);
-size_t h2e_open_streams(h2e_conn *);
-int h2e_alive(h2e_conn *);
-"""
-_native = native.load("h2edge", [native.COMMON, Path(__file__).with_name("h2edge.c")], CDEF, ["nghttp2"])
+_native = native.load(
+    "h2edge", [native.COMMON, native.HERE / "h2edge.c"], native.HERE / "h2edge.h", ["nghttp2"]
+)
 ffi, lib = _native.ffi, _native.lib
 
-REQUEST, CLOSED, DRAINED, CONNECT = 1, 2, 3, 4  # h2edge.c's events
 GENERATE = b"/tiermesh.v1.Mesh/Generate"
 HIGH_WATER = 64 * 1024  # bytes of one stream queued for a slow caller before it waits
 DEADLINE = wire.trailers(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded")
+# Streams the edge answered itself, by the metric's reason.
+REFUSED = {
+    lib.H2E_REFUSED_HEADERS: "header_limit",
+    lib.H2E_REFUSED_BUFFERED: "buffered_limit",
+    lib.H2E_REFUSED_BODY: "body_timeout",
+}
+ENHANCE_YOUR_CALM = 0xB  # HTTP/2's error code for a peer asking too much
+
+
+def c_limits(limits: CallerLimits, max_message_bytes: int) -> Any:
+    """`limits` as h2edge.c reads them (h2e_limits)."""
+    return ffi.new(
+        "h2e_limits *",
+        {
+            "max_body": max_message_bytes + 5,  # one message and its frame's prefix
+            "max_header_bytes": limits.max_header_list_bytes,
+            "max_header_fields": limits.max_header_fields,
+            "max_buffered": limits.max_buffered_request_bytes,
+            "max_streams": limits.max_streams_per_connection,
+            "preface_ms": int(limits.preface_timeout_s * 1000),
+            "header_ms": int(limits.header_timeout_s * 1000),
+            "body_ms": int(limits.body_timeout_s * 1000),
+            "idle_ms": int(limits.idle_timeout_s * 1000),
+        },
+    )
 
 
 class NativeEdge:
@@ -76,7 +88,7 @@ class NativeEdge:
         authenticator: Authenticator | None = None,
         native_path: bytes = GENERATE,
         *,
-        max_streams: int,
+        limits: CallerLimits,
         keepalive_s: float = CALLER_INTERVAL_S,
         keepalive_timeout_s: float = TIMEOUT_S,
     ) -> None:
@@ -84,7 +96,8 @@ class NativeEdge:
         self.internal = internal
         self.native_path = native_path  # the method answered here; every other is relayed
         self.max_message_bytes = max_message_bytes
-        self.max_streams = max_streams  # open at once per caller connection (SETTINGS)
+        self.limits = limits
+        self.c_limits = c_limits(limits, max_message_bytes)
         self.keepalive_s, self.keepalive_timeout_s = keepalive_s, keepalive_timeout_s
         self.authenticator = authenticator
         self.connections: set[CallerConnection] = set()
@@ -137,11 +150,22 @@ class NativeEdge:
         """One Generate call, from its whole request to its trailers."""
         deadline: asyncio.TimerHandle | None = None
         try:
-            headers = wire.request(wire.fields(block))
+            try:
+                headers = wire.request(wire.fields(block))
+            except StatusError as e:
+                log.info("native edge: refused a Generate request from %s: %s", connection.peer, e.message)
+                raise
             metadata, timeout = headers.metadata, headers.timeout
             if self.authenticator is not None:
                 CLIENT.set(self.authenticator.authenticate(metadata))
-            payload = wire.message(headers, body, self.max_message_bytes)
+            if body is not None and body[:1] == b"\1":
+                # Inflating takes up to the size limit's worth of work: not on the loop.
+                loop = self.loop or asyncio.get_running_loop()
+                payload = await loop.run_in_executor(
+                    None, wire.message, headers, body, self.max_message_bytes
+                )
+            else:
+                payload = wire.message(headers, body, self.max_message_bytes)
             request = mesh_pb2.GenerateRequest()
             try:
                 request.ParseFromString(payload)
@@ -160,6 +184,8 @@ class NativeEdge:
             finally:
                 await responses.aclose()
             connection.finish(sid, wire.OK_TRAILERS)
+        except wire.HttpRefusal as e:
+            connection.finish(sid, wire.trailers(e.code, e.message), e.http_status)
         except StatusError as e:
             connection.finish(sid, wire.trailers(e.code, e.message, rich_status(e)))
         except asyncio.CancelledError:
@@ -176,27 +202,30 @@ class NativeEdge:
 
 class CallerConnection(asyncio.Protocol):
     """One caller's connection, framed by one h2e_conn; its relayed streams share one
-    connection to the internal server, opened when the first one comes."""
+    connection to the internal server, opened when the first one comes. Its timeouts
+    (router.limits) are kept by one timer that h2e_sweep plans: no timer per stream."""
 
     def __init__(self, edge: NativeEdge) -> None:
         self.edge = edge
-        self.native = lib.h2e_new(
-            edge.native_path, len(edge.native_path), edge.max_message_bytes + 5, edge.max_streams
-        )
+        self.native = lib.h2e_new(edge.native_path, len(edge.native_path), edge.c_limits)
         if self.native == ffi.NULL:
             raise MemoryError("nghttp2 session")
+        self.loop = edge.loop or asyncio.get_running_loop()
         self.caller: asyncio.Transport | None = None
         self.internal: asyncio.Transport | None = None
+        self.peer = "?"
         self.paused = False
         self.streams: dict[int, asyncio.Task[None]] = {}  # native streams being answered
         self.draining: dict[int, asyncio.Future[None]] = {}
         self.expired: set[int] = set()  # streams whose deadline passed, their task cancelled
+        self.sweeper: asyncio.TimerHandle | None = None
         self._size = ffi.new("size_t *")
         self._sid = ffi.new("int32_t *")
         self._body = ffi.new("const uint8_t **")
         self._bodylen = ffi.new("size_t *")
+        self._wait = ffi.new("int64_t *")
         self.keepalive = Keepalive(
-            edge.loop or asyncio.get_running_loop(), edge.keepalive_s, edge.keepalive_timeout_s,
+            self.loop, edge.keepalive_s, edge.keepalive_timeout_s,
             calls_open=lambda: bool(self.open_streams()), ping=self.ping, close=self.close, peer="caller",
         )  # fmt: skip
 
@@ -204,8 +233,15 @@ class CallerConnection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.caller = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
+        self.peer = str(transport.get_extra_info("peername"))
+        if len(self.edge.connections) >= self.edge.limits.max_connections:
+            log.warning("native edge: at its connection limit; refusing %s", self.peer)
+            metrics.EDGE_REFUSED.labels("connection_limit").inc()
+            self.end(ENHANCE_YOUR_CALM)
+            return
         self.edge.connections.add(self)
         self.keepalive.start()
+        self.plan()  # the preface's timeout
         self.pump()  # our SETTINGS
 
     def data_received(self, data: bytes) -> None:
@@ -229,7 +265,12 @@ class CallerConnection(asyncio.Protocol):
         if from_caller:
             self.keepalive.heard()
         if lib.h2e_recv(self.native, from_caller, data, len(data)) < 0:
-            self.close()  # a protocol error: nghttp2 has queued its GOAWAY, but the peer broke HTTP/2
+            # The connection broke HTTP/2 (or memory ran out): C queued a GOAWAY saying
+            # why, which goes out before the socket closes.
+            log.info("native edge: dropping %s: it broke HTTP/2", self.peer)
+            metrics.EDGE_REFUSED.labels("protocol_error").inc()
+            self.pump()
+            self.close()
             return
         self.pump()
 
@@ -253,29 +294,71 @@ class CallerConnection(asyncio.Protocol):
     def dispatch(self) -> None:
         while self.native is not None and (kind := lib.h2e_event(self.native, self._sid)):
             sid = self._sid[0]
-            if kind == REQUEST:
+            if kind == lib.H2E_REQUEST:
                 self.start(sid)
-            elif kind == CLOSED:
+            elif kind == lib.H2E_CLOSED:
                 # The caller reset the stream (or left) before its answer was done.
                 if (task := self.streams.pop(sid, None)) is not None:
                     task.cancel()
                 self.wake(sid)
-            elif kind == DRAINED:
+            elif kind == lib.H2E_DRAINED:
                 self.wake(sid)
-            elif kind == CONNECT:
+            elif kind == lib.H2E_CONNECT:
                 self.edge.spawn(self.connect_internal())
+            elif kind == lib.H2E_WATCH:
+                self.plan()
+            elif (reason := REFUSED.get(kind)) is not None:
+                log.info("native edge: refused a stream of %s: %s", self.peer, reason)
+                metrics.EDGE_REFUSED.labels(reason).inc()
+
+    def sweep(self) -> None:
+        """The timer's turn: the connection's timeouts, then what they answered goes out."""
+        self.sweeper = None
+        self.plan()
+        self.pump()
+
+    def plan(self) -> None:
+        """The connection's timeouts, kept by C (h2e_sweep): streams whose request is late
+        are answered there; a connection without a preface, stuck in a header block or
+        idle goes. Then the timer is set for the next sweep C asks for."""
+        if self.native is None:
+            return
+        if self.sweeper is not None:
+            self.sweeper.cancel()
+            self.sweeper = None
+        verdict = lib.h2e_sweep(self.native, self._wait)
+        if verdict == lib.H2E_DROP:
+            log.info("native edge: dropping %s: no preface, or headers left unfinished, in time", self.peer)
+            metrics.EDGE_REFUSED.labels("timeout").inc()
+            self.end(None)
+        elif verdict == lib.H2E_IDLE:
+            self.end(0)  # GOAWAY, NO_ERROR: gRPC clients reconnect when they next call
+        elif self._wait[0] >= 0:
+            self.sweeper = self.loop.call_later(self._wait[0] / 1000, self.sweep)
+
+    def end(self, error_code: int | None) -> None:
+        """Close the connection after a GOAWAY with `error_code` (None: the one C queued)."""
+        if self.native is None:
+            return
+        if error_code is not None:
+            lib.h2e_terminate(self.native, error_code)
+        self.write()
+        self.close()
 
     def close(self) -> None:
         if self.native is None:
             return
         self.edge.connections.discard(self)
         self.keepalive.stop()
+        if self.sweeper is not None:
+            self.sweeper.cancel()
+            self.sweeper = None
         for task in self.streams.values():
             task.cancel()
         self.streams.clear()
         for transport in (self.caller, self.internal):
             if transport is not None:
-                transport.close()
+                transport.close()  # what was written still goes out first
         lib.h2e_free(self.native)
         self.native = None
 
@@ -320,11 +403,11 @@ class CallerConnection(asyncio.Protocol):
             self.expired.add(sid)
             task.cancel()
 
-    def finish(self, sid: int, trailers: bytes) -> None:
+    def finish(self, sid: int, trailers: bytes, http_status: int = 200) -> None:
         self.expired.discard(sid)
         if self.native is None or self.streams.pop(sid, None) is None:
             return
-        lib.h2e_finish(self.native, sid, trailers, len(trailers))
+        lib.h2e_finish(self.native, sid, http_status, trailers, len(trailers))
         self.pump()
 
     # --- the internal server, for relayed streams --------------------------------------

@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import collections
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any, cast
 from urllib.parse import unquote
 
@@ -35,30 +34,11 @@ from tiermesh.errors import StatusError
 from tiermesh.tls import client_ssl_context
 from tiermesh.v1 import mesh_pb2
 
-CDEF = """
-typedef struct h2t_conn h2t_conn;
-typedef struct h2t_stream h2t_stream;
-h2t_conn *h2t_new(void);
-void h2t_free(h2t_conn *);
-ssize_t h2t_recv(h2t_conn *, const uint8_t *, size_t);
-const uint8_t *h2t_pending(h2t_conn *, size_t *);
-int h2t_event(h2t_conn *, int32_t *);
-h2t_stream *h2t_request(h2t_conn *, const uint8_t *, size_t, const uint8_t *, size_t);
-int32_t h2t_sid(h2t_stream *);
-const uint8_t *h2t_take(h2t_stream *, size_t *);
-void h2t_taken(h2t_conn *, h2t_stream *);
-const uint8_t *h2t_headers(h2t_stream *, size_t *);
-int64_t h2t_error(h2t_stream *);
-void h2t_cancel(h2t_conn *, h2t_stream *);
-void h2t_release(h2t_stream *);
-int h2t_usable(h2t_conn *);
-int h2t_alive(h2t_conn *);
-void h2t_ping(h2t_conn *);
-"""
-_native = native.load("h2tier", [native.COMMON, Path(__file__).with_name("h2tier.c")], CDEF, ["nghttp2"])
+_native = native.load(
+    "h2tier", [native.COMMON, native.HERE / "h2tier.c"], native.HERE / "h2tier.h", ["nghttp2"]
+)
 ffi, lib = _native.ffi, _native.lib
 
-DATA, CLOSED = 1, 2  # h2tier.c's events
 REFUSED_STREAM = 7
 STATUS_CODES = {code.value[0]: code for code in grpc.StatusCode}  # grpc-status → StatusCode
 
@@ -114,9 +94,9 @@ class TierConnection(asyncio.Protocol):
             stream = self.streams.get(self._sid[0])
             if stream is None:
                 continue
-            if kind == DATA:
+            if kind == lib.H2T_DATA:
                 stream.take()
-            elif kind == CLOSED:
+            elif kind == lib.H2T_CLOSED:
                 del self.streams[self._sid[0]]
                 stream.take()
                 stream.end()

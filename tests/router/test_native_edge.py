@@ -23,6 +23,7 @@ from router.server import MeshServicer
 from tests.doubles import Script, ScriptedTier, start_scripted_tier
 from tests.fakes import request
 from tests.router.conftest import router_settings, start_on
+from tiermesh.config import CallerLimits
 from tiermesh.tier.v1 import tier_pb2
 from tiermesh.v1 import mesh_pb2, mesh_pb2_grpc
 
@@ -84,7 +85,7 @@ async def test_one_connection_holds_at_most_its_stream_limit(
 ) -> None:
     _, port = scripted_silver
     settings = router_settings(f"127.0.0.1:{port}")
-    settings.router.data_path.max_streams_per_connection = 2
+    settings.router.limits.max_streams_per_connection = 2
     router = await start_on("native", settings)
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{router.port}") as channel:
@@ -146,7 +147,12 @@ class Hanging:
 
 async def test_the_edge_ends_a_stream_at_its_deadline_and_only_then() -> None:
     servicer = Hanging()
-    edge = NativeEdge(cast(MeshServicer, servicer), "/nonexistent/grpc.sock", 1 << 20, max_streams=8)
+    edge = NativeEdge(
+        cast(MeshServicer, servicer),
+        "/nonexistent/grpc.sock",
+        1 << 20,
+        limits=CallerLimits(max_streams_per_connection=8),
+    )
     port = await edge.start("127.0.0.1:0")
     loop = asyncio.get_running_loop()
     # An HTTP/2 client that sends grpc-timeout but holds to no deadline of its own
@@ -287,7 +293,12 @@ GENERATE_BLOCK = b"".join(
 async def test_streams_past_a_connections_limit_are_refused_even_before_settings_are_acked() -> None:
     # A client that ignores the SETTINGS_MAX_CONCURRENT_STREAMS the edge sent (gRPC's
     # queue the extra streams themselves): nghttp2 refuses the third stream outright.
-    edge = NativeEdge(cast(MeshServicer, Hanging()), "/nonexistent/grpc.sock", 1 << 20, max_streams=2)
+    edge = NativeEdge(
+        cast(MeshServicer, Hanging()),
+        "/nonexistent/grpc.sock",
+        1 << 20,
+        limits=CallerLimits(max_streams_per_connection=2),
+    )
     port = await edge.start("127.0.0.1:0")
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     try:
@@ -316,7 +327,7 @@ async def test_a_silent_caller_is_found_by_keepalive_and_a_live_one_kept(caller:
     servicer = Hanging()
     edge = NativeEdge(
         cast(MeshServicer, servicer), "/nonexistent/grpc.sock", 1 << 20,
-        max_streams=8, keepalive_s=0.2, keepalive_timeout_s=0.3,
+        limits=CallerLimits(max_streams_per_connection=8), keepalive_s=0.2, keepalive_timeout_s=0.3,
     )  # fmt: skip
     port = await edge.start("127.0.0.1:0")
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
