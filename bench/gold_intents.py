@@ -45,7 +45,7 @@ def main() -> None:
             for method in ("trie", "grammar"):
                 started = time.perf_counter()
                 label = (
-                    choose_by_trie(llm, prompt, INTENTS)
+                    choose_by_trie(llm, prompt, INTENTS) or ""  # None only with a give-up time
                     if method == "trie"
                     else pool._by_grammar(llm, prompt, INTENTS)
                 )

@@ -15,11 +15,14 @@ from prometheus_client import REGISTRY
 
 from router import metrics
 from router.auth import auth_interceptors, authenticator, client_quotas
+from router.call import Call
+from router.estimates import TierEstimates
 from router.jobs import Jobs
 from router.pipeline import Backend
 from router.policies.admission import Admission
 from router.policies.balancer import Balancer, picker
 from router.policies.cache import IntentCache
+from router.policies.canned import CannedAnswers
 from router.policies.fallback import Fallback
 from router.policies.hedge import Hedge
 from router.policies.limit import StreamLimit
@@ -32,7 +35,7 @@ from router.replicas import ReplicaSet
 from router.server import MESH_SERVICE, MeshServicer
 from router.state.store import SessionStore
 from router.state.store import store as session_store
-from router.stats import RetryBudget, TierLatency
+from router.stats import RetryBudget
 from tiermesh.config import CallerLimits, DataPathSettings, Settings, TierName
 from tiermesh.serving import Serving, start_grpc_server, start_metrics, wait_for_signal
 from tiermesh.tracing import setup_tracing
@@ -54,27 +57,37 @@ def build_pipeline(
     cache → admission → fallback over planned tiers → per tier: stream limit → resume
     → hedge → retry → balancer → replica adapter."""
     router = settings.router
-    latency = {name: TierLatency(tier.expected_ttft_s) for name, tier in router.tiers.items()}
+    estimates = {
+        name: TierEstimates(tier.expected_ttft_s, tier.expected_token_s)
+        for name, tier in router.tiers.items()
+    }
     midstream = {task: policy.on_midstream_failure for task, policy in router.tasks.items()}
     tiers: dict[TierName, Backend] = {}
+    queue_wait: dict[TierName, Callable[[], float]] = {}
     for name, tier in router.tiers.items():
         budget = RetryBudget(router.retry_budget.ratio, router.retry_budget.min_per_s)
         backend: Backend = Balancer(replicas[name], picker(tier.balancer))
         backend = Retry(backend, name, budget, tier.max_attempts)
         if tier.hedge:
-            backend = Hedge(backend, name, _hedge_delay(latency[name], tier.hedge_min_samples), budget)
+            backend = Hedge(backend, name, _hedge_delay(estimates[name], tier.hedge_min_samples), budget)
         backend = Resume(backend, name, midstream)
         if tier.max_streams:
-            backend = StreamLimit(backend, name, tier.max_streams, tier.expected_ttft_s)
+            limit = StreamLimit(backend, name, tier.max_streams, tier.expected_ttft_s)
+            queue_wait[name] = limit.wait_estimate
+            backend = limit
         tiers[name] = backend
     routes = {task: policy.tiers for task, policy in router.tasks.items()}
-    pipeline: Backend = Fallback(
-        TierPlanner(routes, latency, {name: tier.max_tokens for name, tier in router.tiers.items()}),
-        tiers,
-        latency,
-        canned_line=lambda call: settings.persona_for(call.npc_id).fallback_line,
-        canned_tasks=frozenset(task for task, policy in router.tasks.items() if policy.canned),
+    planner = TierPlanner(
+        routes,
+        estimates,
+        max_tokens={name: tier.max_tokens for name, tier in router.tiers.items()},
+        min_tokens={task: policy.min_tokens for task, policy in router.tasks.items()},
+        queue_wait=queue_wait,
     )
+    canned = CannedAnswers(
+        settings.personas, frozenset(task for task, policy in router.tasks.items() if policy.canned)
+    )
+    pipeline: Backend = Fallback(planner, tiers, estimates, canned, router.deadline_margin_s)
     quotas = client_quotas(settings.security.auth)
     if router.admission.rate_per_s or quotas:
         # Unlimited by default when only some clients have quotas.
@@ -91,8 +104,15 @@ def build_pipeline(
     return pipeline
 
 
-def _hedge_delay(latency: TierLatency, min_samples: int) -> Callable[[], float | None]:
-    return lambda: latency.quantile(0.95) if latency.samples >= min_samples else None
+def _hedge_delay(estimates: TierEstimates, min_samples: int) -> Callable[[Call], float | None]:
+    """A hedge waits for the tier's p95 time to first token for the call's task, once
+    there are enough samples to know it."""
+
+    def delay(call: Call) -> float | None:
+        estimate = estimates.task(call.task)
+        return estimate.ttft(0.95) if estimate.samples >= min_samples else None
+
+    return delay
 
 
 @dataclass

@@ -85,6 +85,12 @@ FALLBACKS = Counter(
     "Tiers given up on for a call, by tier and reason",
     ["task", "tier", "reason"],  # slow | failed | shed | skipped
 )
+DEADLINE_OUTCOMES = Counter(
+    "tiermesh_router_deadline_outcomes",
+    "What each Generate call's deadline came to: answered (whole, by a tier or a cache), "
+    "shaped (ended cleanly at the deadline), canned, missed (DEADLINE_EXCEEDED), failed",
+    ["task", "outcome"],
+)
 CANNED = Counter("tiermesh_router_canned", "Calls answered with the persona's canned line", ["task"])
 SHED = Counter(
     "tiermesh_router_shed",
@@ -162,6 +168,8 @@ def initialise(settings: Settings) -> None:
             REQUEST_DURATION.labels(task, tier)
             INTER_TOKEN.labels(task, tier)
         CANNED.labels(task)
+        for outcome in ("answered", "shaped", "canned", "missed", "failed"):
+            DEADLINE_OUTCOMES.labels(task, outcome)
     for tier in settings.router.tiers:
         SHED.labels(tier)
         QUEUE_DEPTH.labels(tier)

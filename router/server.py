@@ -83,6 +83,19 @@ async def abort(context: grpc.aio.ServicerContext[Any, Any], error: StatusError)
     raise AssertionError("unreachable: abort and abort_with_status raise")
 
 
+def outcome(code: grpc.StatusCode, tier: str, finish: int) -> str:
+    """What the deadline promise came to for one call: answered whole (by a tier or a
+    cache), shaped (ended cleanly at the deadline), canned, missed (DEADLINE_EXCEEDED), or
+    failed otherwise."""
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        return "missed"
+    if code != grpc.StatusCode.OK:
+        return "failed"
+    if tier == "fallback":
+        return "canned"
+    return "shaped" if finish == mesh_pb2.FINISH_REASON_DEADLINE else "answered"
+
+
 def record(
     task: str,
     tier: str,
@@ -91,9 +104,11 @@ def record(
     ttft: float,
     messages: int,
     usage: mesh_pb2.Usage | None,
+    finish: int = 0,
 ) -> None:
     """A stream's metrics, once at its end (never per token)."""
     metrics.REQUESTS.labels(task, tier, code.name).inc()
+    metrics.DEADLINE_OUTCOMES.labels(task, outcome(code, tier, finish)).inc()
     if not messages:
         return
     duration = time.monotonic() - received
@@ -147,6 +162,7 @@ class MeshServicer(mesh_pb2_grpc.MeshServicer):
         index = 0
         ttft = 0.0
         usage: mesh_pb2.Usage | None = None
+        finish = 0
         span = tracing.start_span(GENERATE_SPAN, tracing.extract(metadata), SpanKind.SERVER, task=task)
         try:
             call = resolve(
@@ -167,6 +183,7 @@ class MeshServicer(mesh_pb2_grpc.MeshServicer):
                     if response.finish_reason:
                         response.usage.time_to_first_token.FromNanoseconds(int(ttft * 1e9))
                         usage = response.usage
+                        finish = response.finish_reason
                     index += 1
                     yield response
             finally:
@@ -175,14 +192,16 @@ class MeshServicer(mesh_pb2_grpc.MeshServicer):
             code = e.code
             raise
         except (asyncio.CancelledError, GeneratorExit):
-            code = grpc.StatusCode.CANCELLED  # the caller left or its deadline passed
+            # The caller's deadline passing is the promise missed, not the caller leaving.
+            expired = time_remaining is not None and time.monotonic() >= received + time_remaining
+            code = grpc.StatusCode.DEADLINE_EXCEEDED if expired else grpc.StatusCode.CANCELLED
             raise
         except Exception:
             log.exception("router pipeline failed")
             code = grpc.StatusCode.INTERNAL
             raise StatusError(code, "internal router error") from None
         finally:
-            record(task, tier, code, received, ttft, index, usage)
+            record(task, tier, code, received, ttft, index, usage, finish)
             span.set_attributes({"tier": tier, "rpc.grpc.status_code": code.value[0], "messages": index})
             span.end()
 

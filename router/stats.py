@@ -37,26 +37,46 @@ class PeakEwma:
 
 
 class Window:
-    """The last `size` observations, for percentiles (time to first token per tier)."""
+    """The last `size` observations, for percentiles (time to first token per tier), none
+    older than `max_age_s` when given: a tier judged slow and so no longer tried would
+    otherwise keep that verdict for good."""
 
-    def __init__(self, size: int = 200) -> None:
-        self._values: deque[float] = deque(maxlen=size)
-        # Sorted once per observation, not per query: the planner and hedging ask on
-        # every call, mostly of tiers whose windows have not moved since.
+    def __init__(
+        self, size: int = 200, max_age_s: float | None = None, clock: Clock = time.monotonic
+    ) -> None:
+        self._values: deque[tuple[float, float]] = deque(maxlen=size)  # (when, value), oldest first
+        self._max_age_s = max_age_s
+        self._clock = clock
+        # Sorted once per change, not per query: the planner and hedging ask on every
+        # call, mostly of windows that have not moved since.
         self._ordered: list[float] | None = None
 
     def observe(self, value: float) -> None:
-        self._values.append(value)
+        self._values.append((self._clock() if self._max_age_s is not None else 0.0, value))
         self._ordered = None
 
+    def _expire(self) -> None:
+        if self._max_age_s is None:
+            return
+        oldest = self._clock() - self._max_age_s
+        while self._values and self._values[0][0] < oldest:
+            self._values.popleft()
+            self._ordered = None
+
     def __len__(self) -> int:
+        self._expire()
         return len(self._values)
 
+    def values(self) -> list[float]:
+        self._expire()
+        return [value for _, value in self._values]
+
     def quantile(self, q: float) -> float | None:
+        self._expire()
         if not self._values:
             return None
         if self._ordered is None:
-            self._ordered = sorted(self._values)
+            self._ordered = sorted(value for _, value in self._values)
         ordered = self._ordered
         return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
@@ -152,22 +172,3 @@ class Breaker:
         self._open_until = self._clock() + min(self._max, self._base * 2**self.ejections)
         self.ejections += 1
         self._trial_in_flight = False
-
-
-class TierLatency:
-    """Observed time to first token of a tier; `expected_s` until there are samples."""
-
-    def __init__(self, expected_s: float, size: int = 200) -> None:
-        self.expected_s = expected_s
-        self._window = Window(size)
-
-    def observe(self, seconds: float) -> None:
-        self._window.observe(seconds)
-
-    @property
-    def samples(self) -> int:
-        return len(self._window)
-
-    def quantile(self, q: float) -> float:
-        observed = self._window.quantile(q)
-        return self.expected_s if observed is None else observed

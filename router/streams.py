@@ -42,3 +42,50 @@ async def first_ready(attempts: list[Attempt[T]], within_s: float | None) -> Att
         return None
     done, _ = await asyncio.wait(pending, timeout=within_s, return_when=asyncio.FIRST_COMPLETED)
     return pending[next(iter(done))] if done else None
+
+
+class Cut(Exception):
+    """A stream's cut-off time came while it was awaited (see `Cutoff`)."""
+
+
+class Cutoff:
+    """One loop timer that ends the wait for a stream's next message at a time (an
+    absolute time.monotonic(), the loop's clock). Cheaper than asyncio.timeout around
+    every message, and scoped to the wait itself: it cancels the task only while the task
+    awaits `next` here, never while the stream's consumer is elsewhere (a slow caller),
+    and a cut-off that passes meanwhile is seen at the next `next`."""
+
+    def __init__(self, when: float) -> None:
+        self._task = asyncio.current_task()
+        self._loop = asyncio.get_running_loop()
+        self._waiting = False
+        self.passed = False
+        self._timer = self._loop.call_at(when, self._fire)
+
+    def _fire(self) -> None:
+        self.passed = True
+        if self._waiting and self._task is not None:
+            self._task.cancel()
+
+    def reschedule(self, when: float) -> None:
+        self._timer.cancel()
+        self.passed = False
+        self._timer = self._loop.call_at(when, self._fire)
+
+    def cancel(self) -> None:
+        self._timer.cancel()
+
+    async def next(self, stream: AsyncIterator[T]) -> T:
+        """The stream's next message; `Cut` once the time has passed."""
+        if self.passed:
+            raise Cut
+        self._waiting = True
+        try:
+            return await anext(stream)
+        except asyncio.CancelledError:
+            # Ours only if the timer fired and nobody else cancelled the task too.
+            if self.passed and self._task is not None and self._task.uncancel() == 0:
+                raise Cut from None
+            raise
+        finally:
+            self._waiting = False

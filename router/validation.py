@@ -16,7 +16,7 @@ from opentelemetry.context import Context
 
 from router.call import Call
 from tiermesh.chat import Message
-from tiermesh.config import Settings, TaskName
+from tiermesh.config import Persona, Settings, TaskName
 from tiermesh.errors import StatusError, invalid
 from tiermesh.ids import is_valid_id
 from tiermesh.v1 import mesh_pb2
@@ -56,6 +56,12 @@ def resolve(
     if task is None:
         names = ", ".join(mesh_pb2.Task.Name(mesh_pb2.Task.ValueType(t)) for t in TASK_NAMES)
         raise invalid(f"task {request.task} is not one of {names}")
+    persona = settings.persona_for(request.npc_id)
+    if persona is None and not request.persona:
+        raise StatusError(
+            grpc.StatusCode.NOT_FOUND,
+            f"npc_id {request.npc_id!r} has no persona: configure one for it, or send persona with the call",
+        )
     if not request.prompt.strip():
         raise invalid("prompt must not be empty")
     if len(request.prompt) > router.max_prompt_chars:
@@ -67,14 +73,14 @@ def resolve(
     _check_sampling(request.sampling)
     if request.tool_choice not in TOOL_CHOICES:
         raise invalid(f"tool_choice {request.tool_choice} is not a ToolChoice")
-    intents = _intents(request, task, settings)
+    intents = _intents(request, task, settings.router.max_intents, persona)
 
     if time_remaining is None:
         time_remaining = policy.default_deadline_s
     if time_remaining <= 0:
         raise StatusError(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline expired before routing")
 
-    system = request.persona or settings.persona_for(request.npc_id).system
+    system = request.persona or (persona.system if persona is not None else "")
     return Call(
         # Unique, not secret: no system call for randomness (secrets, uuid4) per call.
         request_id=f"{random.getrandbits(128):032x}",
@@ -113,17 +119,18 @@ def check_session_update(request: mesh_pb2.UpdateSessionRequest) -> None:
         raise invalid(f"fact keys take 1-64 characters and values at most 512: {bad[:3]}")
 
 
-def _intents(request: mesh_pb2.GenerateRequest, task: TaskName, settings: Settings) -> tuple[str, ...]:
+def _intents(
+    request: mesh_pb2.GenerateRequest, task: TaskName, limit: int, persona: Persona | None
+) -> tuple[str, ...]:
     if task != "intent":
         if request.intents:
             raise invalid("intents are only for TASK_INTENT")
         return ()
-    intents = list(request.intents) or settings.persona_for(request.npc_id).intents
+    intents = list(request.intents) or (persona.intents if persona is not None else [])
     if not intents:
         raise invalid(
             f"TASK_INTENT needs an intent set: send intents, or configure one for {request.npc_id!r}"
         )
-    limit = settings.router.max_intents
     if len(intents) > limit:
         raise invalid(f"{len(intents)} intents; the limit is {limit}")
     if duplicates := sorted({i for i in intents if intents.count(i) > 1}):

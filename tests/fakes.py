@@ -10,7 +10,7 @@ import grpc
 
 from router.call import Call
 from router.validation import resolve
-from tiermesh.config import Settings
+from tiermesh.config import Persona, Settings
 from tiermesh.errors import StatusError
 from tiermesh.v1 import mesh_pb2
 
@@ -40,7 +40,10 @@ def a_call(
     task: mesh_pb2.Task.ValueType = mesh_pb2.TASK_DIALOGUE, deadline_s: float = 5.0, **fields: object
 ) -> Call:
     """A resolved call; `fields` are GenerateRequest fields (prompt, intents, max_tokens…)."""
-    return resolve(request(**({"prompt": "hello", "task": task} | fields)), Settings(), deadline_s)
+    return resolve(request(**({"prompt": "hello", "task": task} | fields)), SETTINGS, deadline_s)
+
+
+SETTINGS = Settings(personas={"guard-1": Persona(system="You guard the gate.", intents=["GREET", "ATTACK"])})
 
 
 @dataclass
@@ -49,6 +52,7 @@ class Step:
 
     tokens: list[str] = field(default_factory=lambda: ["a", "b", "c"])
     first_delay: float = 0.0
+    token_delay: float = 0.0  # before each token after the first
     fail_before: StatusError | None = None
     fail_after: int | None = None  # raise UNAVAILABLE after this many tokens
 
@@ -71,6 +75,8 @@ class FakeBackend:
             if step.fail_before is not None:
                 raise step.fail_before
             for i, token in enumerate(step.tokens):
+                if i and step.token_delay:
+                    await asyncio.sleep(step.token_delay)
                 if step.fail_after == i:
                     raise StatusError(grpc.StatusCode.UNAVAILABLE, "replica died mid-stream")
                 yield mesh_pb2.GenerateResponse(text=token, tier=self.tier)

@@ -34,6 +34,17 @@ class Persona(BaseModel):
     voice: str = ""
     # Said when no tier can answer in time (tasks with `canned: true`); empty: none.
     fallback_line: str = ""
+    # The intent chosen when no tier can answer in time (tasks with `canned: true`); one
+    # of `intents`. Empty: the call's first label.
+    default_intent: str = ""
+
+    @model_validator(mode="after")
+    def _default_intent_is_an_intent(self) -> Persona:
+        if self.default_intent and self.default_intent not in self.intents:
+            raise ValueError(
+                f"default_intent {self.default_intent!r} is not one of the intents {self.intents}"
+            )
+        return self
 
 
 class TaskPolicy(BaseModel):
@@ -48,8 +59,14 @@ class TaskPolicy(BaseModel):
     # After tokens were sent and the tier fails: continue on another replica with the
     # text so far as a prefix ("resume"), or end with UNAVAILABLE ("fail").
     on_midstream_failure: Literal["resume", "fail"] = "fail"
-    # When every tier failed or is too slow: answer with the persona's fallback_line.
+    # When no tier can answer in time: the router's own answer (TIER_FALLBACK), sent before
+    # the deadline: for an intent the persona's default_intent (else the call's first
+    # label), for other tasks the persona's fallback_line.
     canned: bool = False
+    # The shortest streamed answer worth starting: a tier that cannot stream this many
+    # tokens before the deadline is not tried, and max_tokens is lowered to what fits but
+    # never below this (router/policies/planner.py). Intents are one label.
+    min_tokens: int = Field(default=1, ge=1)
     # Serve a Generate from Bronze's result cache when the same content was made.
     result_cache: bool = False
     # How much of the conversation (≈ tokens) the prompt carries: Gold-bound tasks a
@@ -80,6 +97,7 @@ def _default_tasks() -> dict[TaskName, TaskPolicy]:
             max_tokens_limit=32,
             default_deadline_s=5.0,
             history_tokens=128,
+            min_tokens=4,
         ),
         "dialogue": TaskPolicy(
             tiers=["silver"],
@@ -87,12 +105,14 @@ def _default_tasks() -> dict[TaskName, TaskPolicy]:
             max_tokens_limit=512,
             default_deadline_s=30.0,
             history_tokens=768,
+            min_tokens=8,
         ),
         "longform": TaskPolicy(
             tiers=["silver"],
             default_max_tokens=256,
             max_tokens_limit=1024,
             default_deadline_s=120.0,
+            min_tokens=16,
         ),
     }
 
@@ -109,8 +129,10 @@ class TierSettings(BaseModel):
     health_check: bool = True
     health_service: str = ""
     health_retry_s: float = Field(default=1.0, gt=0)
-    # Time to first token assumed before any is observed.
+    # Time to first token, and time per token after it, assumed before any is observed
+    # (per task: the planner learns each task's from the tier's answers).
     expected_ttft_s: float = Field(default=0.2, gt=0)
+    expected_token_s: float = Field(default=0.05, gt=0)
     # Streams in flight across the tier's replicas (0: unlimited); more wait in a
     # queue, or are shed at once when the wait would not fit the deadline.
     max_streams: int = Field(default=0, ge=0)
@@ -246,6 +268,11 @@ class RouterSettings(BaseModel):
     max_prompt_chars: int = Field(default=16_384, gt=0)
     # Larger requests are refused by gRPC itself with RESOURCE_EXHAUSTED.
     max_message_bytes: int = Field(default=1 << 20, gt=0)
+    # The router's own time to get an answer out before a caller's deadline (at most a
+    # fifth of the call's budget): it stops waiting for tiers this much earlier. It covers
+    # timers that fire late on a busy host; add the callers' one-way network time when
+    # they are far.
+    deadline_margin_s: float = Field(default=0.02, ge=0)
     tiers: dict[TierName, TierSettings] = Field(default_factory=_default_tiers)
     tasks: dict[TaskName, TaskPolicy] = Field(default_factory=_default_tasks)
     breaker: BreakerSettings = Field(default_factory=BreakerSettings)
@@ -331,6 +358,9 @@ class GoldSettings(BaseModel):
     # "trie": pick the label by the model's next-token scores, one forward pass when
     # the labels' first tokens differ. "grammar": GBNF-constrained greedy decoding.
     intent_method: Literal["trie", "grammar"] = "trie"
+    # Per llama.cpp instance: evaluated prompt prefixes kept (LRU), so personas that
+    # interleave on an instance do not pay for their whole prompt each time.
+    prefix_cache_mib: int = Field(default=64, ge=1)
     # Gold answers short: longer requests are refused here (the router sends them
     # to the next tier of their chain instead).
     max_tokens_limit: int = Field(default=32, gt=0)
@@ -541,10 +571,6 @@ class Settings(BaseSettings):
     security: SecuritySettings = Field(default_factory=SecuritySettings)
     cost: CostSettings = Field(default_factory=CostSettings)
     personas: dict[str, Persona] = Field(default_factory=dict)
-    # The persona of NPCs that have none configured and send none.
-    default_persona: Persona = Persona(
-        system="You are a character in a fantasy video game. Stay in character and answer briefly."
-    )
 
     @field_validator("personas")
     @classmethod
@@ -580,8 +606,9 @@ class Settings(BaseSettings):
             sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=cls._yaml_file))
         return tuple(sources)
 
-    def persona_for(self, npc_id: str) -> Persona:
-        return self.personas.get(npc_id, self.default_persona)
+    def persona_for(self, npc_id: str) -> Persona | None:
+        """The persona configured for an NPC; None when it has none."""
+        return self.personas.get(npc_id)
 
 
 def config_path(explicit: str | Path | None = None) -> Path | None:

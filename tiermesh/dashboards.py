@@ -129,6 +129,24 @@ def overview() -> dash.Dashboard:
                 ),
             )
         )
+        .with_row(dash.Row("The deadline promise"))
+        .with_panel(
+            graph(
+                "Calls answered before their deadline, by task",
+                "percentunit",
+                query("task:tiermesh_router_answered_in_time:ratio_5m", "{{task}}"),
+            )
+        )
+        .with_panel(
+            graph(
+                "Deadline outcomes/s by task",
+                "reqps",
+                query(
+                    rate("tiermesh_router_deadline_outcomes_total", "task, outcome"),
+                    "{{task}} {{outcome}}",
+                ),
+            )
+        )
         .with_row(dash.Row("Resilience"))
         .with_panel(
             graph(
@@ -138,7 +156,7 @@ def overview() -> dash.Dashboard:
                     rate("tiermesh_router_fallbacks_total", "tier, reason"),
                     "{{tier}} {{reason}}",
                 ),
-                query("sum(rate(tiermesh_router_canned_total[$__rate_interval]))", "canned line"),
+                query("sum(rate(tiermesh_router_canned_total[$__rate_interval]))", "canned answer"),
             )
         )
         .with_panel(

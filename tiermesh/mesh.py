@@ -7,6 +7,7 @@ so `tiermesh down` from another shell stops what `tiermesh up --detach` started.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import shutil
@@ -28,6 +29,8 @@ from tiermesh.observability import RULES, prometheus_config
 from tiermesh.tls import sync_channel
 
 REPO = Path(__file__).resolve().parents[1]
+# The engines' niceness beside the router in the local mesh.
+ENGINE_NICE = 5
 
 
 @dataclass(frozen=True)
@@ -42,6 +45,9 @@ class Component:
     files: tuple[tuple[Path, str], ...] = ()
     # How the readiness check dials `grpc_health` (None: plaintext).
     tls: TlsSettings | None = None
+    # The process's CPU niceness: locally the engines share the router's cores, and a
+    # router starved of CPU by them answers late (in production each has its own node).
+    nice: int = 0
 
 
 def components(settings: Settings, config_file: Path | None) -> list[Component]:
@@ -70,9 +76,8 @@ def components(settings: Settings, config_file: Path | None) -> list[Component]:
             started.append(Component("moto", argv, http_ready=(f"{local}:{bronze.moto_port}/moto-api/",)))
         if bronze.container_port:
             argv = [gold_python, "-m", "services.bronze.container", "--port", str(bronze.container_port)]
-            started.append(
-                Component("container", argv, http_ready=(f"{local}:{bronze.container_port}/ping",))
-            )
+            pinged = (f"{local}:{bronze.container_port}/ping",)
+            started.append(Component("container", argv, http_ready=pinged, nice=ENGINE_NICE))
         if bronze.emulator_port:
             argv = [python, "-m", "services.bronze.emulator", *config]
             started.append(Component("emulator", argv, http_ready=(f"{local}:{bronze.emulator_port}/ping",)))
@@ -82,9 +87,9 @@ def components(settings: Settings, config_file: Path | None) -> list[Component]:
         http = f"http://{gold.host}:{gold.http_port}"
         argv = [gold_python, "-m", "services.gold.server", *config]
         ready = (f"{http}/v2/health/ready", f"{http}/v2/models/ensemble/ready")
-        started.append(Component("gold", argv, http_ready=ready))
+        started.append(Component("gold", argv, http_ready=ready, nice=ENGINE_NICE))
     if "silver" in tiers:
-        started.append(cli("silver", settings.silver.listen))
+        started.append(dataclasses.replace(cli("silver", settings.silver.listen), nice=ENGINE_NICE))
     started.append(cli("router", settings.router.listen, edge_client))
     prometheus = prometheus_component(settings)
     if prometheus is not None:
@@ -162,6 +167,7 @@ class LocalMesh:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,  # Ctrl-C in the terminal reaches us, not them
+                preexec_fn=(lambda: os.nice(component.nice)) if component.nice else None,
             )
         return process.pid
 

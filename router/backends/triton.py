@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -62,6 +63,21 @@ def ensemble_inputs(call: Call) -> list[InferInput]:
     return inputs
 
 
+def give_up_times(call: Call) -> dict[str, int]:
+    """When the router stops waiting, as request parameters (Unix ms): for the first
+    response (`tiermesh_start_by_ms`) and for the last (`tiermesh_end_by_ms`). Triton in
+    production cancels a TensorRT-LLM request when the router cancels its stream; the
+    local Gold (PyTriton) sees no cancellation, and uses these to drop work nobody waits
+    for. Other backends ignore them."""
+    to_unix = time.time() - time.monotonic()
+    end_by = call.deadline
+    start_by = end_by if call.first_token_by is None else min(end_by, call.first_token_by)
+    return {
+        "tiermesh_start_by_ms": int((start_by + to_unix) * 1000),
+        "tiermesh_end_by_ms": int((end_by + to_unix) * 1000),
+    }
+
+
 def triton_client(address: str, tls: TlsSettings | None) -> InferenceServerClient:
     """Triton's gRPC client, over mutual TLS when the mesh has it."""
     if tls is None or not tls.enabled:
@@ -100,6 +116,7 @@ class TritonTier:
                 "inputs": ensemble_inputs(call),
                 "outputs": self._outputs,
                 "request_id": call.request_id,
+                "parameters": give_up_times(call),
             }
 
         span = attempt_span(self.name, self.address, call)

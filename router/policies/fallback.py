@@ -1,15 +1,21 @@
-"""Deadline-based fallback down the planned tiers, then a canned line.
+"""Deadline-based fallback down the planned tiers, then the canned answer: the router's
+promise, an answer within the caller's deadline from the best tier that can still make it.
 
-A tier is given up on when it fails before its first token or has not produced one
-by its step's budget; the next tier gets the rest of the caller's deadline. Once a
-tier has streamed a token the call is committed to it (mid-stream failures are the
-tier's Resume policy). Nothing here ever waits past the caller's deadline.
+Each step is the planner's (planner.py): a tier and the time by which it must have
+started (its first token; for an intent, its whole label). A tier that fails or is late
+is given up on and the next step is planned with the time then left. Once a tier has
+streamed a token the call is committed to it (mid-stream failures are the tier's Resume
+policy), and its answer is shaped to the deadline (shaping.py). An intent's label is
+gathered whole and checked before it is sent, so nothing is sent until it is. The
+router's cut-off is the deadline less a margin (the time to get the last message out);
+a task that allows a canned answer gets it at the cut-off at the latest, so it never
+ends DEADLINE_EXCEEDED with nothing.
 """
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
+import logging
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 
@@ -17,16 +23,24 @@ import grpc
 
 from router import metrics
 from router.call import Call
+from router.estimates import TierEstimates
 from router.pipeline import Backend
-from router.policies.planner import Step, TierPlanner
-from router.stats import TierLatency
-from router.streams import close
-from tiermesh.config import TaskName, TierName
+from router.policies.planner import WHOLE, Need, Step, TierPlanner
+from router.policies.shaping import shaped
+from router.stats import Clock
+from router.streams import Cut, Cutoff, close
+from tiermesh.config import TierName
 from tiermesh.errors import StatusError
 from tiermesh.v1 import mesh_pb2
 
+log = logging.getLogger(__name__)
 # Faults of the request itself: another tier would refuse it too.
 CALLER_FAULTS = frozenset({grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.OUT_OF_RANGE})
+# The closing window of a shaped answer: this many tokens' worth before the cut-off.
+CLOSING_TOKENS = 16
+# The router's margin is at most this share of a call's whole budget (a 20 ms intent
+# keeps 4 ms, not the configured 10).
+MARGIN_SHARE = 0.2
 
 
 class Fallback:
@@ -34,95 +48,223 @@ class Fallback:
         self,
         planner: TierPlanner,
         tiers: Mapping[TierName, Backend],
-        latency: Mapping[TierName, TierLatency],
-        canned_line: Callable[[Call], str],
-        canned_tasks: frozenset[TaskName],
+        estimates: Mapping[TierName, TierEstimates],
+        canned: Callable[[Call], mesh_pb2.GenerateResponse | None],
+        margin_s: float,
+        clock: Clock = time.monotonic,
     ) -> None:
         self._planner = planner
         self._tiers = tiers
-        self._latency = latency
-        self._canned_line = canned_line
-        self._canned_tasks = canned_tasks
+        self._estimates = estimates
+        self._canned = canned
+        self._margin_s = margin_s
+        self._clock = clock
+
+    def cut_at(self, call: Call) -> float:
+        """When the router stops waiting for tiers: the deadline less its margin."""
+        budget = max(0.0, call.deadline - call.received_at)
+        return call.deadline - min(self._margin_s, MARGIN_SHARE * budget)
 
     async def generate(self, call: Call) -> AsyncIterator[mesh_pb2.GenerateResponse]:
-        line = self._canned_line(call) if call.task in self._canned_tasks else ""
-        steps, skipped = self._planner.plan(call, has_last_resort=bool(line))
-        for tier in skipped:
-            metrics.FALLBACKS.labels(call.task, tier, "skipped").inc()
-        if not steps and not skipped and not line:
-            raise StatusError(grpc.StatusCode.UNAVAILABLE, f"no tier serves {call.task} requests")
+        canned = self._canned(call)
+        cut_at = self.cut_at(call)
+        tried: list[TierName] = []
+        passed_over: set[TierName] = set()
+        slow: list[TierName] = []
         failures: list[StatusError] = []
-        for step in steps:
-            # A step with the whole deadline (the last) takes the call as it is: copying
-            # it is a first-token cost on every request.
-            attempt = (
-                call
-                if step.has_whole_deadline(call)
-                else dataclasses.replace(call, first_token_by=step.first_token_by)
-            )
-            stream = self._tiers[step.tier].generate(attempt)
-            try:
-                first = await self._first_token(call, step, stream)
-                if isinstance(first, StatusError):
-                    failures.append(first)
-                    continue
-                yield first
-                async for response in stream:
-                    yield response
-                return
-            finally:
-                # Whatever ends this step (a failure, the caller leaving, the stream's
-                # end) ends the attempt: its tier call must not outlive it.
-                await close(stream)
-        if line and call.remaining() > 0:
-            metrics.CANNED.labels(call.task).inc()
-            yield mesh_pb2.GenerateResponse(
-                text=line, tier=mesh_pb2.TIER_CACHE, finish_reason=mesh_pb2.FINISH_REASON_STOP
-            )
-            return
-        raise self._summary(call, failures, skipped)
-
-    async def _first_token(
-        self, call: Call, step: Step, stream: AsyncIterator[mesh_pb2.GenerateResponse]
-    ) -> mesh_pb2.GenerateResponse | StatusError:
-        """The tier's first message; or why this tier is given up. Awaited in place (no
-        task): giving up on the first token ends the attempt anyway."""
-        started = time.monotonic()
-        # A step with the whole deadline needs no timer of its own: the tier call ends
-        # at the caller's deadline (and the edge with it), as DEADLINE_EXCEEDED.
-        whole = step.has_whole_deadline(call)
-        timeout = None if whole else asyncio.timeout(step.first_token_by - started)
+        # The attempt last given up on: closed (its tier call cancelled) when the next
+        # one starts, or only once the canned answer is out: at the cut-off every call
+        # that waited lands at once, and the answer comes first.
+        given_up: AsyncIterator[mesh_pb2.GenerateResponse] | None = None
         try:
-            if timeout is None:
-                first = await anext(stream)
+            while True:
+                step, passed = self._planner.next_step(call, tried, cut_at)
+                self._pass_over(call, passed, self._planner.left(cut_at), passed_over, slow, failures)
+                if step is None:
+                    break
+                if given_up is not None:
+                    await close(given_up)
+                    given_up = None
+                self._log_step(call, step, cut_at)
+                tried.append(step.tier)
+                attempt = call
+                if step.start_by < call.deadline or step.shortened(call):
+                    attempt = dataclasses.replace(
+                        call, first_token_by=step.start_by, max_tokens=step.max_tokens
+                    )
+                stream = self._tiers[step.tier].generate(attempt)
+                cutoff = Cutoff(step.start_by)
+                try:
+                    started = self._clock()
+                    if call.task in WHOLE:
+                        whole = await self._whole(call, step, stream, cutoff, started)
+                        if isinstance(whole, StatusError):
+                            failures.append(whole)
+                            given_up = stream
+                            continue
+                        yield whole
+                        return
+                    first = await self._first(call, step, stream, cutoff, started)
+                    if isinstance(first, StatusError):
+                        failures.append(first)
+                        given_up = stream
+                        continue
+                    yield first
+                    cutoff.reschedule(cut_at)
+                    async for response in self._rest(call, step, first, stream, cutoff, cut_at):
+                        yield response
+                    return
+                finally:
+                    # Whatever else ends this step (the caller leaving, the stream's end)
+                    # ends the attempt: its tier call must not outlive it.
+                    cutoff.cancel()
+                    if stream is not given_up:
+                        await close(stream)
+            if canned is not None and self._clock() < call.deadline:
+                metrics.CANNED.labels(call.task).inc()
+                yield canned
+                return
+            raise self._summary(call, failures, slow)
+        finally:
+            if given_up is not None:
+                await close(given_up)
+
+    @staticmethod
+    def _pass_over(
+        call: Call,
+        passed: list[tuple[TierName, Need]],
+        left: float,
+        passed_over: set[TierName],
+        slow: list[TierName],
+        failures: list[StatusError],
+    ) -> None:
+        """Count the tiers the planner passed over, once each: full (only a queue too
+        long for the deadline kept it out: shed, retry later) or too slow."""
+        for tier, need in passed:
+            if tier in passed_over:
+                continue
+            passed_over.add(tier)
+            if need.full(left):
+                metrics.FALLBACKS.labels(call.task, tier, "shed").inc()
+                failures.append(
+                    StatusError(
+                        grpc.StatusCode.RESOURCE_EXHAUSTED,
+                        f"{tier} is full: expected wait {need.wait:.3f}s",
+                        retry_after_s=need.wait,
+                    )
+                )
             else:
-                async with timeout:
-                    first = await anext(stream)
-        except TimeoutError:
-            if timeout is None or not timeout.expired():
-                raise
+                metrics.FALLBACKS.labels(call.task, tier, "skipped").inc()
+                slow.append(tier)
+
+    def _log_step(self, call: Call, step: Step, cut_at: float) -> None:
+        if log.isEnabledFor(logging.DEBUG):
+            now = self._clock()
+            log.debug(
+                "%s %s: %s, start by %+.3fs, max_tokens %d (cut-off %+.3fs)", call.task,
+                call.request_id[:8], step.tier, step.start_by - now, step.max_tokens, cut_at - now,
+            )  # fmt: skip
+
+    async def _first(
+        self,
+        call: Call,
+        step: Step,
+        stream: AsyncIterator[mesh_pb2.GenerateResponse],
+        cutoff: Cutoff,
+        started: float,
+    ) -> mesh_pb2.GenerateResponse | StatusError:
+        """The tier's first message; or why this tier is given up."""
+        try:
+            first = await cutoff.next(stream)
+        except Cut:
             return self._slow(call, step, started)
         except StopAsyncIteration:
             return StatusError(grpc.StatusCode.UNAVAILABLE, f"{step.tier} sent nothing")
         except StatusError as error:
-            if error.code in CALLER_FAULTS:
-                raise
-            if error.code == grpc.StatusCode.DEADLINE_EXCEEDED and time.monotonic() >= step.first_token_by:
-                return self._slow(call, step, started)
-            reason = "shed" if error.code == grpc.StatusCode.RESOURCE_EXHAUSTED else "failed"
-            metrics.FALLBACKS.labels(call.task, step.tier, reason).inc()
-            return error
-        self._latency[step.tier].observe(time.monotonic() - started)
+            return self._failed(call, step, error, started)
+        self._estimates[step.tier].task(call.task).observe_first(self._clock() - started)
         return first
 
+    async def _whole(
+        self,
+        call: Call,
+        step: Step,
+        stream: AsyncIterator[mesh_pb2.GenerateResponse],
+        cutoff: Cutoff,
+        started: float,
+    ) -> mesh_pb2.GenerateResponse | StatusError:
+        """An intent's label, gathered whole and checked (the reply is always one of the
+        call's labels), as one message; or why this tier is given up."""
+        parts: list[str] = []
+        last = None
+        try:
+            while True:
+                response = await cutoff.next(stream)
+                parts.append(response.text)
+                last = response
+        except StopAsyncIteration:
+            pass
+        except Cut:
+            return self._slow(call, step, started)
+        except StatusError as error:
+            return self._failed(call, step, error, started)
+        label = "".join(parts).strip()
+        if last is None or label not in call.intents:
+            metrics.FALLBACKS.labels(call.task, step.tier, "failed").inc()
+            return StatusError(
+                grpc.StatusCode.UNAVAILABLE, f"{step.tier} answered {label[:40]!r}, not one of the intents"
+            )
+        self._estimates[step.tier].task(call.task).observe_first(self._clock() - started)
+        answer = mesh_pb2.GenerateResponse(
+            text=label, tier=last.tier, finish_reason=mesh_pb2.FINISH_REASON_STOP
+        )
+        answer.usage.CopyFrom(last.usage)
+        return answer
+
+    async def _rest(
+        self,
+        call: Call,
+        step: Step,
+        first: mesh_pb2.GenerateResponse,
+        stream: AsyncIterator[mesh_pb2.GenerateResponse],
+        cutoff: Cutoff,
+        cut_at: float,
+    ) -> AsyncIterator[mesh_pb2.GenerateResponse]:
+        """A committed stream after its first message, shaped to the deadline."""
+        estimate = self._estimates[step.tier].task(call.task)
+        first_at = self._clock()
+        shortened = step.shortened(call)
+        closing_at = cut_at - CLOSING_TOKENS * estimate.token_s(0.5)
+        # The first messages always pass: a shortened bark still starts at once.
+        closing_after = max(2, step.max_tokens - CLOSING_TOKENS) if shortened else None
+        tokens = 1
+        if first.finish_reason:
+            return  # the first message was the whole answer
+        async for response in shaped(stream, cutoff, closing_at, closing_after, shortened, self._clock):
+            tokens += 1
+            if response.finish_reason:
+                tokens = response.usage.completion_tokens or tokens
+            yield response
+        estimate.observe_rest(tokens, self._clock() - first_at)
+
+    def _failed(self, call: Call, step: Step, error: StatusError, started: float) -> StatusError:
+        if error.code in CALLER_FAULTS:
+            raise error
+        if error.code == grpc.StatusCode.DEADLINE_EXCEEDED:
+            return self._slow(call, step, started)
+        reason = "shed" if error.code == grpc.StatusCode.RESOURCE_EXHAUSTED else "failed"
+        metrics.FALLBACKS.labels(call.task, step.tier, reason).inc()
+        return error
+
     def _slow(self, call: Call, step: Step, started: float) -> StatusError:
-        """The tier gave no first token by its step's budget."""
-        # A censored sample: this tier took at least this long.
-        self._latency[step.tier].observe(time.monotonic() - started)
+        """The tier did not start by its step's time."""
+        took = self._clock() - started
+        log.debug("%s %s: %s given up on after %.3fs", call.task, call.request_id[:8], step.tier, took)
+        self._estimates[step.tier].task(call.task).observe_given_up(took)
         metrics.FALLBACKS.labels(call.task, step.tier, "slow").inc()
+        what = "answer" if call.task in WHOLE else "first token"
         return StatusError(
-            grpc.StatusCode.DEADLINE_EXCEEDED,
-            f"{step.tier} gave no first token within {step.first_token_by - started:.3f}s",
+            grpc.StatusCode.DEADLINE_EXCEEDED, f"{step.tier} gave no {what} within {took:.3f}s"
         )
 
     @staticmethod
@@ -130,14 +272,14 @@ class Fallback:
         detail = "; ".join(
             [f.message for f in failures] + [f"{t} skipped: too slow for the deadline" for t in skipped]
         )
+        if not failures and not skipped:
+            return StatusError(grpc.StatusCode.UNAVAILABLE, f"no tier serves {call.task} requests")
         if call.remaining() <= 0 or (skipped and not failures):
             return StatusError(grpc.StatusCode.DEADLINE_EXCEEDED, f"no tier answered in time: {detail}")
         if failures and all(f.code == grpc.StatusCode.RESOURCE_EXHAUSTED for f in failures):
             retry = min(f.retry_after_s or 0.0 for f in failures)
             return StatusError(
-                grpc.StatusCode.RESOURCE_EXHAUSTED,
-                f"every tier is full: {detail}",
-                retry_after_s=retry,
+                grpc.StatusCode.RESOURCE_EXHAUSTED, f"every tier is full: {detail}", retry_after_s=retry
             )
         if failures and all(f.code == grpc.StatusCode.DEADLINE_EXCEEDED for f in failures):
             return StatusError(grpc.StatusCode.DEADLINE_EXCEEDED, f"no tier answered in time: {detail}")

@@ -23,7 +23,7 @@ class Hedge:
         self,
         inner: Backend,
         tier: str,
-        delay_s: Callable[[], float | None],
+        delay_s: Callable[[Call], float | None],
         budget: RetryBudget,
     ) -> None:
         self._inner = inner
@@ -32,7 +32,7 @@ class Hedge:
         self._budget = budget
 
     async def generate(self, call: Call) -> AsyncIterator[mesh_pb2.GenerateResponse]:
-        delay = self._delay_s()
+        delay = self._delay_s(call)
         if delay is None or delay >= call.first_token_remaining():
             # No basis for a delay yet, or no time for a hedge to help.
             async for response in self._inner.generate(call):

@@ -35,6 +35,11 @@ class StreamLimit:
         # How long a stream holds its slot (peak-EWMA: pessimistic under change).
         self._hold = PeakEwma(expected_s)
 
+    def wait_estimate(self) -> float:
+        """What a call arriving now would wait for a slot (0 while one is free): the
+        planner adds it to the tier's time to an answer."""
+        return 0.0 if self._taken < self._max and not self._waiters else self.expected_wait()
+
     def expected_wait(self) -> float:
         # Streams already running longer than the estimate prove it low: use their age.
         now = time.monotonic()

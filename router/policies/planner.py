@@ -1,48 +1,92 @@
-"""Tier choice: which tiers may still answer this call in time, and by when.
+"""Tier choice: the best tier that can still answer the call whole before its deadline,
+and by when it must have started.
 
-The task's route (configuration) lists tiers best first; a tier whose answers are
-shorter than the call's max_tokens (Gold) is left out. Each tier but the last
-gets a first-token budget that leaves the next tier twice its p95 time to first
-token, so falling back can still meet the caller's deadline. A tier whose median
-time to first token no longer fits its budget is skipped up front, when something
-else can answer.
+The task's route (configuration) lists tiers best first; a tier whose answers are shorter
+than the call's max_tokens (Gold) is left out. The plan is made one step at a time, with
+the time left then (a tier that failed fast leaves the next one more):
+
+1. A tier can answer when its expected time to a whole answer fits before the cut-off
+   (the deadline less the router's margin): queue wait (its stream limit's estimate) +
+   time to first token + the rest of a minimal answer (`min_tokens` tokens for a
+   streamed task; an intent is one label). Medians: a tier that cannot finish is never
+   handed time.
+2. The best tier that can answer is tried. It is given up on (no first token, or for an
+   intent no whole label) early enough that the next tier that can answer still finishes
+   by its p95 (with some slack), but only when the best tier's own p95 fits in what is
+   then left: the best tier is never skipped, nor cut short, to keep time for a worse one.
+3. A streamed task's max_tokens is lowered to what the tier's token rate fits before the
+   cut-off (never below min_tokens); the answer then ends FINISH_REASON_DEADLINE.
+
+docs/router.md works this through for each task.
 """
 
 from __future__ import annotations
 
+import math
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 
 from router.call import Call
-from router.stats import TierLatency
+from router.estimates import TierEstimates
+from router.stats import Clock
 from tiermesh.config import TaskName, TierName
 
-# Headroom kept for the next tier: a multiple of its observed p95 time to first token.
-RESERVE_FACTOR = 2.0
+# Tasks whose answer must arrive whole: an intent is a label, never part of one.
+WHOLE = frozenset({"intent"})
+# Time kept for the next tier is its p95 need, a quarter more and 5 ms: a timer fires
+# late, and the next attempt takes its own time to start.
+RESERVE_SLACK, RESERVE_FLOOR_S = 1.25, 0.005
 
 
 @dataclass(frozen=True)
 class Step:
     tier: TierName
-    # Absolute time.monotonic() by which this tier's first token must arrive.
-    first_token_by: float
+    # Absolute time.monotonic(): the first token (for a whole-answer task, the whole
+    # answer) by then, or the next step.
+    start_by: float
+    # What this attempt may generate: the call's, or fewer to fit the deadline.
+    max_tokens: int
 
-    def has_whole_deadline(self, call: Call) -> bool:
-        """Whether this tier's first token may take all the caller's time (the last step)."""
-        return self.first_token_by >= call.deadline
+    def shortened(self, call: Call) -> bool:
+        return self.max_tokens < call.max_tokens
+
+
+def reserve_for(need: Need) -> float:
+    return RESERVE_SLACK * need.p95 + RESERVE_FLOOR_S
+
+
+@dataclass(frozen=True)
+class Need:
+    """A tier's expected time to a minimal whole answer, at the median and the p95."""
+
+    p50: float
+    p95: float
+    ttft: float  # median time to first token, queue included
+    token_s: float  # median time per token after the first
+    wait: float  # the queue's share
+
+    def full(self, left: float) -> bool:
+        """Whether only its queue keeps the tier from answering in `left` seconds."""
+        return self.wait > 0 and self.p50 > left >= self.p50 - self.wait
 
 
 class TierPlanner:
     def __init__(
         self,
         routes: Mapping[TaskName, Sequence[TierName]],
-        latency: Mapping[TierName, TierLatency],
+        estimates: Mapping[TierName, TierEstimates],
         max_tokens: Mapping[TierName, int] | None = None,
+        min_tokens: Mapping[TaskName, int] | None = None,
+        queue_wait: Mapping[TierName, Callable[[], float]] | None = None,
+        clock: Clock = time.monotonic,
     ) -> None:
         self._routes = routes
-        self._latency = latency
+        self._estimates = estimates
         self._max_tokens = max_tokens or {}
+        self._min_tokens = min_tokens or {}
+        self._queue_wait = queue_wait or {}
+        self._clock = clock
 
     def chain(self, call: Call) -> list[TierName]:
         """The configured tiers for the call's task, best first, that the router knows
@@ -50,22 +94,54 @@ class TierPlanner:
         return [
             tier
             for tier in self._routes.get(call.task, ())
-            if tier in self._latency and call.max_tokens <= (self._max_tokens.get(tier) or call.max_tokens)
+            if tier in self._estimates and call.max_tokens <= (self._max_tokens.get(tier) or call.max_tokens)
         ]
 
-    def plan(self, call: Call, has_last_resort: bool = False) -> tuple[list[Step], list[TierName]]:
-        """(steps to try in order, tiers skipped because they cannot make it)."""
-        chain = self.chain(call)
-        now = time.monotonic()
-        steps: list[Step] = []
-        skipped: list[TierName] = []
-        for i, tier in enumerate(chain):
-            later = chain[i + 1 :]
-            reserve = RESERVE_FACTOR * self._latency[later[0]].quantile(0.95) if later else 0.0
-            first_token_by = call.deadline - reserve
-            something_after = bool(later) or has_last_resort
-            if something_after and self._latency[tier].quantile(0.5) > first_token_by - now:
-                skipped.append(tier)
-                continue
-            steps.append(Step(tier, first_token_by))
-        return steps, skipped
+    def need(self, call: Call, tier: TierName) -> Need:
+        estimate = self._estimates[tier].task(call.task)
+        wait = self._queue_wait[tier]() if tier in self._queue_wait else 0.0
+        rest = 0 if call.task in WHOLE else max(0, self.min_tokens(call) - 1)
+        ttft = wait + estimate.ttft(0.5)
+        token_s = estimate.token_s(0.5)
+        return Need(
+            p50=ttft + rest * token_s,
+            p95=wait + estimate.ttft(0.95) + rest * estimate.token_s(0.95),
+            ttft=ttft,
+            token_s=token_s,
+            wait=wait,
+        )
+
+    def min_tokens(self, call: Call) -> int:
+        return min(call.max_tokens, self._min_tokens.get(call.task, 1))
+
+    def next_step(
+        self, call: Call, tried: Collection[TierName], cut_at: float
+    ) -> tuple[Step | None, list[tuple[TierName, Need]]]:
+        """The next tier to try with the time left before `cut_at` (None when none can
+        answer in it), and the better tiers passed over because they cannot (with what
+        they would need: a full one's queue is why)."""
+        now = self._clock()
+        left = cut_at - now
+        candidates = [tier for tier in self.chain(call) if tier not in tried]
+        needs = {tier: self.need(call, tier) for tier in candidates}
+        able = [tier for tier in candidates if needs[tier].p50 <= left]
+        if not able:
+            return None, [(tier, needs[tier]) for tier in candidates]
+        best, *later = able
+        passed = [(tier, needs[tier]) for tier in candidates[: candidates.index(best)]]
+        need = needs[best]
+        # Time kept for the next tier that can still answer, if the best fits beside it.
+        reserve = next((reserve_for(needs[t]) for t in later if reserve_for(needs[t]) <= left), 0.0)
+        # Kept only when the best tier's p95 fits beside it: given its median alone, the
+        # best tier would be given up on half the time, for a worse one.
+        start_by = cut_at - reserve if need.p95 <= left - reserve else cut_at
+        max_tokens = call.max_tokens
+        if call.task not in WHOLE:
+            # A streamed answer must start early enough to stream its minimal length.
+            start_by = min(start_by, cut_at - (self.min_tokens(call) - 1) * need.token_s)
+            fits = 1 + math.floor(max(0.0, left - need.ttft) / max(need.token_s, 1e-6))
+            max_tokens = max(self.min_tokens(call), min(call.max_tokens, fits))
+        return Step(best, start_by, max_tokens), passed
+
+    def left(self, cut_at: float) -> float:
+        return cut_at - self._clock()

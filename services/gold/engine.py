@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections import defaultdict
 from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -19,6 +20,19 @@ from typing import Any
 
 from tiermesh.config import GoldSettings
 from tiermesh.model import gguf_path
+
+
+class GaveUp(Exception):
+    """The request's caller stopped waiting before its work was done."""
+
+
+@dataclass(frozen=True)
+class GiveUp:
+    """When the router stops waiting for a request (Unix time): for its first response,
+    and for its last (router/backends/triton.py, give_up_times)."""
+
+    start_by: float
+    end_by: float
 
 
 @dataclass
@@ -34,7 +48,7 @@ class LlamaPool:
         self._grammars: dict[tuple[str, ...], Any] = {}
 
     def load(self) -> None:
-        from llama_cpp import Llama
+        from llama_cpp import Llama, LlamaRAMCache
 
         model = Path(self._settings.model) if self._settings.model else gguf_path()
         for i in range(self._settings.instances):
@@ -45,15 +59,27 @@ class LlamaPool:
                 n_batch=256,
                 verbose=False,
             )
+            # A first evaluation pays for what llama.cpp sets up lazily (its weights paged
+            # in, its buffers): done here, before Triton serves, not on a caller's intent.
+            llm.create_completion("Hello", max_tokens=2, temperature=0.0)
+            # Personas interleave on an instance: keep each one's evaluated prefix (its
+            # state), so a persona seen before costs its situation only, not its whole
+            # prompt again. create_completion uses it too.
+            llm.set_cache(LlamaRAMCache(capacity_bytes=self._settings.prefix_cache_mib << 20))
             self._free.put_nowait(Worker(llm, ThreadPoolExecutor(1, thread_name_prefix=f"llama-{i}")))
 
-    async def _run(self, work: Any) -> AsyncIterator[Any]:
+    async def _run(self, work: Any, start_by: float | None = None) -> AsyncIterator[Any]:
         """Run `work(llm, emit, stopped)` on a free instance's thread; yield what it emits.
 
         Closing the iterator sets `stopped`, so decoding ends at the next token; the
-        instance goes back to the pool only once its thread has let go of it.
+        instance goes back to the pool only once its thread has let go of it. A request
+        still waiting for an instance at `start_by` (Unix time) is dropped unrun: its
+        caller has given up (GaveUp).
         """
         worker = await self._free.get()
+        if start_by is not None and time.time() > start_by:
+            self._free.put_nowait(worker)
+            raise GaveUp("the caller gave up before an instance was free")
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
         stopped = threading.Event()
@@ -90,8 +116,11 @@ class LlamaPool:
         top_k: int = 40,
         top_p: float = 0.95,
         seed: int | None = None,
+        give_up: GiveUp | None = None,
     ) -> AsyncIterator[str]:
-        """The completion of `prompt`, one text piece per generated token."""
+        """The completion of `prompt`, one text piece per generated token; it stops at
+        `give_up.end_by` (Unix time), when its caller stops waiting."""
+        end_by = give_up.end_by if give_up is not None else None
 
         def work(llm: Any, emit: Any, stopped: threading.Event) -> None:
             pieces = llm.create_completion(
@@ -104,24 +133,29 @@ class LlamaPool:
                 stream=True,
             )
             for chunk in pieces:
-                if stopped.is_set():
+                if stopped.is_set() or (end_by is not None and time.time() > end_by):
                     break
                 emit(chunk["choices"][0]["text"])
 
-        async for piece in self._run(work):
+        async for piece in self._run(work, give_up.start_by if give_up is not None else None):
             yield piece
 
-    async def choose(self, prompt: str, labels: Sequence[str], method: str = "trie") -> str:
-        """One of `labels`, always."""
+    async def choose(
+        self, prompt: str, labels: Sequence[str], method: str = "trie", give_up: GiveUp | None = None
+    ) -> str:
+        """One of `labels`, always; GaveUp when its caller stops waiting first."""
+        start_by = give_up.start_by if give_up is not None else None
 
         def work(llm: Any, emit: Any, stopped: threading.Event) -> None:
             emit(
-                choose_by_trie(llm, prompt, labels)
+                choose_by_trie(llm, prompt, labels, start_by)
                 if method == "trie"
                 else self._by_grammar(llm, prompt, labels)
             )
 
-        async for label in self._run(work):
+        async for label in self._run(work, start_by):
+            if label is None:
+                raise GaveUp("the caller gave up while the label was being chosen")
             return str(label)
         raise RuntimeError("no label chosen")
 
@@ -141,7 +175,20 @@ class LlamaPool:
         return text if text in labels else labels[0]  # the grammar admits only labels
 
 
-def choose_by_trie(llm: Any, prompt: str, labels: Sequence[str]) -> str:
+def shared_prefix(llm: Any, tokens: Sequence[int]) -> int:
+    """How many of `tokens` (all but the last) the instance's evaluated context already holds."""
+    cached = list(llm.input_ids[: llm.n_tokens])
+    common = 0
+    while common < min(len(cached), len(tokens) - 1) and cached[common] == tokens[common]:
+        common += 1
+    return common
+
+
+# Tokens of a prompt evaluated at a time: between two, a request whose caller gave up stops.
+EVAL_CHUNK = 32
+
+
+def choose_by_trie(llm: Any, prompt: str, labels: Sequence[str], start_by: float | None = None) -> str | None:
     """Greedy decoding restricted to the labels' token trie.
 
     The prompt is evaluated once (reusing the longest cached prefix: the persona's
@@ -151,12 +198,22 @@ def choose_by_trie(llm: Any, prompt: str, labels: Sequence[str]) -> str:
     one forward pass.
     """
     tokens = llm.tokenize(prompt.encode(), add_bos=False, special=True)
-    cached = list(llm.input_ids[: llm.n_tokens])
-    common = 0
-    while common < min(len(cached), len(tokens) - 1) and cached[common] == tokens[common]:
-        common += 1
+    common = shared_prefix(llm, tokens)
+    if llm.cache is not None:
+        try:
+            state = llm.cache[tokens]  # the stored prefix state that shares most with it
+        except KeyError:
+            state = None
+        if state is not None and state.n_tokens > common:
+            llm.load_state(state)
+            common = shared_prefix(llm, tokens)
     llm.n_tokens = common
-    llm.eval(tokens[common:])
+    for start in range(common, len(tokens), EVAL_CHUNK):
+        if start_by is not None and time.time() > start_by:
+            return None  # nobody waits for the label any more
+        llm.eval(tokens[start : start + EVAL_CHUNK])
+    if llm.cache is not None:
+        llm.cache[tokens] = llm.save_state()
     label_tokens = {label: llm.tokenize(label.encode(), add_bos=False) for label in labels}
     end = llm.token_eos()
     alive = list(labels)

@@ -11,6 +11,7 @@ TensorRT-LLM streams. Intents come through TensorRT-LLM's guided decoding inputs
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import re
@@ -21,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from services.gold.engine import LlamaPool
+from services.gold.engine import GaveUp, GiveUp, LlamaPool
 from tiermesh.config import GoldSettings, TlsSettings, load_settings
 from tiermesh.logs import setup_logging
 
@@ -47,6 +48,16 @@ def scalar(request: Any, name: str, default: Any = None) -> Any:
     return value.decode() if isinstance(value, bytes) else value.item()
 
 
+def give_up_of(request: Any) -> GiveUp | None:
+    """The router's give-up times, when it sent them (request parameters, Unix ms)."""
+    parameters = getattr(request, "parameters", None) or {}
+    if "tiermesh_start_by_ms" not in parameters or "tiermesh_end_by_ms" not in parameters:
+        return None
+    return GiveUp(
+        int(parameters["tiermesh_start_by_ms"]) / 1000, int(parameters["tiermesh_end_by_ms"]) / 1000
+    )
+
+
 def text_output(text: str) -> list[dict[str, np.ndarray[Any, Any]]]:
     return [{"text_output": np.array([[text.encode()]], dtype=np.object_)}]
 
@@ -64,6 +75,7 @@ class Ensemble:
         # No dynamic batcher: Triton hands over one request at a time, so independent
         # streams never advance in lockstep.
         [request] = requests
+        give_up = give_up_of(request)
         prompt = scalar(request, "text_input")
         max_tokens = int(scalar(request, "max_tokens"))
         if not 0 < max_tokens <= self._settings.max_tokens_limit:
@@ -77,18 +89,25 @@ class Ensemble:
                 labels = labels_from_guide(scalar(request, "guided_decoding_guide", ""))
             except ValueError as e:
                 raise PyTritonBadParameterError(str(e)) from None
-            yield text_output(await self._pool.choose(prompt, labels, self._settings.intent_method))
+            try:
+                label = await self._pool.choose(prompt, labels, self._settings.intent_method, give_up)
+            except GaveUp:
+                return  # nobody reads it
+            yield text_output(label)
             return
-        async for piece in self._pool.stream(
+        pieces = self._pool.stream(
             prompt,
             max_tokens,
             temperature=float(scalar(request, "temperature", 0.7)),
             top_k=int(scalar(request, "top_k", 40)),
             top_p=float(scalar(request, "top_p", 0.95)),
             seed=scalar(request, "random_seed"),
-        ):
-            if piece:  # llama.cpp ends with an empty piece; TensorRT-LLM sends none
-                yield text_output(piece)
+            give_up=give_up,
+        )
+        with contextlib.suppress(GaveUp):  # nobody reads the rest
+            async for piece in pieces:
+                if piece:  # llama.cpp ends with an empty piece; TensorRT-LLM sends none
+                    yield text_output(piece)
 
 
 def serve(settings: GoldSettings, tls: TlsSettings | None = None) -> None:

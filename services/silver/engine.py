@@ -72,7 +72,17 @@ class SilverEngine:
     async def start(self) -> None:
         self._llm = await asyncio.to_thread(self._build)
         self._tokenizer = self._llm.get_tokenizer()
+        await self.warm()
         log.info("silver engine ready: %s", self._settings.model)
+
+    async def warm(self) -> None:
+        """One short answer and one structured one before the tier says SERVING: a first
+        request pays for what the engine sets up lazily (a plain one and a choice grammar
+        several times a warm one), and the router would judge the tier by it."""
+        for choices in ((), ("YES", "NO")):
+            sampling = Sampling(max_tokens=2, temperature=0.0, top_p=1.0, choices=choices)
+            async for _ in self.generate(f"warm-{len(choices)}", [Message("user", "Hello")], sampling):
+                pass
 
     def _build(self) -> Any:
         from vllm.engine.arg_utils import AsyncEngineArgs

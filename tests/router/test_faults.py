@@ -276,7 +276,7 @@ async def test_everything_down_gives_the_canned_line_or_a_fast_unavailable(make_
         await replica.kill()
     canned = await call(fleet.stub, deadline_s=1.0)
     assert canned.code == grpc.StatusCode.OK
-    assert [(r.text, r.tier) for r in canned.responses] == [(CANNED, mesh_pb2.TIER_CACHE)]
+    assert [(r.text, r.tier) for r in canned.responses] == [(CANNED, mesh_pb2.TIER_FALLBACK)]
     bark = await call(fleet.stub, ask(mesh_pb2.TASK_BARK), deadline_s=2.0)  # no canned line for barks
     assert bark.code == grpc.StatusCode.UNAVAILABLE
     assert bark.seconds < 1.0

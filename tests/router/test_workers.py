@@ -93,6 +93,7 @@ def config(
                     "data_path": data_path,
                 },
                 "state": {"backend": "redis", "redis_url": redis_server},
+                "personas": {"guard-1": {"system": "You are Brom, the north gate guard."}},
             }
         )
     )

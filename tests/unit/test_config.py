@@ -28,7 +28,7 @@ def test_yaml_file_is_read(config_file: Path) -> None:
     settings = load_settings(config_file)
     assert settings.router.listen == "127.0.0.1:7000"
     assert settings.router.tiers["silver"].endpoints == ["127.0.0.1:7001"]
-    assert settings.persona_for("guard-1").intents == ["GREET", "WARN"]
+    assert settings.personas["guard-1"].intents == ["GREET", "WARN"]
     # Unset keys keep their defaults.
     assert settings.router.tasks["dialogue"].tiers == ["silver"]
 

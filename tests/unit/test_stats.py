@@ -1,4 +1,5 @@
-from router.stats import Breaker, PeakEwma, RetryBudget, TierLatency
+from router.estimates import TaskEstimate
+from router.stats import Breaker, PeakEwma, RetryBudget
 from tests.fakes import FakeClock
 
 
@@ -70,19 +71,24 @@ def test_success_resets_consecutive_failures() -> None:
 
 
 def test_tier_latency_uses_the_expectation_until_observed() -> None:
-    latency = TierLatency(expected_s=0.2)
-    assert latency.quantile(0.95) == 0.2
+    latency = TaskEstimate(ttft_s=0.2, token_s=0.05)
+    assert latency.ttft(0.95) == 0.2
+    assert latency.token_s(0.5) == 0.05
     for ms in range(1, 101):
-        latency.observe(ms / 1000)
-    assert latency.quantile(0.5) == 0.051
-    assert latency.quantile(0.95) == 0.096
+        latency.observe_first(ms / 1000)
+    assert latency.ttft(0.5) == 0.051
+    assert latency.ttft(0.95) == 0.096
+    latency.observe_rest(tokens=11, seconds=0.5)
+    assert latency.token_s(0.5) == 0.05  # 10 tokens after the first in 0.5 s
+    latency.observe_rest(tokens=1, seconds=0.5)  # one token: no rate to learn
+    assert latency.token_s(0.99) == 0.05
 
 
 def test_a_quantile_follows_each_new_observation_and_the_window_slides() -> None:
-    latency = TierLatency(expected_s=0.2, size=3)
+    latency = TaskEstimate(ttft_s=0.2, token_s=0.05, size=3)
     for seconds in (0.01, 0.02, 0.03):
-        latency.observe(seconds)
-    assert latency.quantile(0.99) == 0.03
-    latency.observe(0.5)  # asked before: the answer must not be the old order's
-    assert latency.quantile(0.99) == 0.5
-    assert latency.quantile(0.0) == 0.02  # 0.01 left the window
+        latency.observe_first(seconds)
+    assert latency.ttft(0.99) == 0.03
+    latency.observe_first(0.5)  # asked before: the answer must not be the old order's
+    assert latency.ttft(0.99) == 0.5
+    assert latency.ttft(0.0) == 0.02  # 0.01 left the window

@@ -82,9 +82,13 @@ def test_persona_text_in_the_request_overrides_the_configured_one() -> None:
     assert call.messages[0].content == "You are a talking cat."
 
 
-def test_unknown_npc_gets_the_default_persona() -> None:
-    call = resolve(request(npc_id="farmer-7"), SETTINGS, 2.0)
-    assert call.messages[0].content == SETTINGS.default_persona.system
+def test_an_npc_without_a_persona_is_not_found_unless_the_call_brings_one() -> None:
+    with pytest.raises(StatusError) as caught:
+        resolve(request(npc_id="farmer-7"), SETTINGS, 2.0)
+    assert caught.value.code == grpc.StatusCode.NOT_FOUND
+    assert "'farmer-7'" in caught.value.message
+    call = resolve(request(npc_id="farmer-7", persona="You farm turnips."), SETTINGS, 2.0)
+    assert call.messages[0].content == "You farm turnips."
 
 
 def test_no_deadline_uses_the_task_budget() -> None:
@@ -103,7 +107,7 @@ def test_explicit_max_tokens_within_limit_is_kept() -> None:
         ({"intents": [f"I{n}" for n in range(33)]}, "33 intents; the limit is 32"),
         ({"intents": ["attack"]}, "upper-case labels"),
         ({"intents": ["RUN AWAY"]}, "upper-case labels"),
-        ({"npc_id": "farmer-9"}, "needs an intent set"),
+        ({"npc_id": "farmer-9", "persona": "You farm turnips."}, "needs an intent set"),
     ],
 )
 def test_bad_intent_sets_are_invalid(fields: dict[str, object], words: str) -> None:
