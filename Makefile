@@ -31,7 +31,7 @@ setup: $(STAMPS)/venv $(STAMPS)/venv-gold $(STAMPS)/debian $(STUBS) $(BUF) nativ
 # The router's C parts (router/native/), built ahead: a container with a read-only root
 # filesystem then imports them from .run/native/ (or $$TIERMESH_NATIVE_DIR) at start.
 native: $(STAMPS)/venv $(STAMPS)/debian $(STUBS)
-	$(BIN)/python -c "import router.native.edge, router.native.tier"
+	$(BIN)/python -m router.native.build
 
 # Debian's redis-server (session state shared by router replicas), prometheus (the
 # local mesh's metrics, promtool for the alert rules' tests), libnghttp2-dev with a C
@@ -88,6 +88,7 @@ lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 	cd protos && ../$(BUF) lint
 	cd protos && ../$(BUF) breaking --against baseline.binpb
 

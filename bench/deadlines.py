@@ -31,9 +31,10 @@ import grpc
 from bench.gold import SITUATIONS
 from bench.report import table, update_readme, write
 from bench.silver import mesh_running
+from ops.settings import Settings, load_settings
 from router.backends import TierAdapter, adapter
 from router.validation import TASK_NAMES, resolve
-from tiermesh.config import Settings, TaskName, TierName, load_settings
+from tiermesh.config import TaskName, TierName
 from tiermesh.errors import StatusError
 from tiermesh.v1 import mesh_pb2, mesh_pb2_grpc
 
@@ -137,7 +138,7 @@ class StaticFallback:
 
     async def answer(self, task: TaskName, i: int, deadline_s: float) -> Outcome:
         started = time.perf_counter()
-        call = resolve(request(task, i), self.settings, deadline_s)
+        call = resolve(request(task, i), self.settings.router_config(), deadline_s)
         for tier in self.settings.router.tasks[task].tiers:
             if call.max_tokens > (self.settings.router.tiers[tier].max_tokens or call.max_tokens):
                 continue

@@ -22,10 +22,10 @@ import grpc
 
 from bench.report import median, table, write
 from bench.silver import mesh_running
+from ops.mesh import REPO
+from ops.settings import Settings, load_settings
 from router.backends.triton import TritonTier
 from router.validation import resolve
-from tiermesh.config import Settings, load_settings
-from tiermesh.mesh import REPO
 from tiermesh.v1 import mesh_pb2, mesh_pb2_grpc
 
 SITUATIONS = [
@@ -87,7 +87,7 @@ async def measure(settings: Settings, calls: int) -> dict[str, Any]:
                 pass
 
         async def direct(i: int) -> None:
-            async for _ in gold.generate(resolve(intent_request(i, True), settings, 30.0)):
+            async for _ in gold.generate(resolve(intent_request(i, True), settings.router_config(), 30.0)):
                 pass
 
         for i in range(4):  # warm: connections, llama prefix caches

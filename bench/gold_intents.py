@@ -17,8 +17,8 @@ from typing import Any
 
 from bench.report import median
 from services.gold.engine import LlamaPool, choose_by_trie
+from services.gold.settings import GoldSettings
 from tiermesh.chat import Message, chatml
-from tiermesh.config import GoldSettings
 
 PERSONA = "You are Brom, a gruff town guard. Answer with one intent."
 INTENTS = ["GREET", "WARN", "ATTACK", "IGNORE", "FLEE"]

@@ -27,7 +27,7 @@ import grpc
 import yaml
 
 from bench.report import median, table, write
-from tiermesh.mesh import wait_serving
+from ops.mesh import wait_serving
 from tiermesh.v1 import mesh_pb2, mesh_pb2_grpc
 
 SILVER = ["127.0.0.1:7101", "127.0.0.1:7102"]
@@ -148,7 +148,7 @@ def main() -> None:
     for name, listen in ROUTERS.items():
         config = work / f"{name.split()[0]}.yaml"
         config.write_text(yaml.safe_dump(router_config(listen, tiermesh=name == "tiermesh")))
-        processes.append(start([py, "-m", "tiermesh.cli", "router", "--config", str(config)], work / "r.log"))
+        processes.append(start([py, "-m", "ops.cli", "router", "--config", str(config)], work / "r.log"))
     try:
         for address in [*SILVER, GOLD, *ROUTERS.values()]:
             wait_serving(address, address, 30)

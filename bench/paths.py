@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from tiermesh.mesh import wait_serving
+from ops.mesh import wait_serving
 from tiermesh.v1 import mesh_pb2
 
 MESSAGES = 16
@@ -140,7 +140,7 @@ class Processes:
     def router(self, name: str, config: dict[str, Any], env: Mapping[str, str] | None = None) -> None:
         path = self.work / f"{name.replace(' ', '_')}.yaml"
         path.write_text(yaml.safe_dump(config))
-        self.start(name, [sys.executable, "-m", "tiermesh.cli", "router", "--config", str(path)], env)
+        self.start(name, [sys.executable, "-m", "ops.cli", "router", "--config", str(path)], env)
         wait_serving(name, config["router"]["listen"], 60)
 
     def nginx(self, routes: Mapping[str, str]) -> None:

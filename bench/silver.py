@@ -18,10 +18,11 @@ from dataclasses import dataclass
 import grpc
 
 from bench.report import median, table, write
+from ops.mesh import LocalMesh
+from ops.settings import Settings, load_settings
 from router.backends.tier_grpc import tier_request
 from router.validation import resolve
-from tiermesh.config import Settings, config_path, load_settings
-from tiermesh.mesh import LocalMesh
+from tiermesh.config import config_path
 from tiermesh.tier.v1 import tier_pb2, tier_pb2_grpc
 from tiermesh.v1 import mesh_pb2, mesh_pb2_grpc
 
@@ -68,7 +69,7 @@ async def measure(settings: Settings, rounds: int, max_tokens: int) -> dict[str,
 
         def direct_request() -> tier_pb2.GenerateRequest:
             # Exactly what the router would send: same persona, template input, limits.
-            return tier_request(resolve(public, settings, 60.0))
+            return tier_request(resolve(public, settings.router_config(), 60.0))
 
         # Warm both paths (channels, engine caches) before anything is counted.
         await timed(router.Generate(public, timeout=60))

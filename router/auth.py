@@ -14,7 +14,7 @@ from typing import Any, TypeAlias
 import grpc
 import jwt
 
-from tiermesh.config import AuthSettings
+from router.settings import AuthSettings
 from tiermesh.errors import StatusError
 
 # The authenticated client of the call being handled (set by the interceptor, which

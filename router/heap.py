@@ -3,7 +3,7 @@
 A call's first token waits on one request's Python run cold (docs/router.md): code and
 objects the previous request left in no cache and no TLB. On a virtual machine a TLB miss
 walks two page tables, the guest's and the host's, so those misses are a share of that
-time (docs/router.md: 14-48 us of the first token on this 2 vCPU VM).
+time (bench/results/proxy.md measures a router with and without this, side by side).
 Python's own allocator maps 256 KiB arenas of 4 KiB pages; with `PYTHONMALLOC=malloc`
 objects come from glibc's heap instead, which `glibc.malloc.hugetlb=1` asks the kernel to
 back with 2 MiB pages (madvise, so it works where THP is `madvise` or `always`; glibc

@@ -7,9 +7,9 @@ from collections.abc import AsyncIterator
 import grpc
 
 from router.call import Call
+from router.settings import RouterConfig
 from router.validation import resolve
 from tiermesh.chat import to_tier
-from tiermesh.config import Settings
 from tiermesh.content import content_key
 from tiermesh.errors import StatusError
 from tiermesh.tier.v1 import tier_pb2, tier_pb2_grpc
@@ -36,10 +36,10 @@ def call_content_key(call: Call) -> str:
 
 
 class Jobs:
-    def __init__(self, settings: Settings, address: str) -> None:
-        self._settings = settings
+    def __init__(self, config: RouterConfig, address: str) -> None:
+        self._config = config
         self._address = address
-        self._channel = aio_channel(address, settings.security.mesh_tls)
+        self._channel = aio_channel(address, config.mesh_tls)
         self._stub = tier_pb2_grpc.JobsStub(self._channel)
 
     def _status(self, error: grpc.aio.AioRpcError) -> StatusError:
@@ -50,7 +50,7 @@ class Jobs:
         )
 
     async def submit(self, request: mesh_pb2.SubmitJobRequest) -> mesh_pb2.Job:
-        call = resolve(request.request, self._settings, time_remaining=None)
+        call = resolve(request.request, self._config, time_remaining=None)
         forward = tier_pb2.SubmitJobRequest(
             submit=request,
             messages=to_tier(call.messages),

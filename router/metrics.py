@@ -14,7 +14,8 @@ from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
     from router.replicas import ReplicaSet
-    from tiermesh.config import Settings, TierName
+    from router.settings import RouterSettings
+    from tiermesh.config import TierName
 
 # Fine below 16 ms for Gold's SLO, coarse up to Bronze's seconds.
 LATENCY_BUCKETS = (
@@ -154,10 +155,10 @@ class ReplicaCollector(Collector):
         yield from (known, ejected, unhealthy, cost)
 
 
-def initialise(settings: Settings) -> None:
+def initialise(router: RouterSettings) -> None:
     """Create the series every dashboard and alert reads, at zero, so rate() and
     ratios work from the first scrape instead of appearing with the first event."""
-    for task, policy in settings.router.tasks.items():
+    for task, policy in router.tasks.items():
         for tier in policy.tiers:
             REQUESTS.labels(task, tier, "OK")
             for reason in ("slow", "failed", "shed", "skipped"):
@@ -170,7 +171,7 @@ def initialise(settings: Settings) -> None:
         CANNED.labels(task)
         for outcome in ("answered", "shaped", "canned", "missed", "failed"):
             DEADLINE_OUTCOMES.labels(task, outcome)
-    for tier in settings.router.tiers:
+    for tier in router.tiers:
         SHED.labels(tier)
         QUEUE_DEPTH.labels(tier)
         RETRIES.labels(tier)

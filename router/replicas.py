@@ -6,10 +6,11 @@ import asyncio
 import contextlib
 import logging
 import socket
+from collections.abc import Callable
 
 from router.backends import TierAdapter, adapter
+from router.settings import BreakerSettings, TierSettings
 from router.stats import Breaker, PeakEwma
-from tiermesh.config import BreakerSettings, DataPathSettings, TierSettings, TlsSettings
 
 log = logging.getLogger(__name__)
 DNS_PREFIX = "dns:///"
@@ -61,12 +62,11 @@ class ReplicaSet:
         tier: str,
         settings: TierSettings,
         breaker: BreakerSettings,
-        tls: TlsSettings | None = None,
-        data_path: DataPathSettings | None = None,
+        connect: Callable[[str], TierAdapter] | None = None,
     ) -> None:
         self.tier = tier
-        self._tls = tls
-        self._data_path = data_path
+        # A replica's adapter, by address (router/app.py chooses the transport).
+        self._connect = connect or (lambda address: adapter(tier, address, settings))
         self._settings = settings
         self.breaker_settings = breaker
         self._replicas: dict[str, Replica] = {}
@@ -98,7 +98,7 @@ class ReplicaSet:
     def _add(self, address: str) -> None:
         b = self.breaker_settings
         breaker = Breaker(b.failures_to_open, b.base_ejection_s, b.max_ejection_s)
-        backend = adapter(self.tier, address, self._settings, self._tls, self._data_path)
+        backend = self._connect(address)
         replica = Replica(self.tier, backend, breaker, self._settings.expected_ttft_s)
         self._replicas[address] = replica
         if self._settings.health_check:

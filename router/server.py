@@ -24,11 +24,11 @@ from router.coalesce import coalesced
 from router.jobs import Jobs
 from router.pipeline import Backend
 from router.policies.session import StoreDown
+from router.settings import RouterConfig
 from router.state.store import SessionStore
 from router.streams import close
 from router.validation import TASK_NAMES, check_session_ids, check_session_update, resolve
 from tiermesh import tracing
-from tiermesh.config import Settings
 from tiermesh.errors import StatusError, invalid
 from tiermesh.serving import status_errors
 from tiermesh.v1 import mesh_pb2, mesh_pb2_grpc
@@ -126,9 +126,15 @@ def record(
 
 class MeshServicer(mesh_pb2_grpc.MeshServicer):
     def __init__(
-        self, settings: Settings, pipeline: Backend, sessions: SessionStore, jobs: Jobs | None = None
+        self,
+        config: RouterConfig,
+        pipeline: Backend,
+        sessions: SessionStore,
+        jobs: Jobs | None = None,
+        coalesce: bool = False,
     ) -> None:
-        self._settings = settings
+        self._config = config
+        self._coalesce = coalesce
         self._pipeline = pipeline
         self._sessions = sessions
         self._jobs = jobs
@@ -153,7 +159,7 @@ class MeshServicer(mesh_pb2_grpc.MeshServicer):
         time_remaining: float | None,
     ) -> AsyncGenerator[mesh_pb2.GenerateResponse]:
         """Generate's answer, whichever server carries the call (grpc.aio's above, the
-        native edge's in router/native/edge.py). Failures the caller should see are
+        native edge's in router/edge/native.py). Failures the caller should see are
         `StatusError`s; the stream's metrics and span are recorded at its end."""
         received = time.monotonic()
         task = TASK_NAMES.get(request.task, "unknown")
@@ -167,7 +173,7 @@ class MeshServicer(mesh_pb2_grpc.MeshServicer):
         try:
             call = resolve(
                 request,
-                self._settings,
+                self._config,
                 time_remaining,
                 received,
                 client_id(metadata),
@@ -207,13 +213,9 @@ class MeshServicer(mesh_pb2_grpc.MeshServicer):
 
     def _relay(self, call: Call) -> AsyncIterator[mesh_pb2.GenerateResponse]:
         """The pipeline's stream as the caller gets it (close it with `streams.close`):
-        coalesced unless configured off. On the native data plane (edge and tier client)
-        the edge's writes do not wait, and the tier client merges what arrives together
-        itself (router/native/tier.py): a reader task would only cost each message a hop
-        between tasks."""
+        coalesced here when the router decided so (router/edge: `coalescing`)."""
         stream = self._pipeline.generate(call)
-        data_path = self._settings.router.data_path
-        if data_path.coalesce and not (data_path.edge == data_path.tier_client == "native"):
+        if self._coalesce:
             return coalesced(stream, call.cancel_tier_calls)
         return stream
 
@@ -268,7 +270,7 @@ class MeshServicer(mesh_pb2_grpc.MeshServicer):
                     )
                 # Each turn gets its task's budget, within what is left of the stream's.
                 call = resolve(
-                    request.turn, self._settings, None, client_id=client_id(context.invocation_metadata())
+                    request.turn, self._config, None, client_id=client_id(context.invocation_metadata())
                 )
                 remaining = context.time_remaining()
                 if remaining is not None:

@@ -15,8 +15,9 @@ import grpc
 from opentelemetry.context import Context
 
 from router.call import Call
+from router.settings import Persona, RouterConfig
 from tiermesh.chat import Message
-from tiermesh.config import Persona, Settings, TaskName
+from tiermesh.config import TaskName
 from tiermesh.errors import StatusError, invalid
 from tiermesh.ids import is_valid_id
 from tiermesh.v1 import mesh_pb2
@@ -34,7 +35,7 @@ INTENT_LABEL = re.compile(r"[A-Z][A-Z0-9_]{0,31}")
 
 def resolve(
     request: mesh_pb2.GenerateRequest,
-    settings: Settings,
+    config: RouterConfig,
     time_remaining: float | None,
     now: float | None = None,
     client_id: str = "anonymous",
@@ -46,7 +47,7 @@ def resolve(
     the task's default budget applies).
     """
     now = time.monotonic() if now is None else now
-    router = settings.router
+    router = config.router
 
     if not is_valid_id(request.npc_id):
         raise invalid(f"npc_id {request.npc_id[:40]!r} is not valid: use {ID_RULE} characters")
@@ -56,7 +57,7 @@ def resolve(
     if task is None:
         names = ", ".join(mesh_pb2.Task.Name(mesh_pb2.Task.ValueType(t)) for t in TASK_NAMES)
         raise invalid(f"task {request.task} is not one of {names}")
-    persona = settings.persona_for(request.npc_id)
+    persona = config.persona_for(request.npc_id)
     if persona is None and not request.persona:
         raise StatusError(
             grpc.StatusCode.NOT_FOUND,
@@ -73,7 +74,7 @@ def resolve(
     _check_sampling(request.sampling)
     if request.tool_choice not in TOOL_CHOICES:
         raise invalid(f"tool_choice {request.tool_choice} is not a ToolChoice")
-    intents = _intents(request, task, settings.router.max_intents, persona)
+    intents = _intents(request, task, router.max_intents, persona)
 
     if time_remaining is None:
         time_remaining = policy.default_deadline_s

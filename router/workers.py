@@ -18,7 +18,7 @@ import threading
 from multiprocessing.connection import wait
 from types import FrameType
 
-from tiermesh.config import Settings
+from router.settings import RouterConfig
 from tiermesh.logs import setup_logging
 from tiermesh.serving import run as run_service
 
@@ -50,30 +50,30 @@ def stop_with_supervisor() -> None:
     threading.Thread(target=watch, name="supervisor-watch", daemon=True).start()
 
 
-def worker(settings: Settings, index: int = 0) -> None:
+def worker(config: RouterConfig, index: int = 0) -> None:
     from router.app import serve
 
     setup_logging()
     stop_with_supervisor()
-    if settings.router.data_path.pin_cpus:
+    if config.router.data_path.pin_cpus:
         try:
             log.info("router worker %d runs on CPU %d", index, pin_to_cpu(index))
         except OSError as e:  # a tuning setting, not a reason to stay down
             log.warning("router worker %d not pinned to a CPU: %s", index, e)
-    run_service(serve(settings, index), settings.router.data_path.event_loop)
+    run_service(serve(config, index), config.router.data_path.event_loop)
 
 
-def run(settings: Settings) -> None:
+def run(config: RouterConfig) -> None:
     """Serve in the foreground until SIGTERM/SIGINT. With several workers, this process
     only supervises: when one worker dies, all stop, so the supervisor above restarts
     the router whole rather than running it short of a worker."""
-    count = settings.router.data_path.workers
+    count = config.router.data_path.workers
     if count == 1:
-        worker(settings)
+        worker(config)
         return
     spawn = multiprocessing.get_context("spawn")  # fresh interpreters: no gRPC state forked
     processes = [
-        spawn.Process(target=worker, args=(settings, i), name=f"tiermesh-router-{i}") for i in range(count)
+        spawn.Process(target=worker, args=(config, i), name=f"tiermesh-router-{i}") for i in range(count)
     ]
     stopping = False
 

@@ -10,9 +10,9 @@ from dataclasses import dataclass, field
 
 import grpc
 
-from tiermesh.config import TlsSettings
 from tiermesh.serving import Serving, start_grpc_server
 from tiermesh.tier.v1 import tier_pb2, tier_pb2_grpc
+from tiermesh.tls import TlsSettings
 from tiermesh.v1 import mesh_pb2
 
 TierContext = grpc.aio.ServicerContext[tier_pb2.GenerateRequest, tier_pb2.GenerateResponse]

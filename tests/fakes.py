@@ -8,9 +8,10 @@ from dataclasses import dataclass, field
 
 import grpc
 
+from ops.settings import Settings
 from router.call import Call
+from router.settings import Persona
 from router.validation import resolve
-from tiermesh.config import Persona, Settings
 from tiermesh.errors import StatusError
 from tiermesh.v1 import mesh_pb2
 
@@ -40,7 +41,9 @@ def a_call(
     task: mesh_pb2.Task.ValueType = mesh_pb2.TASK_DIALOGUE, deadline_s: float = 5.0, **fields: object
 ) -> Call:
     """A resolved call; `fields` are GenerateRequest fields (prompt, intents, max_tokens…)."""
-    return resolve(request(**({"prompt": "hello", "task": task} | fields)), SETTINGS, deadline_s)
+    return resolve(
+        request(**({"prompt": "hello", "task": task} | fields)), SETTINGS.router_config(), deadline_s
+    )
 
 
 SETTINGS = Settings(personas={"guard-1": Persona(system="You guard the gate.", intents=["GREET", "ATTACK"])})

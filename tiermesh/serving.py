@@ -16,9 +16,8 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 
-from tiermesh.config import TlsSettings
 from tiermesh.errors import StatusError
-from tiermesh.tls import server_credentials
+from tiermesh.tls import TlsSettings, server_credentials
 
 log = logging.getLogger(__name__)
 

@@ -9,8 +9,33 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+from pydantic import BaseModel, model_validator
 
-from tiermesh.config import TlsSettings
+
+class TlsSettings(BaseModel):
+    """PEM files (Kubernetes secrets in the chart; `make certs` locally). Serving: cert
+    and key, and with require_client_cert the peer must show a certificate signed by
+    `ca` (mutual TLS). Dialling: `ca` verifies the server; cert and key identify us."""
+
+    cert: str = ""
+    key: str = ""
+    ca: str = ""
+    require_client_cert: bool = False
+    # The name on the server's certificate, when dialling by IP (dns:/// replicas).
+    server_name: str = ""
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.ca or (self.cert and self.key))
+
+    @model_validator(mode="after")
+    def _complete(self) -> TlsSettings:
+        if bool(self.cert) != bool(self.key):
+            raise ValueError("TLS needs both cert and key (or neither)")
+        if self.require_client_cert and not self.ca:
+            raise ValueError("require_client_cert needs a ca to verify client certificates with")
+        return self
+
 
 Options = Sequence[tuple[str, Any]]
 

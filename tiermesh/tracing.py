@@ -19,8 +19,18 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
 from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 from opentelemetry.trace import Span, SpanKind, Tracer
+from pydantic import BaseModel, Field
 
-from tiermesh.config import TracingSettings
+
+class TracingSettings(BaseModel):
+    """OpenTelemetry: spans router → tier, trace context in gRPC metadata. Exported
+    over OTLP/gRPC only when an endpoint is set; otherwise tracing costs nothing."""
+
+    otlp_endpoint: str = ""
+    service_name_prefix: str = "tiermesh"
+    # Fraction of new traces kept (a caller's sampled parent is always kept).
+    sample_ratio: float = Field(default=1.0, ge=0, le=1)
+
 
 Metadata = Iterable[tuple[str, Any]]
 # Set by setup_tracing; None: tracing is off.

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Protocol
+from typing import Literal, Protocol
 
 import grpc
 from opentelemetry.trace import Span, SpanKind
 
 from router.call import Call
+from router.settings import TierSettings
 from tiermesh import tracing
-from tiermesh.config import DataPathSettings, TierSettings, TlsSettings
 from tiermesh.errors import StatusError
+from tiermesh.tls import TlsSettings
 from tiermesh.v1 import mesh_pb2
 
 
@@ -47,18 +48,19 @@ def adapter(
     address: str,
     settings: TierSettings,
     tls: TlsSettings | None = None,
-    data_path: DataPathSettings | None = None,
+    transport: Literal["grpc", "native"] = "grpc",
+    merge: bool = False,
 ) -> TierAdapter:
-    """The replica's adapter. `data_path.tier_client: native` calls TierService replicas
-    over nghttp2; Triton's client stays tritonclient's."""
+    """The replica's adapter: TierService replicas over grpc.aio or, with `transport`
+    native, over nghttp2 (merging messages that arrived together when `merge`); Triton's
+    client stays tritonclient's."""
     if settings.protocol == "triton":
         from router.backends.triton import TritonTier
 
         return TritonTier(tier, address, settings.triton_model, settings.health_retry_s, tls)
-    if data_path is not None and data_path.tier_client == "native":
-        from router.native.tier import NativeTier  # builds the C part on first use
+    if transport == "native":
+        from router.backends.tier_native import NativeTier  # loads the C part
 
-        merge = data_path.coalesce
         return NativeTier(tier, address, settings.health_service, settings.health_retry_s, tls, merge)
     from router.backends.tier_grpc import GrpcTier
 

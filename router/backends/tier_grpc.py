@@ -2,21 +2,20 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from router.backends import attempt_span, tier_failed
+from router.backends.health import GrpcHealth
 from router.call import Call
+from router.native.keepalive import TIER_INTERVAL_S
 from router.validation import TASK_NAMES
 from tiermesh import tracing
 from tiermesh.chat import to_tier
-from tiermesh.config import TlsSettings
 from tiermesh.errors import StatusError
 from tiermesh.tier.v1 import tier_pb2
-from tiermesh.tls import aio_channel
+from tiermesh.tls import TlsSettings, aio_channel
 from tiermesh.v1 import mesh_pb2
 
 GENERATE = "/tiermesh.tier.v1.TierService/Generate"
@@ -30,11 +29,10 @@ CALLER_CODES = frozenset(
     }
 )
 TASK_VALUES = {name: mesh_pb2.Task.ValueType(value) for value, name in TASK_NAMES.items()}
-# A replica silent this long while calls wait on it is pinged (the native client too).
-KEEPALIVE_S = 30.0
 CHANNEL_OPTIONS = [
     ("grpc.enable_retries", 0),  # retries are the router's policy, not the channel's
-    ("grpc.keepalive_time_ms", int(KEEPALIVE_S * 1000)),
+    # A replica silent this long while calls wait on it is pinged (the native client too).
+    ("grpc.keepalive_time_ms", int(TIER_INTERVAL_S * 1000)),
     ("grpc.max_receive_message_length", 4 << 20),
 ]
 
@@ -52,6 +50,18 @@ def tier_request(call: Call) -> tier_pb2.GenerateRequest:
     )
 
 
+def tier_status(
+    tier: str, address: str, code: grpc.StatusCode | None, detail: str | None, sent: int
+) -> StatusError:
+    """A failed tier call as the caller sees it: its own mistakes pass through, anything
+    else is the replica's fault. `code` None: the stream ended without a status (reset
+    or refused; `detail` says which)."""
+    if code is not None and code in CALLER_CODES:
+        return StatusError(code, detail or code.name)
+    why = f"{code.name}: {detail}" if code is not None else str(detail)
+    return tier_failed(tier, address, sent, why)
+
+
 class GrpcTier:
     """One tier replica over one HTTP/2 channel."""
 
@@ -65,9 +75,8 @@ class GrpcTier:
     ) -> None:
         self.name = name
         self.address = address
-        self._health_service = health_service
-        self._health_retry_s = health_retry_s
         self.channel = aio_channel(address, tls, CHANNEL_OPTIONS)
+        self._health = GrpcHealth(self.channel, health_service, health_retry_s)
         # Tier messages are wire-compatible with the public response: decode them as
         # that type so the router relays them without a field-by-field copy.
         self._generate = self.channel.unary_stream(
@@ -90,34 +99,15 @@ class GrpcTier:
                 yield response
         except grpc.aio.AioRpcError as e:
             span.set_attribute("rpc.grpc.status_code", e.code().value[0])
-            raise self._status(e.code(), e.details(), sent) from None
+            raise tier_status(self.name, self.address, e.code(), e.details(), sent) from None
         finally:
             call.tier_calls.discard(stream.cancel)
             stream.cancel()  # no-op when finished; otherwise the tier aborts its work
             span.set_attribute("messages", sent)
             span.end()
 
-    def _status(self, code: grpc.StatusCode | None, detail: str | None, sent: int) -> StatusError:
-        """A failed call as the caller sees it: its own mistakes pass through, anything
-        else is this replica's fault. `code` None: the stream ended without a status
-        (reset or refused; `detail` says which)."""
-        if code is not None and code in CALLER_CODES:
-            return StatusError(code, detail or code.name)
-        why = f"{code.name}: {detail}" if code is not None else str(detail)
-        return tier_failed(self.name, self.address, sent, why)
-
-    async def health(self) -> AsyncIterator[bool]:
-        """Follow grpc.health.v1 Watch on this replica's own channel; reconnect forever."""
-        stub = health_pb2_grpc.HealthStub(self.channel)
-        request = health_pb2.HealthCheckRequest(service=self._health_service)
-        while True:
-            try:
-                async for update in stub.Watch(request):
-                    yield update.status == health_pb2.HealthCheckResponse.SERVING
-            except grpc.aio.AioRpcError as e:
-                # Unreachable: not serving. No health service: let the breaker judge.
-                yield e.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
-            await asyncio.sleep(self._health_retry_s)
+    def health(self) -> AsyncIterator[bool]:
+        return self._health.watch()
 
     async def close(self) -> None:
         await self.channel.close()

@@ -24,9 +24,8 @@ from router.backends import attempt_span, tier_failed
 from router.call import Call
 from tiermesh import tracing
 from tiermesh.chat import chatml
-from tiermesh.config import TlsSettings
 from tiermesh.errors import StatusError
-from tiermesh.tls import channel_options, read_pem
+from tiermesh.tls import TlsSettings, channel_options, read_pem
 from tiermesh.v1 import mesh_pb2
 
 

@@ -15,8 +15,8 @@ from collections.abc import Callable
 log = logging.getLogger(__name__)
 
 # gRPC's defaults: a gRPC server pings its callers after 2 h, and either side waits 20 s
-# for the answer (toward tiers the router pings after tier_grpc.KEEPALIVE_S).
-CALLER_INTERVAL_S, TIMEOUT_S = 7200.0, 20.0
+# for the answer. Toward tiers the router pings after 30 s (its grpc.aio channels too).
+CALLER_INTERVAL_S, TIER_INTERVAL_S, TIMEOUT_S = 7200.0, 30.0, 20.0
 
 
 class Keepalive:

@@ -1,42 +1,24 @@
-"""Tier replicas called over nghttp2 (`data_path.tier_client: native`): the same adapter
-as router/backends/tier_grpc.py, its Generate calls framed in C (router/native/h2tier.c)
-on one HTTP/2 connection per replica instead of a grpc.aio channel. Health still
-follows grpc.health.v1 Watch on the grpc.aio channel of the parent class.
-
-Per call, Python sends the whole request once; per response message it splits the
-frame out of the bytes nghttp2 gathered and decodes it. What the channel did is done
-here: `grpc-timeout` and the call's own deadline, status trailers to StatusError,
-cancellation (RST_STREAM), reconnection after a connection fails or a GOAWAY, TLS,
-and keepalive (router/native/keepalive.py: a PING after 30 s without a word from a
-replica while calls are open, as the grpc.aio channel's `grpc.keepalive_time_ms`).
+"""One HTTP/2 connection to a tier replica, framed by nghttp2 in C (h2tier.c), its calls
+multiplexed on it: a call sends its whole request once, and takes whole response
+messages as they arrive (a frame may straddle reads), then how it ended (its trailers'
+status, or a reset). A call's deadline is one timer; cancelling it resets its stream;
+keepalive (keepalive.py) closes a connection whose replica went silent while calls wait
+on it. router/backends/tier_native.py is the router's adapter on it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
-from collections.abc import AsyncIterator
 from typing import Any, cast
 from urllib.parse import unquote
 
 import grpc
 
-from router import native
-from router.backends import attempt_span, tier_failed
-from router.backends.tier_grpc import GENERATE, KEEPALIVE_S, GrpcTier, tier_request
-from router.call import Call
-from router.coalesce import merge_waiting
-from router.native import wire
-from router.native.keepalive import TIMEOUT_S, Keepalive
-from tiermesh import tracing
-from tiermesh.config import TlsSettings
-from tiermesh.errors import StatusError
-from tiermesh.tls import client_ssl_context
-from tiermesh.v1 import mesh_pb2
+from router.native import build, wire
+from router.native.keepalive import TIER_INTERVAL_S, TIMEOUT_S, Keepalive
 
-_native = native.load(
-    "h2tier", [native.COMMON, native.HERE / "h2tier.c"], native.HERE / "h2tier.h", ["nghttp2"]
-)
+_native = build.load("h2tier")
 ffi, lib = _native.ffi, _native.lib
 
 REFUSED_STREAM = 7
@@ -46,7 +28,7 @@ STATUS_CODES = {code.value[0]: code for code in grpc.StatusCode}  # grpc-status 
 class TierConnection(asyncio.Protocol):
     """One HTTP/2 connection to a replica; its calls multiplex on it."""
 
-    def __init__(self, keepalive_s: float = KEEPALIVE_S, keepalive_timeout_s: float = TIMEOUT_S) -> None:
+    def __init__(self, keepalive_s: float = TIER_INTERVAL_S, keepalive_timeout_s: float = TIMEOUT_S) -> None:
         self.native = lib.h2t_new()
         if self.native == ffi.NULL:
             raise MemoryError("nghttp2 session")
@@ -250,99 +232,3 @@ def grpc_timeout(seconds: float) -> str:
     """`grpc-timeout`: at most 8 digits, so milliseconds up to a day, then seconds."""
     millis = max(1, int(seconds * 1000))
     return f"{millis}m" if millis < 100_000_000 else f"{int(seconds)}S"
-
-
-class NativeTier(GrpcTier):
-    """One tier replica; Generate calls on a native HTTP/2 connection."""
-
-    def __init__(
-        self,
-        name: str,
-        address: str,
-        health_service: str = "",
-        health_retry_s: float = 1.0,
-        tls: TlsSettings | None = None,
-        merge: bool = True,
-    ) -> None:
-        super().__init__(name, address, health_service, health_retry_s, tls)
-        self._merge = merge
-        host, _, port = address.rpartition(":")
-        self._host, self._port = host.strip("[]"), int(port)
-        self._tls = tls if tls is not None and tls.enabled else None
-        scheme = "https" if self._tls else "http"
-        # Every call's headers begin the same: built once (per-call work is first-token time).
-        self._headers = wire.flat(
-            [(":method", "POST"), (":scheme", scheme), (":path", GENERATE), (":authority", address),
-             ("te", "trailers"), ("content-type", "application/grpc")]
-        )  # fmt: skip
-        self._connection: TierConnection | None = None
-        self._connecting = asyncio.Lock()
-
-    async def _connect(self) -> TierConnection:
-        """A usable connection, opened when there is none (one opening at a time)."""
-        async with self._connecting:
-            if self._connection is not None and self._connection.usable():
-                return self._connection
-            ssl = client_ssl_context(self._tls) if self._tls else None
-            server_hostname = (self._tls.server_name or self._host) if self._tls else None
-            try:
-                _, connection = await asyncio.get_running_loop().create_connection(
-                    TierConnection, self._host, self._port, ssl=ssl, server_hostname=server_hostname
-                )
-            except OSError as e:
-                raise tier_failed(self.name, self.address, 0, f"cannot connect: {e}") from None
-            self._connection = connection
-            return connection
-
-    def _fields(self, remaining: float, metadata: tracing.Metadata) -> bytes:
-        return self._headers + wire.flat([("grpc-timeout", grpc_timeout(remaining)), *metadata])
-
-    async def generate(self, call: Call) -> AsyncIterator[mesh_pb2.GenerateResponse]:
-        remaining = call.remaining()
-        if remaining <= 0:
-            raise StatusError(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline passed before the tier call")
-        span = attempt_span(self.name, self.address, call)
-        body = wire.frame(tier_request(call).SerializeToString())
-        stream = None
-        sent = 0
-        try:
-            connection = self._connection
-            if connection is None or not connection.usable():  # no await on the common path
-                connection = await self._connect()
-            deadline = connection.loop.time() + remaining
-            stream = connection.request(self._fields(remaining, tracing.inject(span)), body, deadline)
-            if stream is None:
-                raise tier_failed(self.name, self.address, 0, "the connection takes no more streams")
-            call.tier_calls.add(stream.cancel)
-            while (message := await stream.next()) is not None:
-                if not (self._merge and stream.messages):
-                    sent += 1
-                    yield mesh_pb2.GenerateResponse.FromString(message)
-                    continue
-                # Tokens that arrived together (the caller's edge was waiting, or the
-                # tier wrote faster than one read) leave merged, as router/coalesce.py does.
-                parse = mesh_pb2.GenerateResponse.FromString
-                waiting = collections.deque(map(parse, [message, *stream.messages]))
-                stream.messages.clear()
-                while waiting:
-                    sent += 1
-                    yield merge_waiting(waiting)
-            code, detail = stream.status()
-            if code is not None:
-                span.set_attribute("rpc.grpc.status_code", code.value[0])
-            if code != grpc.StatusCode.OK:
-                raise self._status(code, detail, sent)
-        except TimeoutError:
-            raise StatusError(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded") from None
-        finally:
-            if stream is not None:
-                call.tier_calls.discard(stream.cancel)
-                stream.cancel()  # no-op when it ended; otherwise the tier aborts its work
-                stream.release()
-            span.set_attribute("messages", sent)
-            span.end()
-
-    async def close(self) -> None:
-        if self._connection is not None:
-            self._connection.close()
-        await super().close()

@@ -14,7 +14,7 @@ import grpc
 from router import metrics
 from router.call import Call
 from router.replicas import Replica, ReplicaSet
-from tiermesh.config import BreakerSettings
+from router.settings import BreakerSettings
 from tiermesh.errors import StatusError
 from tiermesh.v1 import mesh_pb2
 

@@ -8,7 +8,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from router.call import Call
-from tiermesh.config import Persona, TaskName
+from router.settings import Persona
+from tiermesh.config import TaskName
 from tiermesh.v1 import mesh_pb2
 
 

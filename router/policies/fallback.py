@@ -39,8 +39,13 @@ CALLER_FAULTS = frozenset({grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.OUT
 # The closing window of a shaped answer: this many tokens' worth before the cut-off.
 CLOSING_TOKENS = 16
 # The router's margin is at most this share of a call's whole budget (a 20 ms intent
-# keeps 4 ms, not the configured 10).
+# keeps 4 ms, not the configured 20).
 MARGIN_SHARE = 0.2
+# A caller's grpc-timeout may say more than it has left: gRPC's C core (Python, C++, C#,
+# Ruby, PHP clients) rounds it up to 1 ms under 1 s, to 10 ms under 10 s, to 100 ms under
+# 100 s. The cut-off comes this share of the budget earlier so a shaped answer still
+# reaches such a caller before its own timer fires.
+ENCODING_SHARE = 0.01
 
 
 class Fallback:
@@ -61,9 +66,10 @@ class Fallback:
         self._clock = clock
 
     def cut_at(self, call: Call) -> float:
-        """When the router stops waiting for tiers: the deadline less its margin."""
+        """When the router stops waiting for tiers: the deadline less its margin and the
+        caller's timeout encoding's rounding."""
         budget = max(0.0, call.deadline - call.received_at)
-        return call.deadline - min(self._margin_s, MARGIN_SHARE * budget)
+        return call.deadline - min(self._margin_s, MARGIN_SHARE * budget) - ENCODING_SHARE * budget
 
     async def generate(self, call: Call) -> AsyncIterator[mesh_pb2.GenerateResponse]:
         canned = self._canned(call)

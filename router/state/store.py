@@ -21,7 +21,7 @@ from google.protobuf.message import DecodeError
 from redis.asyncio import Redis
 from redis.exceptions import WatchError
 
-from tiermesh.config import StateSettings
+from router.settings import StateSettings
 from tiermesh.errors import StatusError
 from tiermesh.v1 import mesh_pb2
 

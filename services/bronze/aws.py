@@ -13,7 +13,7 @@ from typing import Any
 import boto3
 from botocore.config import Config
 
-from tiermesh.config import BronzeSettings
+from services.bronze.settings import BronzeSettings
 
 # Local stand-ins accept any credentials; on AWS the usual chain (IRSA) applies.
 _LOCAL_CREDENTIALS = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing"}

@@ -27,9 +27,9 @@ from google.protobuf import json_format
 from prometheus_client import Counter, Gauge, Histogram
 
 from services.bronze.aws import client, provision
+from services.bronze.settings import BronzeSettings
 from services.bronze.store import TERMINAL, JobRecord, JobStore
 from tiermesh.chat import from_tier
-from tiermesh.config import BronzeSettings
 from tiermesh.errors import StatusError
 from tiermesh.tier.v1 import tier_pb2
 from tiermesh.v1 import mesh_pb2

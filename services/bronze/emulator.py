@@ -31,7 +31,8 @@ import aiohttp
 from aiohttp import web
 
 from services.bronze.aws import client, parse_s3
-from tiermesh.config import BronzeSettings, load_settings
+from services.bronze.settings import BronzeSettings
+from tiermesh.config import load_section
 from tiermesh.logs import setup_logging
 
 log = logging.getLogger("tiermesh.bronze.emulator")
@@ -202,7 +203,7 @@ def main() -> None:
     parser.add_argument("--config", "-c", default=None)
     args = parser.parse_args()
     setup_logging()
-    settings = load_settings(args.config).bronze
+    settings = load_section(BronzeSettings, "bronze", path=args.config)
     emulator = Emulator(settings, f"http://127.0.0.1:{settings.container_port}")
     web.run_app(emulator.app(), host="127.0.0.1", port=settings.emulator_port, print=None)
 

@@ -13,12 +13,13 @@ import grpc
 
 from services.bronze.aws import endpoint_status
 from services.bronze.bridge import Bridge, to_job
+from services.bronze.settings import BronzeSettings
 from tiermesh.chat import from_tier
-from tiermesh.config import Settings
 from tiermesh.content import content_key
 from tiermesh.errors import StatusError
 from tiermesh.serving import Serving, start_grpc_server, start_metrics, status_errors, wait_for_signal
 from tiermesh.tier.v1 import tier_pb2, tier_pb2_grpc
+from tiermesh.tls import TlsSettings
 from tiermesh.v1 import mesh_pb2
 
 log = logging.getLogger("tiermesh.bronze")
@@ -122,20 +123,20 @@ def register(server: grpc.aio.Server, bridge: Bridge) -> None:
     tier_pb2_grpc.add_TierServiceServicer_to_server(BronzeTier(bridge), server)
 
 
-async def serve(settings: Settings) -> None:
-    bridge = Bridge(settings.bronze)
+async def serve(settings: BronzeSettings, tls: TlsSettings) -> None:
+    bridge = Bridge(settings)
     await bridge.start()
     bridge.export_metrics()
-    start_metrics(settings.bronze.metrics_port, settings.bronze.listen)
+    start_metrics(settings.metrics_port, settings.listen)
     serving = await start_grpc_server(
-        settings.bronze.listen,
+        settings.listen,
         lambda server: register(server, bridge),
         ["tiermesh.tier.v1.Jobs", "tiermesh.tier.v1.TierService"],
         serving=False,
-        tls=settings.security.mesh_tls,
+        tls=tls,
     )
-    health = asyncio.create_task(follow_endpoint(settings.bronze, serving))
-    log.info("bronze bridge on port %d, endpoint %s", serving.port, settings.bronze.endpoint_name)
+    health = asyncio.create_task(follow_endpoint(settings, serving))
+    log.info("bronze bridge on port %d, endpoint %s", serving.port, settings.endpoint_name)
     await wait_for_signal()
     health.cancel()
     await bridge.close()

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tiermesh.config import GoldSettings
+from services.gold.settings import GoldSettings
 from tiermesh.model import gguf_path
 
 

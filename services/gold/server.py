@@ -23,8 +23,10 @@ from typing import Any
 import numpy as np
 
 from services.gold.engine import GaveUp, GiveUp, LlamaPool
-from tiermesh.config import GoldSettings, TlsSettings, load_settings
+from services.gold.settings import GoldSettings
+from tiermesh.config import load_section
 from tiermesh.logs import setup_logging
+from tiermesh.tls import TlsSettings
 
 log = logging.getLogger("tiermesh.gold")
 MODEL = "ensemble"
@@ -173,8 +175,10 @@ def main() -> None:
     parser.add_argument("--config", "-c", default=None)
     args = parser.parse_args()
     setup_logging()
-    settings = load_settings(args.config)
-    serve(settings.gold, settings.security.mesh_tls)
+    serve(
+        load_section(GoldSettings, "gold", path=args.config),
+        load_section(TlsSettings, "security", "mesh_tls", path=args.config),
+    )
 
 
 if __name__ == "__main__":

@@ -15,8 +15,8 @@ from typing import Any
 
 import grpc
 
+from services.silver.settings import SilverSettings
 from tiermesh.chat import Message
-from tiermesh.config import SilverSettings
 from tiermesh.errors import StatusError
 
 log = logging.getLogger(__name__)

@@ -13,13 +13,15 @@ from opentelemetry.trace import SpanKind
 from prometheus_client import Counter, Gauge
 
 from services.silver.engine import Sampling, SilverEngine
+from services.silver.settings import SilverSettings
 from services.silver.tools import ToolBox, ToolError, parse_call
 from tiermesh import tracing
 from tiermesh.chat import Message, from_tier
-from tiermesh.config import Settings
 from tiermesh.errors import StatusError
 from tiermesh.serving import Serving, start_grpc_server, start_metrics, wait_for_signal
 from tiermesh.tier.v1 import tier_pb2, tier_pb2_grpc
+from tiermesh.tls import TlsSettings
+from tiermesh.tracing import TracingSettings
 from tiermesh.v1 import mesh_pb2
 
 log = logging.getLogger(__name__)
@@ -48,11 +50,10 @@ def to_messages(request: tier_pb2.GenerateRequest) -> list[Message]:
         raise StatusError(grpc.StatusCode.INVALID_ARGUMENT, "every message needs a role") from None
 
 
-def to_sampling(request: tier_pb2.GenerateRequest, engine_defaults: Settings) -> Sampling:
+def to_sampling(request: tier_pb2.GenerateRequest, defaults: SilverSettings) -> Sampling:
     if request.max_tokens <= 0:
         raise StatusError(grpc.StatusCode.INVALID_ARGUMENT, "max_tokens must be > 0")
     s = request.sampling
-    defaults = engine_defaults.silver
     return Sampling(
         max_tokens=request.max_tokens,
         temperature=s.temperature if s.HasField("temperature") else defaults.default_temperature,
@@ -65,7 +66,7 @@ def to_sampling(request: tier_pb2.GenerateRequest, engine_defaults: Settings) ->
 
 
 class SilverServicer(tier_pb2_grpc.TierServiceServicer):
-    def __init__(self, engine: SilverEngine, settings: Settings, tools: ToolBox | None = None) -> None:
+    def __init__(self, engine: SilverEngine, settings: SilverSettings, tools: ToolBox | None = None) -> None:
         self._engine = engine
         self._settings = settings
         self._tools = tools
@@ -121,14 +122,14 @@ class SilverServicer(tier_pb2_grpc.TierServiceServicer):
         is updated in place). Any trouble means: answer without that tool."""
         tools = self._tools
         choice = request.tool_choice or (
-            mesh_pb2.TOOL_CHOICE_AUTO if self._settings.silver.tool_choice_default == "auto" else 0
+            mesh_pb2.TOOL_CHOICE_AUTO if self._settings.tool_choice_default == "auto" else 0
         )
         if tools is None or not tools.tools or request.task == mesh_pb2.TASK_INTENT:
             return
         if choice not in (mesh_pb2.TOOL_CHOICE_AUTO, mesh_pb2.TOOL_CHOICE_REQUIRED):
             return
-        budget = 0.5 * (remaining_s or self._settings.silver.tool_timeout_s * 2)
-        for number in range(self._settings.silver.max_tool_calls):
+        budget = 0.5 * (remaining_s or self._settings.tool_timeout_s * 2)
+        for number in range(self._settings.max_tool_calls):
             guide = tools.guide(allow_none=choice == mesh_pb2.TOOL_CHOICE_AUTO or number > 0)
             if guide is None:
                 return
@@ -182,16 +183,18 @@ class Silver:
         await asyncio.to_thread(self.engine.shutdown)
 
 
-async def start_silver(settings: Settings, engine: SilverEngine, tools: ToolBox | None = None) -> Silver:
+async def start_silver(
+    settings: SilverSettings, tls: TlsSettings, engine: SilverEngine, tools: ToolBox | None = None
+) -> Silver:
     """Listen at once (health NOT_SERVING, calls UNAVAILABLE) and load the engine behind."""
     serving = await start_grpc_server(
-        settings.silver.listen,
+        settings.listen,
         lambda server: tier_pb2_grpc.add_TierServiceServicer_to_server(
             SilverServicer(engine, settings, tools), server
         ),
         [tier_pb2.DESCRIPTOR.services_by_name["TierService"].full_name],
         serving=False,
-        tls=settings.security.mesh_tls,
+        tls=tls,
     )
 
     async def load() -> None:
@@ -201,15 +204,15 @@ async def start_silver(settings: Settings, engine: SilverEngine, tools: ToolBox 
     return Silver(serving, engine, asyncio.create_task(load()))
 
 
-async def serve(settings: Settings) -> None:
-    tracing.setup_tracing(settings.tracing, "silver")
-    engine = SilverEngine(settings.silver)
+async def serve(settings: SilverSettings, tls: TlsSettings, tracing_settings: TracingSettings) -> None:
+    tracing.setup_tracing(tracing_settings, "silver")
+    engine = SilverEngine(settings)
     ENGINE_UNFINISHED.set_function(engine.unfinished_requests)
-    start_metrics(settings.silver.metrics_port, settings.silver.listen)
-    tools = ToolBox(settings.silver.mcp_servers, settings.silver.tool_timeout_s)
+    start_metrics(settings.metrics_port, settings.listen)
+    tools = ToolBox(settings.mcp_servers, settings.tool_timeout_s)
     await tools.start()
-    silver = await start_silver(settings, engine, tools)
-    log.info("silver listening on port %d, loading %s", silver.port, settings.silver.model)
+    silver = await start_silver(settings, tls, engine, tools)
+    log.info("silver listening on port %d, loading %s", silver.port, settings.model)
     signalled = asyncio.create_task(wait_for_signal())
     await asyncio.wait([signalled, silver.loading], return_when=asyncio.FIRST_COMPLETED)
     failed = silver.loading.done() and silver.loading.exception() is not None

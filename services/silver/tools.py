@@ -16,7 +16,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from tiermesh.config import McpServer
+from services.silver.settings import McpServer
 
 log = logging.getLogger(__name__)
 # JSON values the regex can describe, by schema type.

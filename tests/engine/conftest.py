@@ -61,7 +61,7 @@ class Mesh:
 
     def tiermesh(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [sys.executable, "-m", "tiermesh.cli", *args],
+            [sys.executable, "-m", "ops.cli", *args],
             capture_output=True,
             text=True,
             timeout=timeout,
@@ -76,7 +76,7 @@ def start_mesh(config: dict[str, Any], run_dir: Path) -> Path:
     path.write_text(yaml.safe_dump(config))
     env = {k: v for k, v in os.environ.items() if not k.startswith("TIERMESH_")}
     up = subprocess.run(
-        [sys.executable, "-m", "tiermesh.cli", "up", "--detach", "--config", str(path)],
+        [sys.executable, "-m", "ops.cli", "up", "--detach", "--config", str(path)],
         capture_output=True, text=True, timeout=400, env=env, check=False,
     )  # fmt: skip
     if up.returncode != 0:
@@ -87,7 +87,7 @@ def start_mesh(config: dict[str, Any], run_dir: Path) -> Path:
 
 def stop_mesh(config: Path) -> None:
     subprocess.run(
-        [sys.executable, "-m", "tiermesh.cli", "down", "--config", str(config)],
+        [sys.executable, "-m", "ops.cli", "down", "--config", str(config)],
         capture_output=True, timeout=60, check=False,
     )  # fmt: skip
 

@@ -15,9 +15,9 @@ from typing import TYPE_CHECKING
 import grpc
 import pytest
 
+from ops.mesh import REPO, components, wait_serving
+from ops.settings import load_settings
 from tests.engine.conftest import Mesh
-from tiermesh.config import load_settings
-from tiermesh.mesh import REPO, components, wait_serving
 from tiermesh.v1 import mesh_pb2
 
 if TYPE_CHECKING:
@@ -157,7 +157,7 @@ async def test_bridge_killed_with_20_running_jobs_loses_none(mesh: Mesh, mesh_st
 
 
 def test_endpoint_status_command(mesh: Mesh) -> None:
-    run = [sys.executable, "-m", "tiermesh.cli", "bronze-status", "--json", "--config", str(mesh.config)]
+    run = [sys.executable, "-m", "ops.cli", "bronze-status", "--json", "--config", str(mesh.config)]
     ok = subprocess.run(run, capture_output=True, text=True, timeout=60, check=False)
     assert ok.returncode == 0, ok.stdout + ok.stderr
     assert json.loads(ok.stdout)["ok"] is True

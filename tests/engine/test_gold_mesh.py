@@ -162,7 +162,7 @@ async def test_stopped_triton_is_a_fast_unavailable(gold_alone: tuple[str, Path]
         assert time.monotonic() - started < 2.5  # fails fast: never hangs until the deadline
     # The deployment check says so too, naming what failed.
     config = str(run_dir / "mesh.yaml")
-    validate = [sys.executable, "-m", "tiermesh.cli", "validate", "gold", "--json", "--config", config]
+    validate = [sys.executable, "-m", "ops.cli", "validate", "gold", "--json", "--config", config]
     result = await asyncio.to_thread(subprocess.run, validate, capture_output=True, text=True, timeout=60)
     assert result.returncode == 1
     failed = [(c["tier"], c["name"]) for c in json.loads(result.stdout)["checks"] if not c["ok"]]

@@ -13,11 +13,11 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from ops import dashboards
+from ops.cost import api, instant
+from ops.observability import rule_expressions, used_series
 from tests.engine.conftest import PROMETHEUS, ROUTER, Mesh
 from tests.fakes import request
-from tiermesh import dashboards
-from tiermesh.cost import api, instant
-from tiermesh.observability import rule_expressions, used_series
 from tiermesh.v1 import mesh_pb2
 
 if TYPE_CHECKING:
@@ -70,7 +70,7 @@ def test_every_dashboard_query_and_rule_evaluates(mesh: Mesh) -> None:
 async def test_cost_reads_the_real_prometheus(mesh: Mesh, mesh_stub: MeshAsyncStub) -> None:
     await until(lambda: bool(promql('tiermesh_router_requests_total{code="OK"} > 0')))
     await asyncio.sleep(2)  # two scrapes: increase() needs a before and an after
-    command = [sys.executable, "-m", "tiermesh.cli", "cost", "--config", str(mesh.config)]
+    command = [sys.executable, "-m", "ops.cli", "cost", "--config", str(mesh.config)]
     command += ["--prometheus", PROMETHEUS, "--window", "1h"]
     result = await asyncio.to_thread(subprocess.run, [*command, "--json"], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
@@ -91,12 +91,12 @@ async def test_cost_reads_the_real_prometheus(mesh: Mesh, mesh_stub: MeshAsyncSt
 def test_ghz_load_test_holds_its_slo(mesh: Mesh, name: str) -> None:
     """The short load tests CI runs on every build; reports kept in reports/load/."""
     out = REPORTS / f"{name}.json"
-    command = [sys.executable, "-m", "tiermesh.cli", "load", f"tests/load/{name}.json"]
+    command = [sys.executable, "-m", "ops.cli", "load", f"tests/load/{name}.json"]
     command += ["--host", ROUTER, "--out", str(out), "--slo", "tests/load/slo.yaml"]
     result = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
     print(result.stdout, result.stderr)
     assert result.returncode == 0, result.stdout + result.stderr
     report = json.loads(out.read_text())
     assert report["statusCodeDistribution"] == {"OK": report["count"]}
-    check = [sys.executable, "-m", "tiermesh.cli", "load-check", str(out), "--slo", "tests/load/slo.yaml"]
+    check = [sys.executable, "-m", "ops.cli", "load-check", str(out), "--slo", "tests/load/slo.yaml"]
     assert subprocess.run(check, capture_output=True, check=False).returncode == 0

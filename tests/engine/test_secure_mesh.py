@@ -16,9 +16,9 @@ import pytest
 import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from ops.certs import write_local_certs
 from tests.engine.conftest import start_mesh, stop_mesh
 from tests.fakes import request
-from tiermesh.certs import write_local_certs
 from tiermesh.v1 import mesh_pb2, mesh_pb2_grpc
 
 pytestmark = pytest.mark.engine
@@ -86,6 +86,6 @@ async def test_silver_refuses_callers_without_the_mesh_certificate(secure_mesh: 
 
 def test_validate_speaks_mtls_to_silver(secure_mesh: tuple[Path, Path]) -> None:
     config, _ = secure_mesh
-    command = [sys.executable, "-m", "tiermesh.cli", "validate", "silver", "--json", "--config", str(config)]
+    command = [sys.executable, "-m", "ops.cli", "validate", "silver", "--json", "--config", str(config)]
     result = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
     assert result.returncode == 0, result.stdout + result.stderr

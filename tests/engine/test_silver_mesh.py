@@ -112,11 +112,33 @@ async def test_client_cancel_aborts_the_engine_request(mesh: Mesh, mesh_stub: Me
     assert after[RUNNING] == 0
 
 
-async def test_deadline_aborts_the_engine_request(mesh: Mesh, mesh_stub: MeshAsyncStub) -> None:
-    before = (await scrape(mesh.silver_metrics)).get(CANCELLED, 0.0)
+async def test_deadline_closes_the_answer_and_frees_the_engine(mesh: Mesh, mesh_stub: MeshAsyncStub) -> None:
+    """Through the router a deadline ends the answer on a whole word, marked, and the engine lets go."""
     req = ask("Describe every street of the city in detail.", max_tokens=400)
-    with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await reply(mesh_stub, req, deadline_s=1.0)  # 400 tokens take ~20 s here
+    # 400 tokens take ~20 s here; 3 s leaves Silver time to start even when cold, so the
+    # answer is Silver's, closed early. A DEADLINE_EXCEEDED from the call would fail here.
+    responses = await reply(mesh_stub, req, deadline_s=3.0)
+    assert {r.tier for r in responses} == {mesh_pb2.TIER_SILVER}
+    assert responses[-1].finish_reason == mesh_pb2.FINISH_REASON_DEADLINE
+    assert "".join(r.text for r in responses).strip()
+    after = await until(lambda s: s[UNFINISHED] == 0 and s[RUNNING] == 0, mesh.silver_metrics)
+    assert after[UNFINISHED] == 0, "the engine still works on an answer nobody will read"
+    assert after[RUNNING] == 0
+
+
+async def test_tier_deadline_aborts_the_engine_request(mesh: Mesh) -> None:
+    """Silver called directly: its own deadline cancels the engine request, not just the RPC."""
+    before = (await scrape(mesh.silver_metrics)).get(CANCELLED, 0.0)
+    request = tier_pb2.GenerateRequest(
+        request_id="deadline-1",
+        messages=[tier_pb2.ChatMessage(role=tier_pb2.ROLE_USER, content="Describe every street.")],
+        max_tokens=400,
+        sampling=mesh_pb2.SamplingOptions(temperature=0.0),
+    )
+    async with grpc.aio.insecure_channel(mesh.silver) as channel:
+        stub = tier_pb2_grpc.TierServiceStub(channel)
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            _ = [r async for r in stub.Generate(request, timeout=1.0)]
     assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
     after = await until(
         lambda s: s.get(CANCELLED, 0.0) >= before + 1 and s[UNFINISHED] == 0, mesh.silver_metrics
@@ -218,7 +240,7 @@ async def test_without_tool_choice_no_tool_is_called(mesh_stub: MeshAsyncStub) -
 
 
 async def test_validate_all_passes_against_the_local_mesh(mesh: Mesh) -> None:
-    cli = [sys.executable, "-m", "tiermesh.cli"]
+    cli = [sys.executable, "-m", "ops.cli"]
     command = [*cli, "validate", "all", "--json", "--config", str(mesh.config)]
     result = await asyncio.to_thread(subprocess.run, command, capture_output=True, text=True, timeout=180)
     report = json.loads(result.stdout)

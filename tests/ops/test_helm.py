@@ -10,8 +10,8 @@ import helm_python as helm
 import pytest
 import yaml
 
-from tiermesh.config import load_settings
-from tiermesh.observability import RULES
+from ops.observability import RULES
+from ops.settings import load_settings
 
 CHART = Path("helm/tiermesh")
 PRODUCTION = yaml.safe_load(Path("helm/values-production.yaml").read_text())

@@ -10,8 +10,8 @@ from prometheus_client import REGISTRY
 
 import router.metrics  # noqa: F401  (registers the router's metrics)
 import services.bronze.bridge  # noqa: F401  (registers Bronze's)
-from tiermesh import dashboards
-from tiermesh.observability import RULES, family, used_series
+from ops import dashboards
+from ops.observability import RULES, family, used_series
 
 RULES_TEST = Path("tests/ops/rules-test.yaml")
 ROUTER_COLLECTED = {

@@ -11,9 +11,10 @@ import pytest
 import pytest_asyncio
 
 from bench.paths import redis_command
+from ops.settings import Settings
 from router.app import Router, start_router
+from router.settings import Persona, RouterSettings, TierSettings
 from tests.doubles import ScriptedTier, start_scripted_tier
-from tiermesh.config import Persona, RouterSettings, Settings, TierSettings
 from tiermesh.v1 import mesh_pb2_grpc
 
 REDIS_PORT = 6391
@@ -55,7 +56,7 @@ async def start_on(plane: Literal["grpc", "native"], settings: Settings) -> Rout
     """A router whose data path is `plane` on both sides: grpc.aio's, or nghttp2's for the
     callers' connections and the tier's (data_path.edge, data_path.tier_client)."""
     settings.router.data_path.edge = settings.router.data_path.tier_client = plane
-    return await start_router(settings)
+    return await start_router(settings.router_config())
 
 
 @pytest_asyncio.fixture(scope="session", loop_scope="session")

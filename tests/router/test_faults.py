@@ -18,18 +18,18 @@ import pytest_asyncio
 from google.rpc import error_details_pb2, status_pb2
 from prometheus_client import REGISTRY
 
+from ops.settings import Settings
 from router.app import Router
-from tests.doubles import Script, ScriptedTier, start_scripted_tier
-from tests.router.conftest import start_on
-from tiermesh.config import (
+from router.settings import (
     AdmissionSettings,
     BreakerSettings,
     Persona,
     RouterSettings,
-    Settings,
     TaskPolicy,
     TierSettings,
 )
+from tests.doubles import Script, ScriptedTier, start_scripted_tier
+from tests.router.conftest import start_on
 from tiermesh.serving import Serving
 from tiermesh.v1 import mesh_pb2, mesh_pb2_grpc
 

@@ -24,13 +24,13 @@ import yaml
 from grpc_reflection.v1alpha import reflection_pb2
 
 from bench.paths import rss_kb
+from ops.mesh import wait_serving
+from router.settings import CallerLimits
 from tests import h2raw
 from tests.doubles import ScriptedTier
 from tests.fakes import request
 from tests.h2raw import RawCaller, frame, grpc_message, headers_frames, request_headers
 from tests.router.conftest import router_settings, start_on
-from tiermesh.config import CallerLimits
-from tiermesh.mesh import wait_serving
 from tiermesh.v1 import mesh_pb2_grpc
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -92,7 +92,7 @@ async def router(
     log = work / "router.log"
     with log.open("wb") as out:
         process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "tiermesh.cli", "router", "--config", str(config), stdout=out, stderr=out
+            sys.executable, "-m", "ops.cli", "router", "--config", str(config), stdout=out, stderr=out
         )
     try:
         await asyncio.to_thread(wait_serving, "router", LISTEN, 60)
@@ -493,8 +493,8 @@ async def test_a_rapid_reset_flood_leaves_the_router_unharmed(router: RouterProc
 async def test_grpc_aio_edge_options_carry_the_limits() -> None:
     """The grpc.aio edge has no C of ours: the limits it can take are gRPC core's options
     (router/app.py), set from the same settings."""
-    from router.app import grpc_edge_options
-    from tiermesh.config import DataPathSettings
+    from router.edge import grpc_edge_options
+    from router.settings import DataPathSettings
 
     options = dict(grpc_edge_options(DataPathSettings(), CallerLimits(max_header_list_bytes=4096)))
     assert options["grpc.max_metadata_size"] == options["grpc.absolute_max_metadata_size"] == 4096

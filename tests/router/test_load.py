@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from ops.load import GhzConfig, check, run
 from router.app import Router
 from tests.doubles import Script, ScriptedTier
-from tiermesh.load import GhzConfig, check, run
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 

@@ -16,14 +16,14 @@ import pytest_asyncio
 
 from router.app import Router, start_router
 from router.backends.tier_grpc import GENERATE
+from router.edge.native import NativeEdge
 from router.native import wire
-from router.native.edge import NativeEdge
 from router.native.tier import TierConnection, TierStream
 from router.server import MeshServicer
+from router.settings import CallerLimits
 from tests.doubles import Script, ScriptedTier, start_scripted_tier
 from tests.fakes import request
 from tests.router.conftest import router_settings, start_on
-from tiermesh.config import CallerLimits
 from tiermesh.tier.v1 import tier_pb2
 from tiermesh.v1 import mesh_pb2, mesh_pb2_grpc
 
@@ -126,7 +126,7 @@ async def test_a_taken_port_fails_the_start(
     settings = router_settings(f"127.0.0.1:{port}")
     settings.router.listen = f"127.0.0.1:{native.port}"  # the fixture's router has it
     with pytest.raises(OSError, match="address already in use"):
-        await start_router(settings)
+        await start_router(settings.router_config())
     assert await answer(native.port) == TEXT
 
 

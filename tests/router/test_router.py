@@ -178,7 +178,7 @@ async def test_client_cancel_before_the_first_token_reaches_the_tier(
 
 async def test_tier_down_is_unavailable_fast() -> None:
     # Nothing listens on this port: connection refused.
-    router = await start_router(router_settings("127.0.0.1:1"))
+    router = await start_router(router_settings("127.0.0.1:1").router_config())
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{router.port}") as channel:
             started = time.monotonic()

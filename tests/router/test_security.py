@@ -15,12 +15,14 @@ import pytest
 import pytest_asyncio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from ops.certs import write_local_certs
+from ops.settings import SecuritySettings, Settings
 from router.app import Router
+from router.settings import ApiKey, AuthSettings, JwtSettings
 from tests.doubles import ScriptedTier, start_scripted_tier
 from tests.fakes import request
 from tests.router.conftest import router_settings, start_on
-from tiermesh.certs import write_local_certs
-from tiermesh.config import ApiKey, AuthSettings, JwtSettings, SecuritySettings, Settings, TlsSettings
+from tiermesh.tls import TlsSettings
 from tiermesh.v1 import mesh_pb2, mesh_pb2_grpc
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")

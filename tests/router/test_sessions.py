@@ -13,9 +13,10 @@ import pytest
 import pytest_asyncio
 from redis.asyncio import Redis
 
+from ops.settings import Settings
 from router.app import Router, start_router
+from router.settings import Persona, RouterSettings, StateSettings, TaskPolicy, TierSettings
 from tests.doubles import Script, ScriptedTier, start_scripted_tier
-from tiermesh.config import Persona, RouterSettings, Settings, StateSettings, TaskPolicy, TierSettings
 from tiermesh.serving import Serving
 from tiermesh.tier.v1 import tier_pb2
 from tiermesh.v1 import mesh_pb2, mesh_pb2_grpc
@@ -58,7 +59,7 @@ class Fleet:
         silver, gold = (f"127.0.0.1:{s.port}" for s in self.servers)
         stubs = []
         for _ in range(routers):
-            router = await start_router(settings([silver], [gold], state))
+            router = await start_router(settings([silver], [gold], state).router_config())
             self.routers.append(router)
             channel = grpc.aio.insecure_channel(f"127.0.0.1:{router.port}")
             self.channels.append(channel)

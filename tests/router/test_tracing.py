@@ -17,7 +17,7 @@ from opentelemetry.proto.trace.v1 import trace_pb2
 from tests.doubles import ScriptedTier
 from tests.fakes import request
 from tiermesh import tracing
-from tiermesh.config import TracingSettings
+from tiermesh.tracing import TracingSettings
 
 if TYPE_CHECKING:
     from tiermesh.v1.mesh_pb2_grpc import MeshAsyncStub as Stub

@@ -18,9 +18,9 @@ import pytest_asyncio
 import yaml
 
 from bench.paths import children, proc_kb
+from ops.mesh import wait_serving
+from ops.settings import load_settings
 from tests.doubles import ScriptedTier
-from tiermesh.config import load_settings
-from tiermesh.mesh import wait_serving
 from tiermesh.v1 import mesh_pb2, mesh_pb2_grpc
 
 LISTEN = "127.0.0.1:50371"
@@ -103,7 +103,7 @@ def config(
 @pytest_asyncio.fixture
 async def workers(config: Path) -> AsyncIterator[asyncio.subprocess.Process]:
     parent = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "tiermesh.cli", "router", "--config", str(config)
+        sys.executable, "-m", "ops.cli", "router", "--config", str(config)
     )
     try:
         await asyncio.to_thread(wait_serving, "router", LISTEN, 60)

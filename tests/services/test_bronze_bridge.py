@@ -7,8 +7,8 @@ import grpc
 import pytest
 
 from services.bronze.bridge import Bridge
+from services.bronze.settings import BronzeSettings
 from tiermesh.chat import Message, to_tier
-from tiermesh.config import BronzeSettings
 from tiermesh.errors import StatusError
 from tiermesh.tier.v1 import tier_pb2
 from tiermesh.v1 import mesh_pb2

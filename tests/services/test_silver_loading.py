@@ -10,8 +10,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from services.silver.engine import SilverEngine
 from services.silver.server import start_silver
-from tiermesh.config import Settings, SilverSettings
+from services.silver.settings import SilverSettings
 from tiermesh.tier.v1 import tier_pb2, tier_pb2_grpc
+from tiermesh.tls import TlsSettings
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -33,8 +34,7 @@ class GatedEngine(SilverEngine):
 
 async def test_not_serving_and_unavailable_until_the_engine_is_loaded() -> None:
     engine = GatedEngine()
-    settings = Settings(silver=SilverSettings(listen="127.0.0.1:0"))
-    silver = await start_silver(settings, engine)
+    silver = await start_silver(SilverSettings(listen="127.0.0.1:0"), TlsSettings(), engine)
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{silver.port}") as channel:
             health = health_pb2_grpc.HealthStub(channel)

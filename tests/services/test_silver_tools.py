@@ -11,8 +11,8 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from services.silver.settings import McpServer
 from services.silver.tools import ToolBox, ToolError, parse_call
-from tiermesh.config import McpServer
 
 GAME_STATE = McpServer(name="game-state", command=[sys.executable, "-m", "services.gamestate.server"])
 

@@ -9,8 +9,8 @@ import pytest
 
 from router.policies.balancer import Balancer, PowerOfTwoChoices, RoundRobin
 from router.replicas import ReplicaSet, resolve
+from router.settings import BreakerSettings, TierSettings
 from tests.fakes import FakeBackend, Step, a_call, drain, unavailable
-from tiermesh.config import BreakerSettings, TierSettings
 from tiermesh.errors import StatusError
 
 ADDRESSES = ["127.0.0.1:7001", "127.0.0.1:7002", "127.0.0.1:7003"]

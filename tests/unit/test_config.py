@@ -3,7 +3,10 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from tiermesh.config import load_settings
+from ops.settings import load_settings
+from services.gold.settings import GoldSettings
+from tiermesh.config import load_section
+from tiermesh.tls import TlsSettings
 
 YAML = """
 router:
@@ -81,3 +84,15 @@ def test_shipped_local_config_loads() -> None:
     settings = load_settings(Path("config/mesh.yaml"))
     assert {"guard-1", "merchant-1", "innkeeper-1"} <= settings.personas.keys()
     assert all(p.intents for p in settings.personas.values())
+
+
+def test_a_process_reads_its_own_section_with_the_environment_over_the_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "mesh.yaml"
+    path.write_text("gold:\n  grpc_port: 8101\n  instances: 3\nsecurity:\n  mesh_tls:\n    ca: /ca.pem\n")
+    monkeypatch.setenv("TIERMESH_GOLD__INSTANCES", "1")
+    gold = load_section(GoldSettings, "gold", path=path)
+    assert (gold.grpc_port, gold.instances) == (8101, 1)
+    assert load_section(TlsSettings, "security", "mesh_tls", path=path).ca == "/ca.pem"
+    assert load_section(GoldSettings, "gold", path=None).threads >= 1  # defaults, no file needed

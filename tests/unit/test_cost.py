@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from tiermesh.cli import app
-from tiermesh.config import CostSettings, TierPrice
-from tiermesh.cost import costs, from_snapshot
+from ops.cli import app
+from ops.cost import costs, from_snapshot
+from ops.settings import CostSettings, TierPrice
 
 STARTED = 1_700_000_000.0
 ROUTER_SNAPSHOT = f"""

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tiermesh.load import go_duration, load_config
+from ops.load import go_duration, load_config
 
 
 def test_the_committed_load_configs_parse_and_name_real_calls() -> None:

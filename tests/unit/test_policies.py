@@ -26,10 +26,11 @@ from router.policies.result_cache import ResultCache
 from router.policies.resume import Resume
 from router.policies.retry import Retry
 from router.policies.session import SessionContext
+from router.settings import Persona, StateSettings
 from router.state.store import MemoryStore
 from router.stats import RetryBudget
 from tests.fakes import FakeBackend, FakeClock, Step, a_call, drain, unavailable
-from tiermesh.config import Persona, StateSettings, TaskName, TierName
+from tiermesh.config import TaskName, TierName
 from tiermesh.errors import StatusError
 from tiermesh.v1 import mesh_pb2
 
@@ -338,6 +339,14 @@ def fallback(
         ),
         margin_s,
     )
+
+
+def test_cut_off_allows_for_the_margin_and_a_rounded_up_timeout() -> None:
+    plan = fallback(FakeBackend(), FakeBackend(), margin_s=0.025)
+    for budget, before in ((3.0, 0.025 + 0.03), (0.2, 0.025 + 0.002), (0.05, 0.01 + 0.0005)):
+        call = a_call(deadline_s=budget)
+        call = dataclasses.replace(call, deadline=call.received_at + budget)
+        assert plan.cut_at(call) == pytest.approx(call.deadline - before)
 
 
 async def test_fallback_to_the_next_tier_when_the_first_fails() -> None:

@@ -1,9 +1,10 @@
 import grpc
 import pytest
 
+from ops.settings import Settings
+from router.settings import Persona
 from router.validation import resolve
 from tests.fakes import request
-from tiermesh.config import Persona, Settings
 from tiermesh.errors import StatusError
 from tiermesh.v1 import mesh_pb2
 
@@ -12,7 +13,7 @@ SETTINGS = Settings(personas={"guard-1": Persona(system="You are Brom, a guard."
 
 def rejection(req: mesh_pb2.GenerateRequest, remaining: float | None = 5.0) -> StatusError:
     with pytest.raises(StatusError) as caught:
-        resolve(req, SETTINGS, remaining)
+        resolve(req, SETTINGS.router_config(), remaining)
     return caught.value
 
 
@@ -67,7 +68,7 @@ def test_expired_deadline_is_deadline_exceeded() -> None:
 
 
 def test_configured_persona_and_task_defaults_are_resolved() -> None:
-    call = resolve(request(), SETTINGS, time_remaining=2.0, now=100.0)
+    call = resolve(request(), SETTINGS.router_config(), time_remaining=2.0, now=100.0)
     assert call.task == "dialogue"
     assert call.messages[0].role == "system"
     assert call.messages[0].content == "You are Brom, a guard."
@@ -78,26 +79,26 @@ def test_configured_persona_and_task_defaults_are_resolved() -> None:
 
 
 def test_persona_text_in_the_request_overrides_the_configured_one() -> None:
-    call = resolve(request(persona="You are a talking cat."), SETTINGS, 2.0)
+    call = resolve(request(persona="You are a talking cat."), SETTINGS.router_config(), 2.0)
     assert call.messages[0].content == "You are a talking cat."
 
 
 def test_an_npc_without_a_persona_is_not_found_unless_the_call_brings_one() -> None:
     with pytest.raises(StatusError) as caught:
-        resolve(request(npc_id="farmer-7"), SETTINGS, 2.0)
+        resolve(request(npc_id="farmer-7"), SETTINGS.router_config(), 2.0)
     assert caught.value.code == grpc.StatusCode.NOT_FOUND
     assert "'farmer-7'" in caught.value.message
-    call = resolve(request(npc_id="farmer-7", persona="You farm turnips."), SETTINGS, 2.0)
+    call = resolve(request(npc_id="farmer-7", persona="You farm turnips."), SETTINGS.router_config(), 2.0)
     assert call.messages[0].content == "You farm turnips."
 
 
 def test_no_deadline_uses_the_task_budget() -> None:
-    call = resolve(request(task=mesh_pb2.TASK_INTENT), SETTINGS, None, now=10.0)
+    call = resolve(request(task=mesh_pb2.TASK_INTENT), SETTINGS.router_config(), None, now=10.0)
     assert call.deadline == pytest.approx(10.0 + SETTINGS.router.tasks["intent"].default_deadline_s)
 
 
 def test_explicit_max_tokens_within_limit_is_kept() -> None:
-    assert resolve(request(max_tokens=512), SETTINGS, 2.0).max_tokens == 512
+    assert resolve(request(max_tokens=512), SETTINGS.router_config(), 2.0).max_tokens == 512
 
 
 @pytest.mark.parametrize(
@@ -122,7 +123,9 @@ def test_intents_on_another_task_are_invalid() -> None:
 
 
 def test_intents_come_from_the_request_or_the_persona() -> None:
-    given = resolve(request(task=mesh_pb2.TASK_INTENT, intents=["TRADE", "FLEE"]), SETTINGS, 1.0)
+    given = resolve(
+        request(task=mesh_pb2.TASK_INTENT, intents=["TRADE", "FLEE"]), SETTINGS.router_config(), 1.0
+    )
     assert given.intents == ("TRADE", "FLEE")
-    configured = resolve(request(task=mesh_pb2.TASK_INTENT), SETTINGS, 1.0)
+    configured = resolve(request(task=mesh_pb2.TASK_INTENT), SETTINGS.router_config(), 1.0)
     assert configured.intents == ("GREET", "WARN")

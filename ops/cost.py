@@ -18,7 +18,8 @@ from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from tiermesh.config import CostSettings, TierName
+from ops.settings import CostSettings
+from tiermesh.config import TierName
 
 TIERS: tuple[TierName, ...] = ("gold", "silver", "bronze")
 HOUR = 3600.0

@@ -18,9 +18,9 @@ from dataclasses import asdict, dataclass
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from tiermesh.config import Settings, TlsSettings
+from ops.settings import Settings
 from tiermesh.tier.v1 import tier_pb2, tier_pb2_grpc
-from tiermesh.tls import aio_channel
+from tiermesh.tls import TlsSettings, aio_channel
 from tiermesh.v1 import mesh_pb2
 
 TIERS = ("gold", "silver", "bronze")

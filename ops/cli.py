@@ -12,7 +12,8 @@ import grpc
 import typer
 from rich.console import Console
 
-from tiermesh.config import Settings, config_path, load_settings
+from ops.settings import Settings, load_settings
+from tiermesh.config import config_path
 from tiermesh.logs import setup_logging
 
 app = typer.Typer(help="tiermesh: a gRPC token-streaming inference mesh for game NPCs.")
@@ -42,7 +43,7 @@ def router(config: ConfigOption = None) -> None:
     settings = _settings(config)
     if settings.router.data_path.huge_page_heap:
         restart_on_huge_pages()  # returns in the restarted process
-    run(settings)
+    run(settings.router_config())
 
 
 @app.command()
@@ -52,7 +53,7 @@ def silver(config: ConfigOption = None) -> None:
 
     settings = _settings(config)
     setup_logging()
-    asyncio.run(serve(settings))
+    asyncio.run(serve(settings.silver, settings.security.mesh_tls, settings.tracing))
 
 
 @app.command()
@@ -62,7 +63,7 @@ def bronze(config: ConfigOption = None) -> None:
 
     settings = _settings(config)
     setup_logging()
-    asyncio.run(serve(settings))
+    asyncio.run(serve(settings.bronze, settings.security.mesh_tls))
 
 
 @app.command("bronze-status")
@@ -100,8 +101,8 @@ def validate(
 
     from rich.table import Table
 
-    from tiermesh.validate import TIERS
-    from tiermesh.validate import validate as run
+    from ops.validate import TIERS
+    from ops.validate import validate as run
 
     settings = _settings(config)
     targets: list[str] = [t for t in TIERS if t in settings.router.tiers] if target == "all" else [target]
@@ -141,7 +142,7 @@ def cost(
 
     from rich.table import Table
 
-    from tiermesh.cost import PrometheusError, costs, from_prometheus, from_snapshot, report
+    from ops.cost import PrometheusError, costs, from_prometheus, from_snapshot, report
 
     settings = _settings(config)
     try:
@@ -202,7 +203,7 @@ def load(
     """Run a ghz config against the router with real gRPC; write a ghz-format report."""
     import json
 
-    from tiermesh.load import load_config, run
+    from ops.load import load_config, run
 
     try:
         config = load_config(config_file.read_text())
@@ -231,7 +232,7 @@ def load_check(
 
 
 def _judge(result: dict[str, Any], slo_file: Path | None, name: str) -> None:
-    from tiermesh.load import Slo, check, slos, summary
+    from ops.load import Slo, check, slos, summary
 
     console.print(f"{name}: {summary(result)}")
     if slo_file is None:
@@ -249,7 +250,7 @@ def _judge(result: dict[str, Any], slo_file: Path | None, name: str) -> None:
 @app.command()
 def certs(out: Annotated[Path, typer.Option(help="folder for the PEM files")] = Path(".certs")) -> None:
     """A local CA and the mesh's certificates (mesh mTLS, router edge, a game client)."""
-    from tiermesh.certs import write_local_certs
+    from ops.certs import write_local_certs
 
     for path in write_local_certs(out):
         console.print(f"wrote {path}")
@@ -282,7 +283,7 @@ def dashboards(
     out: Annotated[Path, typer.Option(help="folder to write into")] = Path("helm/tiermesh/files/dashboards"),
 ) -> None:
     """Generate the Grafana dashboards (JSON) from code into the Helm chart."""
-    from tiermesh.dashboards import write
+    from ops.dashboards import write
 
     for path in write(out):
         console.print(f"wrote {path}")
@@ -295,7 +296,7 @@ def up(
     demo: Annotated[bool, typer.Option(help="Stream a short NPC conversation once up")] = False,
 ) -> None:
     """Start the local mesh (Silver, router), wait for health; serve until Ctrl-C."""
-    from tiermesh.mesh import LocalMesh, MeshError
+    from ops.mesh import LocalMesh, MeshError
 
     settings = _settings(config)
     mesh = LocalMesh(settings, config_path(config))
@@ -308,7 +309,7 @@ def up(
     console.print(f"[green]mesh up[/]: router on {settings.router.listen}; logs in {mesh.run_dir}/logs")
     try:
         if demo:
-            from tiermesh.demo import run_demo
+            from ops.demo import run_demo
 
             asyncio.run(run_demo(settings.router.listen, console, frozenset(settings.router.tiers)))
         if detach:
@@ -328,7 +329,7 @@ def up(
 @app.command()
 def down(config: ConfigOption = None) -> None:
     """Stop the local mesh started by `tiermesh up`."""
-    from tiermesh.mesh import LocalMesh
+    from ops.mesh import LocalMesh
 
     stopped = LocalMesh(_settings(config), config_path(config)).down()
     console.print(f"stopped: {', '.join(stopped)}" if stopped else "nothing was running")
@@ -347,7 +348,7 @@ def generate(
     address: Annotated[str, typer.Option(help="router address")] = "127.0.0.1:50051",
 ) -> None:
     """Stream one reply from the router to the terminal."""
-    from tiermesh import client
+    from ops import client
     from tiermesh.v1 import mesh_pb2, mesh_pb2_grpc
 
     if task not in client.TASKS:

@@ -11,7 +11,7 @@ from typing import Any
 
 import yaml
 
-from tiermesh.config import Settings
+from ops.settings import Settings
 
 RULES = Path("helm/tiermesh/files/prometheus/tiermesh-rules.yaml")
 # A metric name, not part of a recording rule's level:metric:operations name.
@@ -38,7 +38,7 @@ def family(name: str) -> str:
 
 
 def used_series() -> set[str]:
-    from tiermesh import dashboards  # grafana-foundation-sdk: only when asked
+    from ops import dashboards  # grafana-foundation-sdk: only when asked
 
     return series_names(rule_expressions() + dashboards.queries())
 

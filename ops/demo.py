@@ -7,7 +7,7 @@ import time
 from rich.console import Console
 from rich.table import Table
 
-from tiermesh import client
+from ops import client
 from tiermesh.v1 import mesh_pb2, mesh_pb2_grpc
 
 TURNS = [

@@ -24,9 +24,9 @@ import grpc
 import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from tiermesh.config import Settings, TlsSettings
-from tiermesh.observability import RULES, prometheus_config
-from tiermesh.tls import sync_channel
+from ops.observability import RULES, prometheus_config
+from ops.settings import Settings
+from tiermesh.tls import TlsSettings, sync_channel
 
 REPO = Path(__file__).resolve().parents[1]
 # The engines' niceness beside the router in the local mesh.
@@ -63,7 +63,7 @@ def components(settings: Settings, config_file: Path | None) -> list[Component]:
     )
 
     def cli(command: str, listen: str, tls: TlsSettings | None = security.mesh_tls) -> Component:
-        argv = [python, "-m", "tiermesh.cli", command, *config]
+        argv = [python, "-m", "ops.cli", command, *config]
         return Component(command, argv, grpc_health=listen, tls=tls)
 
     tiers = settings.router.tiers

