@@ -106,7 +106,7 @@ fuzz: setup
 	$(BIN)/python -m fuzz.run --seconds $(FUZZ_SECONDS) --record bench/results/fuzz
 
 fuzz-smoke: setup
-	$(BIN)/python -m fuzz.run --seconds 30
+	$(BIN)/python -m fuzz.run --seconds 60
 
 bench: setup model bench-tools
 	$(BIN)/python -m bench.silver

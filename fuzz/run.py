@@ -4,7 +4,7 @@ A crash fails the run and is kept as a regression input under tests/fuzz/regress
 With --record, the run is reported (executions, coverage of the router's C) in
 bench/results/.
 
-    python -m fuzz.run --seconds 30                          # make test's smoke
+    python -m fuzz.run --seconds 60                          # make test's smoke
     python -m fuzz.run --seconds 1800 --record bench/results/fuzz   # make fuzz
 """
 
