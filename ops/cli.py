@@ -6,7 +6,7 @@ import asyncio
 import sys
 import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import grpc
 import typer
@@ -15,6 +15,9 @@ from rich.console import Console
 from ops.settings import Settings, load_settings
 from tiermesh.config import config_path
 from tiermesh.logs import setup_logging
+
+if TYPE_CHECKING:
+    from tiermesh.v1.mesh_pb2_grpc import MeshAsyncStub
 
 app = typer.Typer(help="tiermesh: a gRPC token-streaming inference mesh for game NPCs.")
 console = Console()
@@ -385,6 +388,43 @@ def generate(
         f"total={reply.total_s * 1000:.0f}ms tokens={reply.usage.completion_tokens} "
         f"finish={reply.finish_reason}[/]"
     )
+
+
+evaluate_app = typer.Typer(help="Measure the mesh's answers against labelled sets.")
+app.add_typer(evaluate_app, name="eval")
+
+
+@evaluate_app.command("intents")
+def eval_intents(
+    split: Annotated[str, typer.Option(help="dev | held_out | all")] = "all",
+    address: Annotated[str, typer.Option(help="router address")] = "127.0.0.1:50051",
+    deadline: Annotated[float, typer.Option(help="each call's gRPC deadline, seconds")] = 2.0,
+    path: Annotated[Path, typer.Option("--set", help="the labelled set")] = Path("eval/intents.yaml"),
+    as_json: Annotated[bool, typer.Option("--json", help="print the report as JSON")] = False,
+) -> None:
+    """Accuracy, per-label recall, confusion and latency of intents through the router
+    (cache bypassed, one call at a time)."""
+    import json
+
+    from ops import client, evaluate
+    from tiermesh.v1 import mesh_pb2_grpc
+
+    if split not in ("dev", "held_out", "all"):
+        err.print(f"[red]unknown split {split!r}[/]: dev, held_out or all")
+        raise typer.Exit(2)
+    situations = evaluate.load_set(path, split)  # type: ignore[arg-type]
+
+    async def run() -> evaluate.Report:
+        async with client.channel(address) as channel:
+            stub: MeshAsyncStub = mesh_pb2_grpc.MeshStub(channel)
+            ask = evaluate.router_asker(stub, deadline)
+            return evaluate.Report(await evaluate.run(ask, situations))
+
+    report = asyncio.run(run())
+    if as_json:
+        print(json.dumps(report.as_dict(), indent=2))
+    else:
+        print("\n".join(report.lines()))
 
 
 if __name__ == "__main__":

@@ -126,6 +126,7 @@ async def validate_silver(settings: Settings, probes: int) -> list[Check]:
 
 
 async def validate_gold(settings: Settings, probes: int) -> list[Check]:
+    from router.backends.intent_encoder import IntentLabeller
     from router.backends.triton import TritonTier
     from router.call import Call
     from tiermesh.chat import Message
@@ -133,12 +134,19 @@ async def validate_gold(settings: Settings, probes: int) -> list[Check]:
     gold = settings.gold
     http = f"http://{gold.host}:{gold.http_port}"
     checks = []
-    for name, path in (("health", "/v2/health/live"), ("readiness", "/v2/models/ensemble/ready")):
+    # Intents are probed the way the router asks for them: by the encoder where it has one.
+    tier = settings.router.tiers.get("gold")
+    encoder = tier.intent_encoder if tier is not None else ""
+    paths = [("health", "/v2/health/live"), ("readiness", "/v2/models/ensemble/ready")]
+    if encoder:
+        paths.append(("encoder readiness", f"/v2/models/{encoder}/ready"))
+    for name, path in paths:
         ok, detail = await asyncio.to_thread(http_ok, http + path)
         checks.append(Check("gold", name, ok, detail))
     if not all(c.ok for c in checks):
         return checks
-    adapter = TritonTier("gold", gold.grpc_address, "ensemble")
+    labeller = IntentLabeller({}) if encoder else None  # labels described by their names
+    adapter = TritonTier("gold", gold.grpc_address, "ensemble", labeller=labeller, encoder=encoder)
 
     def call() -> Call:
         messages = (Message("system", "You guard a gate."), Message("user", "A stranger approaches."))

@@ -13,6 +13,7 @@ from prometheus_client import REGISTRY
 from router import metrics
 from router.auth import client_quotas
 from router.backends import TierAdapter, adapter
+from router.backends.intent_encoder import IntentLabeller
 from router.call import Call
 from router.edge import Edge, coalescing, start_edge
 from router.estimates import TierEstimates
@@ -52,7 +53,7 @@ def build_pipeline(
     """The router's policies, composed from the lists below (outermost first)."""
     router = config.router
     estimates = {
-        name: TierEstimates(tier.expected_ttft_s, tier.expected_token_s)
+        name: TierEstimates(tier.expected_ttft_s, tier.expected_token_s, tier.expected_ttft_by_task)
         for name, tier in router.tiers.items()
     }
     tiers: dict[TierName, Backend] = {}
@@ -199,9 +200,11 @@ async def start_router(config: RouterConfig) -> Router:
     merging = coalescing(router.data_path)
 
     def transport(tier: TierName, settings: TierSettings) -> Callable[[str], TierAdapter]:
+        labeller = IntentLabeller(config.personas)  # shared by the tier's replicas: one model
         return lambda address: adapter(
-            tier, address, settings, config.mesh_tls, router.data_path.tier_client, merging.tier_client
-        )
+            tier, address, settings, config.mesh_tls, router.data_path.tier_client, merging.tier_client,
+            labeller,
+        )  # fmt: skip
 
     replicas = {
         name: ReplicaSet(name, tier, router.breaker, transport(name, tier))

@@ -9,8 +9,10 @@ deadline; hedging reads the time to first token."""
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 
 from router.stats import Clock, Window
+from tiermesh.config import TaskName
 
 # Samples older than these are forgotten. Answers tell a tier's speed for a while; that a
 # tier was given up on is short-lived evidence unless renewed: a tier passed over because
@@ -61,14 +63,20 @@ class TaskEstimate:
 
 
 class TierEstimates:
-    """A tier's estimates, one per task, made on first use."""
+    """A tier's estimates, one per task, made on first use; `ttft_by_task` overrides the
+    time-to-first-token prior for some tasks (Gold's encoder labels an intent far sooner
+    than its LLM starts a bark)."""
 
-    def __init__(self, ttft_s: float, token_s: float) -> None:
+    def __init__(
+        self, ttft_s: float, token_s: float, ttft_by_task: Mapping[TaskName, float] | None = None
+    ) -> None:
         self.ttft_s, self.token_s = ttft_s, token_s
+        self._ttft_by_task: dict[str, float] = {task: s for task, s in (ttft_by_task or {}).items()}
         self._tasks: dict[str, TaskEstimate] = {}
 
     def task(self, task: str) -> TaskEstimate:
         estimate = self._tasks.get(task)
         if estimate is None:
-            estimate = self._tasks[task] = TaskEstimate(self.ttft_s, self.token_s)
+            prior = self._ttft_by_task.get(task, self.ttft_s)
+            estimate = self._tasks[task] = TaskEstimate(prior, self.token_s)
         return estimate

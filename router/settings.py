@@ -16,6 +16,15 @@ from tiermesh.tls import TlsSettings
 from tiermesh.tracing import TracingSettings
 
 
+class IntentGuide(BaseModel):
+    """What one of a persona's intents means, for an intent encoder: the label's meaning in
+    a sentence and a few situations that call for it. Encoded once; a situation is labelled
+    by its nearest guide."""
+
+    description: str
+    examples: list[str] = Field(default_factory=list)
+
+
 class Persona(BaseModel):
     """Who an NPC is: the system text every tier sees, its intents, its voice."""
 
@@ -27,6 +36,9 @@ class Persona(BaseModel):
     # The intent chosen when no tier can answer in time (tasks with `canned: true`); one
     # of `intents`. Empty: the call's first label.
     default_intent: str = ""
+    # Per intent, its meaning and example situations (for tiers that label by an intent
+    # encoder); an intent without one is described by its label alone.
+    intent_guides: dict[str, IntentGuide] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _default_intent_is_an_intent(self) -> Persona:
@@ -34,6 +46,8 @@ class Persona(BaseModel):
             raise ValueError(
                 f"default_intent {self.default_intent!r} is not one of the intents {self.intents}"
             )
+        if unknown := sorted(set(self.intent_guides) - set(self.intents)):
+            raise ValueError(f"intent_guides for {unknown}, which are not among the intents {self.intents}")
         return self
 
 
@@ -123,6 +137,8 @@ class TierSettings(BaseModel):
     # (per task: the planner learns each task's from the tier's answers).
     expected_ttft_s: float = Field(default=0.2, gt=0)
     expected_token_s: float = Field(default=0.05, gt=0)
+    # expected_ttft_s for some tasks (e.g. intents labelled by an encoder).
+    expected_ttft_by_task: dict[TaskName, float] = Field(default_factory=dict)
     # Streams in flight across the tier's replicas (0: unlimited); more wait in a
     # queue, or are shed at once when the wait would not fit the deadline.
     max_streams: int = Field(default=0, ge=0)
@@ -136,6 +152,10 @@ class TierSettings(BaseModel):
     # KServe v2 gRPC with TensorRT-LLM's `ensemble` tensors (Gold).
     protocol: Literal["tier", "triton"] = "tier"
     triton_model: str = "ensemble"
+    # protocol triton: the model beside it that labels intents by encoding (text →
+    # embedding; router/backends/intent_encoder.py). Empty: intents go to triton_model's
+    # guided decoding.
+    intent_encoder: str = ""
     # Longest answer this tier produces (0: no limit). Calls asking for more are
     # routed to the next tier of their chain instead.
     max_tokens: int = Field(default=0, ge=0)

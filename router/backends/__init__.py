@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Literal, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol
 
 import grpc
 from opentelemetry.trace import Span, SpanKind
@@ -14,6 +14,9 @@ from tiermesh import tracing
 from tiermesh.errors import StatusError
 from tiermesh.tls import TlsSettings
 from tiermesh.v1 import mesh_pb2
+
+if TYPE_CHECKING:
+    from router.backends.intent_encoder import IntentLabeller
 
 
 class TierAdapter(Protocol):
@@ -50,6 +53,7 @@ def adapter(
     tls: TlsSettings | None = None,
     transport: Literal["grpc", "native"] = "grpc",
     merge: bool = False,
+    labeller: IntentLabeller | None = None,
 ) -> TierAdapter:
     """The replica's adapter: TierService replicas over grpc.aio or, with `transport`
     native, over nghttp2 (merging messages that arrived together when `merge`); Triton's
@@ -57,7 +61,10 @@ def adapter(
     if settings.protocol == "triton":
         from router.backends.triton import TritonTier
 
-        return TritonTier(tier, address, settings.triton_model, settings.health_retry_s, tls)
+        return TritonTier(
+            tier, address, settings.triton_model, settings.health_retry_s, tls, labeller,
+            settings.intent_encoder,
+        )  # fmt: skip
     if transport == "native":
         from router.backends.tier_native import NativeTier  # loads the C part
 

@@ -1,17 +1,22 @@
-"""Adapter for Gold: Triton Inference Server hosting TensorRT-LLM's `ensemble`.
+"""Adapter for Gold: Triton Inference Server hosting TensorRT-LLM's `ensemble`, and
+beside it, when configured, an intent encoder.
 
 Speaks exactly the ensemble's text signature over Triton's gRPC streaming API
 (decoupled model): `text_input`, `max_tokens`, `stream`, sampling inputs, and
 TensorRT-LLM's guided decoding inputs for intents → `text_output` deltas. The
 ensemble takes a finished prompt, so the chat template (ChatML) is applied here.
+With `intent_encoder` set, intents are labelled by that model instead (`text` →
+`embedding`, intent_encoder.py): a small encoder answers them better and faster than the
+LLM's guided decoding.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
 import grpc
@@ -21,6 +26,7 @@ from tritonclient.grpc.aio import InferenceServerClient
 from tritonclient.utils import InferenceServerException
 
 from router.backends import attempt_span, tier_failed
+from router.backends.intent_encoder import IntentLabeller
 from router.call import Call
 from tiermesh import tracing
 from tiermesh.chat import chatml
@@ -91,11 +97,25 @@ def triton_client(address: str, tls: TlsSettings | None) -> InferenceServerClien
     )
 
 
+log = logging.getLogger(__name__)
+# Texts per encoder request: the intent_encoder's max_batch_size.
+ENCODER_BATCH = 64
+# Encoding every persona's intent guides when a replica comes up.
+WARM_TIMEOUT_S = 30.0
+
+
 class TritonTier:
     """One Triton replica over one gRPC channel."""
 
     def __init__(
-        self, name: str, address: str, model: str, health_retry_s: float = 1.0, tls: TlsSettings | None = None
+        self,
+        name: str,
+        address: str,
+        model: str,
+        health_retry_s: float = 1.0,
+        tls: TlsSettings | None = None,
+        labeller: IntentLabeller | None = None,
+        encoder: str = "",
     ) -> None:
         self.name = name
         self.address = address
@@ -103,11 +123,16 @@ class TritonTier:
         self._health_retry_s = health_retry_s
         self._client = triton_client(address, tls)
         self._outputs = [InferRequestedOutput("text_output")]
+        self._labeller = labeller if encoder else None
+        self._encoder = encoder
 
     async def generate(self, call: Call) -> AsyncIterator[mesh_pb2.GenerateResponse]:
         remaining = call.remaining()
         if remaining <= 0:
             raise StatusError(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline passed before the Gold call")
+        if call.intents and self._labeller is not None:
+            yield await self._intent(call, self._labeller)
+            return
 
         async def one_request() -> AsyncIterator[dict[str, Any]]:
             yield {
@@ -152,11 +177,58 @@ class TritonTier:
         final.usage.completion_tokens = sent  # one token per streamed response
         yield final
 
+    async def _encode(
+        self, texts: Sequence[str], within_s: float, headers: Mapping[str, str] | None = None
+    ) -> np.ndarray[Any, np.dtype[np.float32]]:
+        """Embeddings from the intent encoder, one row per text, within `within_s`."""
+        parts = []
+        for start in range(0, len(texts), ENCODER_BATCH):
+            chunk = texts[start : start + ENCODER_BATCH]
+            batch = np.array([[t.encode()] for t in chunk], dtype=np.object_)
+            item = InferInput("text", list(batch.shape), "BYTES")
+            item.set_data_from_numpy(batch)
+            result = await self._client.infer(
+                self._encoder,
+                [item],
+                outputs=[InferRequestedOutput("embedding")],
+                client_timeout=max(within_s, 0.001),
+                headers=dict(headers or {}),
+            )
+            parts.append(result.as_numpy("embedding"))
+        return np.asarray(np.concatenate(parts), dtype=np.float32)
+
+    async def _intent(self, call: Call, labeller: IntentLabeller) -> mesh_pb2.GenerateResponse:
+        span = attempt_span(self.name, self.address, call)
+        headers = tracing.inject_headers(span)
+        try:
+            label, score = await labeller.label(
+                call, lambda texts: self._encode(texts, call.remaining(), headers)
+            )
+        except InferenceServerException as e:
+            if "Deadline" in str(e):
+                raise StatusError(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded at Gold") from None
+            raise self._status(str(e), 0) from None
+        finally:
+            span.end()
+        answer = mesh_pb2.GenerateResponse(
+            text=label, tier=mesh_pb2.TIER_GOLD, finish_reason=mesh_pb2.FINISH_REASON_STOP, score=score
+        )
+        answer.usage.completion_tokens = 1
+        return answer
+
     def _status(self, detail: str, sent: int) -> StatusError:
         return tier_failed(self.name, self.address, sent, detail)
 
+    async def warm(self) -> None:
+        """Builds every persona's intent prototypes (nothing without an encoder)."""
+        if self._labeller is not None:
+            await self._labeller.warm(lambda texts: self._encode(texts, WARM_TIMEOUT_S))
+
     async def health(self) -> AsyncIterator[bool]:
-        """Triton has no grpc.health.v1: poll server and model readiness instead."""
+        """Triton has no grpc.health.v1: poll server and model readiness instead. The
+        first time the replica is ready, the personas' intent prototypes are built, so no
+        caller pays for them."""
+        warmed = False
         while True:
             try:
                 ready = await self._client.is_server_ready() and await self._client.is_model_ready(
@@ -164,6 +236,14 @@ class TritonTier:
                 )
             except (InferenceServerException, grpc.aio.AioRpcError):
                 ready = False
+            if ready and not warmed:
+                try:
+                    await self.warm()
+                    warmed = True
+                except (InferenceServerException, grpc.aio.AioRpcError) as e:
+                    # Barks still work; intents build their prototypes on first use.
+                    log.warning("%s at %s: intent encoder %r not ready: %s", self.name, self.address,
+                                self._encoder, e)  # fmt: skip
             yield bool(ready)
             await asyncio.sleep(self._health_retry_s)
 

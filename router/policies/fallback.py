@@ -225,6 +225,8 @@ class Fallback:
             text=label, tier=last.tier, finish_reason=mesh_pb2.FINISH_REASON_STOP
         )
         answer.usage.CopyFrom(last.usage)
+        if last.HasField("score"):
+            answer.score = last.score
         return answer
 
     async def _rest(

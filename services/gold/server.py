@@ -1,5 +1,5 @@
 """Gold, locally: a real Triton Inference Server (PyTriton) serving TensorRT-LLM's
-`ensemble` signature from llama.cpp on CPU.
+`ensemble` signature from llama.cpp on CPU, and the intent encoder beside it.
 
     .venv-gold/bin/python -m services.gold.server [--config config/mesh.yaml]
 
@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from services.gold.encoder import DIMENSIONS, IntentEncoder
 from services.gold.engine import GaveUp, GiveUp, LlamaPool
 from services.gold.settings import GoldSettings
 from tiermesh.config import load_section
@@ -30,6 +31,7 @@ from tiermesh.tls import TlsSettings
 
 log = logging.getLogger("tiermesh.gold")
 MODEL = "ensemble"
+ENCODER = "intent_encoder"
 # The guides the router sends for intents: ( LABEL | LABEL | ... ), labels escaped.
 _ALTERNATION = re.compile(r"\((?:[A-Z0-9_]+)(?:\|[A-Z0-9_]+)*\)")
 
@@ -112,6 +114,19 @@ class Ensemble:
                     yield text_output(piece)
 
 
+def encoder_infer(encoder: IntentEncoder) -> Any:
+    """The encoder's infer function: Triton's dynamic batcher hands over what queued
+    together (`text`: [batch, 1] bytes) and gets one embedding row per text."""
+    from pytriton.decorators import batch
+
+    @batch  # type: ignore[untyped-decorator]
+    def infer(text: np.ndarray[Any, Any]) -> dict[str, np.ndarray[Any, Any]]:
+        texts = [bytes(row[0]).decode("utf-8", "replace") for row in text]
+        return {"embedding": encoder.encode(texts)}
+
+    return infer
+
+
 def serve(settings: GoldSettings, tls: TlsSettings | None = None) -> None:
     # Triton's Python stub links libpython: point it at this interpreter's, or the
     # system's (another patch release) fails model load with an RLock error.
@@ -122,6 +137,11 @@ def serve(settings: GoldSettings, tls: TlsSettings | None = None) -> None:
 
     pool = LlamaPool(settings)
     pool.load()
+    encoder = (
+        IntentEncoder(settings.intent_encoder, settings.encoder_threads) if settings.intent_encoder else None
+    )
+    if encoder is not None:
+        encoder.encode(["warm up"])  # the first run allocates; no caller should pay for it
     config = TritonConfig(
         grpc_address=settings.host,
         grpc_port=settings.grpc_port,
@@ -157,6 +177,15 @@ def serve(settings: GoldSettings, tls: TlsSettings | None = None) -> None:
             config=ModelConfig(decoupled=True, batching=True, max_batch_size=8, batcher=None),
             strict=True,
         )
+        if encoder is not None:
+            triton.bind(
+                model_name=ENCODER,
+                infer_func=encoder_infer(encoder),
+                inputs=[Tensor(name="text", dtype=bytes, shape=(1,))],
+                outputs=[Tensor(name="embedding", dtype=np.float32, shape=(DIMENSIONS,))],
+                config=ModelConfig(batching=True, max_batch_size=64),
+                strict=True,
+            )
 
         def stop(signum: int, frame: Any) -> None:
             log.info("stopping Triton (signal %d)", signum)
@@ -166,7 +195,11 @@ def serve(settings: GoldSettings, tls: TlsSettings | None = None) -> None:
         # regions and workspace stay behind.
         signal.signal(signal.SIGTERM, stop)
         signal.signal(signal.SIGINT, stop)
-        log.info("gold: Triton on %s (gRPC), model %r", settings.grpc_address, MODEL)
+        log.info(
+            "gold: Triton on %s (gRPC), models %r",
+            settings.grpc_address,
+            [MODEL, ENCODER] if encoder else [MODEL],
+        )
         triton.serve()
 
 

@@ -32,6 +32,10 @@ class GoldSettings(BaseModel):
     # Per llama.cpp instance: evaluated prompt prefixes kept (LRU), so personas that
     # interleave on an instance do not pay for their whole prompt each time.
     prefix_cache_mib: int = Field(default=64, ge=1)
+    # The intent encoder's folder (make model exports it); Triton serves it as the model
+    # `intent_encoder` beside the ensemble. Empty: none.
+    intent_encoder: str = ".models/intent-encoder"
+    encoder_threads: int = Field(default=1, ge=1)
     # Gold answers short: longer requests are refused here (the router sends them
     # to the next tier of their chain instead).
     max_tokens_limit: int = Field(default=32, gt=0)

@@ -34,7 +34,7 @@ app.kubernetes.io/component: {{ .component }}
 {{- $name := include "tiermesh.fullname" . -}}
 {{- $tiers := dict -}}
 {{- if .Values.gold.enabled -}}
-{{- $_ := set $tiers "gold" (dict "protocol" "triton" "endpoints" (list (printf "dns:///%s-gold.%s.svc.cluster.local:8001" $name .Release.Namespace))) -}}
+{{- $_ := set $tiers "gold" (dict "protocol" "triton" "intent_encoder" "intent_encoder" "endpoints" (list (printf "dns:///%s-gold.%s.svc.cluster.local:8001" $name .Release.Namespace))) -}}
 {{- end -}}
 {{- if .Values.silver.enabled -}}
 {{- $_ := set $tiers "silver" (dict "endpoints" (list (printf "dns:///%s-silver.%s.svc.cluster.local:%d" $name .Release.Namespace (int .Values.silver.port)))) -}}
