@@ -32,6 +32,7 @@ from bench.report import table, update_readme, write
 from bench.silver import mesh_running
 from ops.settings import Settings, load_settings
 from router.backends import TierAdapter, adapter
+from router.stats import nearest_rank
 from router.validation import TASK_NAMES, resolve
 from tiermesh.config import TaskName, TierName
 from tiermesh.errors import StatusError
@@ -78,7 +79,7 @@ class Cell:
         answered = sorted(o.seconds for o in self.outcomes if o.kind in ("whole", "shaped", "canned"))
         if not answered:
             return float("nan")
-        return answered[min(len(answered) - 1, int(q * len(answered)))]
+        return nearest_rank(answered, q)
 
 
 # Situations a guard, a merchant or an innkeeper might face (not the labelled eval set).

@@ -29,6 +29,7 @@ from ops.mesh import REPO
 from ops.settings import Settings, load_settings
 from router.backends.intent_encoder import IntentLabeller
 from router.backends.triton import TritonTier
+from router.stats import nearest_rank
 from router.validation import resolve
 from tiermesh.chat import chatml
 from tiermesh.v1 import mesh_pb2, mesh_pb2_grpc
@@ -40,7 +41,7 @@ def percentiles(samples: list[float]) -> dict[str, float]:
     ordered = sorted(samples)
 
     def at(q: float) -> float:
-        return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000, 1)
+        return round(nearest_rank(ordered, q) * 1000, 1)
 
     return {
         "p50_ms": round(median(ordered) * 1000, 1),

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import grpc
 import yaml
 
+from router.stats import nearest_rank
 from tiermesh.v1 import mesh_pb2
 
 if TYPE_CHECKING:
@@ -82,8 +83,7 @@ async def run(ask: Ask, situations: Sequence[Situation]) -> list[Answer]:
 
 
 def quantile(values: Sequence[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else 0.0
+    return nearest_rank(sorted(values), q) if values else 0.0
 
 
 @dataclass

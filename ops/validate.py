@@ -19,6 +19,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from ops.settings import Settings
+from router.stats import nearest_rank
 from tiermesh.tier.v1 import tier_pb2, tier_pb2_grpc
 from tiermesh.tls import TlsSettings, aio_channel
 from tiermesh.v1 import mesh_pb2
@@ -67,7 +68,7 @@ async def latency_check(
 ) -> Check:
     """p95 of `probes` sequential probes (each returns its time to first token, s)."""
     samples = sorted([await probe() for _ in range(probes)])
-    p95 = samples[min(len(samples) - 1, int(0.95 * len(samples)))] * 1000
+    p95 = nearest_rank(samples, 0.95) * 1000
     return Check(
         tier, "latency SLO", p95 <= slo_ms, f"p95 time to first token {p95:.1f} ms (SLO {slo_ms:g} ms)"
     )

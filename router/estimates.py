@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping
 
-from router.stats import Clock, Window
+from router.stats import Clock, Window, nearest_rank
 from tiermesh.config import TaskName
 
 # Samples older than these are forgotten. Answers tell a tier's speed for a while; that a
@@ -52,8 +52,7 @@ class TaskEstimate:
 
     def ttft(self, q: float) -> float:
         if len(self._given_up) > len(self._first):
-            both = sorted([*self._first.values(), *self._given_up.values()])
-            return both[min(len(both) - 1, int(q * len(both)))]
+            return nearest_rank(sorted([*self._first.values(), *self._given_up.values()]), q)
         observed = self._first.quantile(q)
         return self.ttft_prior if observed is None else observed
 

@@ -5,9 +5,15 @@ from __future__ import annotations
 import math
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 Clock = Callable[[], float]
+
+
+def nearest_rank(ordered: Sequence[float], q: float) -> float:
+    """The q-quantile of sorted, non-empty `ordered` by nearest rank: a value that was
+    observed, never an interpolation."""
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 class PeakEwma:
@@ -77,8 +83,7 @@ class Window:
             return None
         if self._ordered is None:
             self._ordered = sorted(value for _, value in self._values)
-        ordered = self._ordered
-        return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+        return nearest_rank(self._ordered, q)
 
 
 class RetryBudget:
