@@ -117,6 +117,7 @@ bench: setup model bench-tools
 	$(BIN)/python -m bench.silver
 	$(BIN)/python -m bench.gold
 	$(BIN)/python -m bench.overload
+	$(BIN)/python -m bench.classes
 	$(BIN)/python -m bench.proxy
 	$(BIN)/python -m bench.soak --walk-aways 0
 	$(BIN)/python -m bench.soak

@@ -27,6 +27,7 @@ from router.policies.fallback import Fallback
 from router.policies.hedge import Hedge
 from router.policies.limit import StreamLimit
 from router.policies.planner import TierPlanner
+from router.policies.quota import TokenQuota
 from router.policies.result_cache import ResultCache
 from router.policies.resume import Resume
 from router.policies.retry import Retry
@@ -34,6 +35,7 @@ from router.policies.session import SessionContext
 from router.replicas import ReplicaSet
 from router.server import MeshServicer
 from router.settings import RouterConfig, TierSettings
+from router.state.quota import MemoryQuota, QuotaStore, quota_store
 from router.state.store import SessionStore
 from router.state.store import store as session_store
 from router.stats import RetryBudget
@@ -49,6 +51,7 @@ def build_pipeline(
     replicas: Mapping[TierName, ReplicaSet],
     jobs: Jobs | None = None,
     sessions: SessionStore | None = None,
+    quotas: QuotaStore | None = None,
 ) -> Backend:
     """The router's policies, composed from the lists below (outermost first)."""
     router = config.router
@@ -57,7 +60,7 @@ def build_pipeline(
         for name, tier in router.tiers.items()
     }
     tiers: dict[TierName, Backend] = {}
-    queue_wait: dict[TierName, Callable[[], float]] = {}
+    queue_wait: dict[TierName, Callable[[Call], float]] = {}
     for name, tier in router.tiers.items():
         layers = tier_layers(config, name, estimates[name], queue_wait)
         tiers[name] = compose(layers, Balancer(replicas[name], picker(tier.balancer)))
@@ -73,14 +76,25 @@ def build_pipeline(
     fallback = Fallback(
         planner, tiers, estimates, CannedAnswers(config.personas, canned), router.deadline_margin_s
     )
-    layers = call_layers(config, jobs, sessions)
+    layers = call_layers(config, jobs, sessions, quotas)
     log.info("pipeline: %s → fallback over the tiers", describe(layers))
     return compose(layers, fallback)
 
 
-def call_layers(config: RouterConfig, jobs: Jobs | None, sessions: SessionStore | None) -> list[Layer]:
+def call_layers(
+    config: RouterConfig,
+    jobs: Jobs | None,
+    sessions: SessionStore | None,
+    token_store: QuotaStore | None = None,
+) -> list[Layer]:
     """What every call passes before a tier is chosen, outermost first."""
     router = config.router
+    traffic = router.traffic
+    metered = any(
+        t.input_tokens_per_min or t.output_tokens_per_min
+        for t in (*traffic.tenants.values(), traffic.default_tenant)
+    )
+    tokens = token_store if token_store is not None else MemoryQuota()
     tasks = router.tasks
     quotas = client_quotas(config.auth)
     admitted = bool(router.admission.rate_per_s or quotas)
@@ -113,6 +127,12 @@ def call_layers(config: RouterConfig, jobs: Jobs | None, sessions: SessionStore 
             if admitted
             else None,
         ),
+        Layer(
+            "token quota",
+            "after the caches (a cached answer costs no tokens) and the call-rate limit (which "
+            "costs no store round trip): a tenant out of tokens is refused before any tier work",
+            (lambda inner: TokenQuota(inner, traffic, tokens)) if metered else None,
+        ),
     ]
 
 
@@ -120,7 +140,7 @@ def tier_layers(
     config: RouterConfig,
     name: TierName,
     estimates: TierEstimates,
-    queue_wait: dict[TierName, Callable[[], float]],
+    queue_wait: dict[TierName, Callable[[Call], float]],
 ) -> list[Layer]:
     """One tier, outermost first, above its balancer (which picks a replica and feeds its
     breaker and latency)."""
@@ -130,14 +150,15 @@ def tier_layers(
     midstream = {task: policy.on_midstream_failure for task, policy in router.tasks.items()}
 
     def limited(inner: Backend) -> Backend:
-        limit = StreamLimit(inner, name, tier.max_streams, tier.expected_ttft_s)
+        limit = StreamLimit(inner, name, tier.max_streams, tier.expected_ttft_s, router.traffic)
         queue_wait[name] = limit.wait_estimate  # the planner adds it to the tier's time
         return limit
 
     return [
         Layer(
             "stream limit",
-            "outermost: a call waits for a slot once, whatever resumes, hedges and retries do below",
+            "outermost: a call waits for a slot once, whatever resumes, hedges and retries do "
+            "below; its queue orders calls by class and tenant, and sheds the lowest first",
             limited if tier.max_streams else None,
         ),
         Layer(
@@ -179,6 +200,7 @@ class Router:
     replicas: dict[TierName, ReplicaSet]
     jobs: Jobs | None = None
     sessions: SessionStore | None = None
+    quotas: QuotaStore | None = None
 
     @property
     def port(self) -> int:
@@ -193,6 +215,8 @@ class Router:
             await self.jobs.close()
         if self.sessions is not None:
             await self.sessions.close()
+        if self.quotas is not None:
+            await self.quotas.close()
 
 
 async def start_router(config: RouterConfig) -> Router:
@@ -214,10 +238,11 @@ async def start_router(config: RouterConfig) -> Router:
     bronze = router.tiers.get("bronze")
     jobs = Jobs(config, bronze.endpoints[0]) if bronze is not None else None
     sessions = session_store(config.state)
-    pipeline = build_pipeline(config, replicas, jobs, sessions)
+    quotas = quota_store(config.state.backend, config.state.redis_url)
+    pipeline = build_pipeline(config, replicas, jobs, sessions, quotas)
     servicer = MeshServicer(config, pipeline, sessions, jobs, coalesce=merging.servicer)
     serving, edge = await start_edge(config, servicer)
-    return Router(serving, edge, replicas, jobs, sessions)
+    return Router(serving, edge, replicas, jobs, sessions, quotas)
 
 
 async def serve(config: RouterConfig, worker: int = 0) -> None:

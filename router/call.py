@@ -9,8 +9,11 @@ from dataclasses import dataclass, field
 from opentelemetry.context import Context
 
 from tiermesh.chat import Message
-from tiermesh.config import TaskName
+from tiermesh.config import PriorityName, TaskName
 from tiermesh.v1 import mesh_pb2
+
+# Characters per token when a prompt's tokens are estimated before a tier counts them.
+CHARS_PER_TOKEN = 4
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,8 +29,11 @@ class Call:
     # Absolute time.monotonic() by which the caller must have its answer.
     deadline: float
     received_at: float = field(default_factory=time.monotonic)
-    # Who is calling (`x-client-id` metadata), for per-client limits.
+    # Who is calling (the authenticated client, else `x-client-id`): the tenant of
+    # per-client limits, token quotas and the fair queues.
     client_id: str = "anonymous"
+    # Its traffic class (the request's, else its task's default).
+    priority: PriorityName = "standard"
     # Set by fallback: when this tier's first token must have arrived, so that the
     # next tier still has time. Queues use it to shed early.
     first_token_by: float | None = None
@@ -43,6 +49,10 @@ class Call:
     # How to cancel each tier call now in flight for this request (shared by every
     # attempt, like `tried`). See cancel_tier_calls.
     tier_calls: set[Callable[[], object]] = field(default_factory=set, compare=False)
+
+    def prompt_tokens_estimate(self) -> int:
+        """The prompt's tokens before a tier has counted them (≈ 4 characters each)."""
+        return sum(len(message.content) for message in self.messages) // CHARS_PER_TOKEN
 
     def remaining(self) -> float:
         """Seconds left in the caller's budget (negative once it has passed)."""

@@ -12,6 +12,8 @@ from prometheus_client import Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from tiermesh.config import PRIORITIES
+
 if TYPE_CHECKING:
     from router.replicas import ReplicaSet
     from router.settings import RouterSettings
@@ -104,6 +106,40 @@ EDGE_REFUSED = Counter(
     "(header_limit | buffered_limit | body_timeout | timeout | connection_limit | protocol_error)",
     ["reason"],
 )
+# Traffic classes: priority is one of three; tenant is a configured tenant's name or
+# "other" (router.traffic.tenants), so both stay bounded.
+CLASS_REQUESTS = Counter(
+    "tiermesh_router_class_requests",
+    "Generate calls by traffic class, tenant and final gRPC status",
+    ["priority", "tenant", "code"],
+)
+CLASS_TIME_TO_FIRST_TOKEN = Histogram(
+    "tiermesh_router_class_time_to_first_token_seconds",
+    "From the request reaching the router to its first delta leaving it, by traffic class",
+    ["priority"],
+    buckets=LATENCY_BUCKETS,
+)
+CLASS_TOKENS = Counter(
+    "tiermesh_router_class_tokens",
+    "Tokens served (prompt in, completion out) by tenant and traffic class",
+    ["priority", "tenant", "direction"],
+)
+CLASS_SHED = Counter(
+    "tiermesh_router_class_shed",
+    "Calls a tier's queue refused or gave up on, by class and why (full | deadline | displaced)",
+    ["tier", "priority", "reason"],
+)
+QUEUE_WAIT = Histogram(
+    "tiermesh_router_queue_wait_seconds",
+    "Time a call waited for a tier stream slot before it got one, by traffic class",
+    ["tier", "priority"],
+    buckets=LATENCY_BUCKETS,
+)
+QUOTA_EXCEEDED = Counter(
+    "tiermesh_router_quota_exceeded",
+    "Calls refused because their tenant was out of tokens (in | out)",
+    ["tenant", "direction"],
+)
 RATE_LIMITED = Counter("tiermesh_router_rate_limited", "Calls refused by a client's rate limit")
 QUEUE_DEPTH = Gauge("tiermesh_router_queue_depth", "Calls waiting for a tier stream slot", ["tier"])
 CACHE = Counter(
@@ -171,6 +207,14 @@ def initialise(router: RouterSettings) -> None:
         CANNED.labels(task)
         for outcome in ("answered", "shaped", "canned", "missed", "failed"):
             DEADLINE_OUTCOMES.labels(task, outcome)
+    for priority in PRIORITIES:
+        CLASS_TIME_TO_FIRST_TOKEN.labels(priority)
+        for tenant in (*router.traffic.tenants, "other"):
+            CLASS_REQUESTS.labels(priority, tenant, "OK")
+        for tier in router.tiers:
+            QUEUE_WAIT.labels(tier, priority)
+            for reason in ("full", "deadline", "displaced"):
+                CLASS_SHED.labels(tier, priority, reason)
     for tier in router.tiers:
         SHED.labels(tier)
         QUEUE_DEPTH.labels(tier)

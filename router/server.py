@@ -105,9 +105,19 @@ def record(
     messages: int,
     usage: mesh_pb2.Usage | None,
     finish: int = 0,
+    priority: str = "",
+    tenant: str = "other",
 ) -> None:
-    """A stream's metrics, once at its end (never per token)."""
+    """A stream's metrics, once at its end (never per token). `priority` is empty for
+    a request refused before it had one."""
     metrics.REQUESTS.labels(task, tier, code.name).inc()
+    if priority:
+        metrics.CLASS_REQUESTS.labels(priority, tenant, code.name).inc()
+        if messages:
+            metrics.CLASS_TIME_TO_FIRST_TOKEN.labels(priority).observe(ttft)
+        if usage is not None:
+            metrics.CLASS_TOKENS.labels(priority, tenant, "in").inc(usage.prompt_tokens)
+            metrics.CLASS_TOKENS.labels(priority, tenant, "out").inc(usage.completion_tokens)
     metrics.DEADLINE_OUTCOMES.labels(task, outcome(code, tier, finish)).inc()
     if not messages:
         return
@@ -169,6 +179,7 @@ class MeshServicer(mesh_pb2_grpc.MeshServicer):
         ttft = 0.0
         usage: mesh_pb2.Usage | None = None
         finish = 0
+        priority, tenant = "", "other"
         span = tracing.start_span(GENERATE_SPAN, tracing.extract(metadata), SpanKind.SERVER, task=task)
         try:
             call = resolve(
@@ -179,6 +190,7 @@ class MeshServicer(mesh_pb2_grpc.MeshServicer):
                 client_id(metadata),
                 tracing.child_context(span),
             )
+            priority, tenant = call.priority, self._config.router.traffic.tenant_label(call.client_id)
             responses = self._relay(call)
             try:
                 async for response in responses:
@@ -207,7 +219,7 @@ class MeshServicer(mesh_pb2_grpc.MeshServicer):
             code = grpc.StatusCode.INTERNAL
             raise StatusError(code, "internal router error") from None
         finally:
-            record(task, tier, code, received, ttft, index, usage, finish)
+            record(task, tier, code, received, ttft, index, usage, finish, priority, tenant)
             span.set_attributes({"tier": tier, "rpc.grpc.status_code": code.value[0], "messages": index})
             span.end()
 
@@ -270,7 +282,11 @@ class MeshServicer(mesh_pb2_grpc.MeshServicer):
                     )
                 # Each turn gets its task's budget, within what is left of the stream's.
                 call = resolve(
-                    request.turn, self._config, None, client_id=client_id(context.invocation_metadata())
+                    request.turn,
+                    self._config,
+                    None,
+                    client_id=client_id(context.invocation_metadata()),
+                    priority=request.priority,
                 )
                 remaining = context.time_remaining()
                 if remaining is not None:

@@ -10,7 +10,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field, field_validator, model_validator
 
-from tiermesh.config import TaskName, TierName
+from tiermesh.config import PriorityName, TaskName, TierName
 from tiermesh.ids import is_valid_id
 from tiermesh.tls import TlsSettings
 from tiermesh.tracing import TracingSettings
@@ -76,6 +76,8 @@ class TaskPolicy(BaseModel):
     # How much of the conversation (≈ tokens) the prompt carries: Gold-bound tasks a
     # short window, dialogue more.
     history_tokens: int = Field(default=512, ge=0)
+    # The traffic class of calls that name none (tiermesh.v1.Priority).
+    priority: PriorityName = "standard"
 
     @model_validator(mode="after")
     def _defaults_within_limit(self) -> TaskPolicy:
@@ -117,6 +119,7 @@ def _default_tasks() -> dict[TaskName, TaskPolicy]:
             max_tokens_limit=1024,
             default_deadline_s=120.0,
             min_tokens=16,
+            priority="sheddable",
         ),
     }
 
@@ -193,6 +196,63 @@ class AdmissionSettings(BaseModel):
 
     rate_per_s: float = Field(default=0.0, ge=0)
     burst: int = Field(default=50, ge=1)
+
+
+class TenantSettings(BaseModel):
+    """One tenant (an authenticated client, or its `x-client-id` where authentication
+    is off): its share of a saturated tier and its token quotas (0: none)."""
+
+    # Within a traffic class, backlogged tenants are served tokens in proportion to it.
+    weight: float = Field(default=1.0, gt=0)
+    input_tokens_per_min: int = Field(default=0, ge=0)
+    output_tokens_per_min: int = Field(default=0, ge=0)
+
+
+def _default_headroom() -> dict[PriorityName, float]:
+    return {"critical": 0.0, "standard": 0.1, "sheddable": 0.25}
+
+
+class TrafficSettings(BaseModel):
+    """Traffic classes and tenants (router/scheduling.py, router/policies/quota.py)."""
+
+    # Off: every call is one class and one tenant to the queues (FIFO), as before
+    # classes existed; priorities are still validated.
+    classes: bool = True
+    # A call waiting this long is served as one class higher (again after twice as
+    # long), so sheddable work is never starved for good.
+    aging_s: float = Field(default=2.0, gt=0)
+    # Tokens a tenant's turn adds to its deficit in the fair queue (× its weight). Small,
+    # about one short call: a large quantum lets a backlogged tenant take many slots in a
+    # row while another tenant's call waits for its turn.
+    quantum_tokens: int = Field(default=32, ge=1)
+    # A token quota's bucket holds this many seconds' worth (and at most as much debt):
+    # how far a tenant may burst above its rate before it is refused.
+    quota_burst_s: float = Field(default=60.0, gt=0)
+    # The share of a tier's stream slots a class may not take, so that a higher
+    # class arriving finds one free (SGLang's reserved slots).
+    headroom: dict[PriorityName, float] = Field(default_factory=_default_headroom)
+    # Calls a tier's queue holds per stream slot; past it the lowest class waiting is
+    # displaced, or the newcomer refused.
+    queue_per_slot: float = Field(default=4.0, gt=0)
+    # Named tenants (metrics label them by name; all others are "other").
+    tenants: dict[str, TenantSettings] = Field(default_factory=dict)
+    # Tenants not named above.
+    default_tenant: TenantSettings = Field(default_factory=TenantSettings)
+
+    @field_validator("headroom")
+    @classmethod
+    def _headroom_is_a_share(cls, headroom: dict[str, float]) -> dict[str, float]:
+        for name, share in headroom.items():
+            if not 0 <= share < 1:
+                raise ValueError(f"headroom.{name} must be in [0, 1)")
+        return headroom
+
+    def tenant(self, client_id: str) -> TenantSettings:
+        return self.tenants.get(client_id, self.default_tenant)
+
+    def tenant_label(self, client_id: str) -> str:
+        """A bounded metrics label: configured tenants by name, everyone else "other"."""
+        return client_id if client_id in self.tenants else "other"
 
 
 class DataPathSettings(BaseModel):
@@ -288,6 +348,7 @@ class RouterSettings(BaseModel):
     breaker: BreakerSettings = Field(default_factory=BreakerSettings)
     retry_budget: RetryBudgetSettings = Field(default_factory=RetryBudgetSettings)
     admission: AdmissionSettings = Field(default_factory=AdmissionSettings)
+    traffic: TrafficSettings = Field(default_factory=TrafficSettings)
     intent_cache: IntentCacheSettings = Field(default_factory=IntentCacheSettings)
     data_path: DataPathSettings = Field(default_factory=DataPathSettings)
     limits: CallerLimits = Field(default_factory=CallerLimits)

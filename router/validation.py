@@ -17,7 +17,7 @@ from opentelemetry.context import Context
 from router.call import Call
 from router.settings import Persona, RouterConfig
 from tiermesh.chat import Message
-from tiermesh.config import TaskName
+from tiermesh.config import PriorityName, TaskName
 from tiermesh.errors import StatusError, invalid
 from tiermesh.ids import is_valid_id
 from tiermesh.v1 import mesh_pb2
@@ -27,6 +27,11 @@ TASK_NAMES: dict[int, TaskName] = {
     mesh_pb2.TASK_BARK: "bark",
     mesh_pb2.TASK_DIALOGUE: "dialogue",
     mesh_pb2.TASK_LONGFORM: "longform",
+}
+PRIORITY_NAMES: dict[int, PriorityName] = {
+    mesh_pb2.PRIORITY_CRITICAL: "critical",
+    mesh_pb2.PRIORITY_STANDARD: "standard",
+    mesh_pb2.PRIORITY_SHEDDABLE: "sheddable",
 }
 ID_RULE = "letters, digits, '.', '_', ':' or '-', starting with a letter or digit, at most 128"
 TOOL_CHOICES = frozenset(mesh_pb2.ToolChoice.values())
@@ -40,11 +45,13 @@ def resolve(
     now: float | None = None,
     client_id: str = "anonymous",
     trace: Context | None = None,
+    priority: int = 0,
 ) -> Call:
     """Validate `request` and fill in persona, defaults and the absolute deadline.
 
     `time_remaining` is the caller's gRPC deadline in seconds (None: no deadline,
-    the task's default budget applies).
+    the task's default budget applies). `priority` is the caller's default for a
+    request that names none (a Converse stream's).
     """
     now = time.monotonic() if now is None else now
     router = config.router
@@ -75,6 +82,10 @@ def resolve(
     if request.tool_choice not in TOOL_CHOICES:
         raise invalid(f"tool_choice {request.tool_choice} is not a ToolChoice")
     intents = _intents(request, task, router.max_intents, persona)
+    named = request.priority or priority
+    if named and named not in PRIORITY_NAMES:
+        values = ", ".join(mesh_pb2.Priority.Name(mesh_pb2.Priority.ValueType(p)) for p in PRIORITY_NAMES)
+        raise invalid(f"priority {named} is not one of {values} (or unspecified: the task's default)")
 
     if time_remaining is None:
         time_remaining = policy.default_deadline_s
@@ -95,6 +106,7 @@ def resolve(
         deadline=now + time_remaining,
         received_at=now,
         client_id=client_id,
+        priority=PRIORITY_NAMES[named] if named else policy.priority,
         intents=intents,
         bypass_cache=request.bypass_cache,
         tool_choice=request.tool_choice,

@@ -21,6 +21,10 @@ from pydantic import BaseModel
 TaskName = Literal["intent", "bark", "dialogue", "longform"]
 TierName = Literal["gold", "silver", "bronze"]
 TASKS: tuple[TaskName, ...] = ("intent", "bark", "dialogue", "longform")
+# Traffic classes, highest first (tiermesh.v1.Priority): the router's queues serve them
+# in this order and shed them in the reverse.
+PriorityName = Literal["critical", "standard", "sheddable"]
+PRIORITIES: tuple[PriorityName, ...] = ("critical", "standard", "sheddable")
 
 DEFAULT_CONFIG = Path("config/mesh.yaml")
 ENV_PREFIX = "TIERMESH_"

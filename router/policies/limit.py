@@ -1,17 +1,23 @@
-"""Per-tier stream limit with deadline-aware queueing: never queue past the deadline.
+"""Per-tier stream limit with deadline-aware, class-aware queueing.
 
-A call that finds the tier full waits for a slot only while the expected wait fits
-its first-token budget and leaves time for the stream to finish; otherwise it is
-shed at once with RESOURCE_EXHAUSTED (and a retry delay), so fallback can try the
-next tier or the caller can back off, instead of timing out in a queue.
+A call that finds the tier full waits for a slot only while the expected wait fits its
+first-token budget and leaves time for the stream to finish; otherwise it is shed at
+once with RESOURCE_EXHAUSTED (and a retry delay), so fallback can try the next tier or
+its canned answer, or the caller can back off, instead of timing out in a queue.
+
+Waiting calls are served by traffic class and, within a class, fairly across tenants by
+tokens (router/scheduling.py). Lower classes may not take the last slots (headroom), so
+a critical call arriving finds one free. When the queue is full, or a higher class
+arriving pushes a lower one past its deadline, the lower one is displaced: it has not
+started, so nothing it sent is lost, and it hears at once instead of at its deadline.
+A stream that has started is never displaced.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import math
 import time
-from collections import deque
 from collections.abc import AsyncIterator
 
 import grpc
@@ -19,85 +25,187 @@ import grpc
 from router import metrics
 from router.call import Call
 from router.pipeline import Backend
+from router.scheduling import FairQueue, Waiter
+from router.settings import TrafficSettings
 from router.stats import PeakEwma
+from tiermesh.config import PRIORITIES
 from tiermesh.errors import StatusError
 from tiermesh.v1 import mesh_pb2
 
+BAND = {name: band for band, name in enumerate(PRIORITIES)}
+
 
 class StreamLimit:
-    def __init__(self, inner: Backend, tier: str, max_streams: int, expected_s: float) -> None:
+    def __init__(
+        self,
+        inner: Backend,
+        tier: str,
+        max_streams: int,
+        expected_s: float,
+        traffic: TrafficSettings | None = None,
+    ) -> None:
+        traffic = traffic or TrafficSettings()
         self._inner = inner
         self._tier = tier
         self._max = max_streams
+        self._classes = traffic.classes
+        # The slots each class may fill: all but its headroom, and at least one.
+        self._limit = [
+            max(1, max_streams - math.ceil(traffic.headroom.get(name, 0.0) * max_streams))
+            if self._classes
+            else max_streams
+            for name in PRIORITIES
+        ]
+        self._max_queue = max(1, math.ceil(traffic.queue_per_slot * max_streams))
+        self._queue = FairQueue(
+            len(PRIORITIES),
+            traffic.aging_s if self._classes else math.inf,
+            traffic.quantum_tokens,
+            lambda tenant: traffic.tenant(tenant).weight,
+        )
         self._taken = 0  # slots held, including ones just handed to a waiter
         self._started: dict[int, float] = {}  # running streams' start times
-        self._waiters: deque[asyncio.Future[None]] = deque()
         # How long a stream holds its slot (peak-EWMA: pessimistic under change).
         self._hold = PeakEwma(expected_s)
 
-    def wait_estimate(self) -> float:
-        """What a call arriving now would wait for a slot (0 while one is free): the
-        planner adds it to the tier's time to an answer."""
-        return 0.0 if self._taken < self._max and not self._waiters else self.expected_wait()
+    def _band(self, call: Call) -> int:
+        return BAND[call.priority] if self._classes else 0
 
-    def expected_wait(self) -> float:
-        # Streams already running longer than the estimate prove it low: use their age.
+    def _tenant(self, client_id: str) -> str:
+        return client_id if self._classes else ""
+
+    def wait_estimate(self, call: Call) -> float:
+        """What `call` would wait for a slot if it arrived now (0 while one is free for
+        its class): the planner adds it to the tier's time to an answer."""
+        band = self._band(call)
+        return 0.0 if self._free(band) else self.expected_wait(call.client_id, band)
+
+    def expected_wait(self, tenant: str, band: int) -> float:
+        """Behind the waiters the fair queue would serve first: a tenant's own backlog
+        makes its next call wait, another tenant's only by its turns."""
+        return self._wait_behind(self._queue.ahead_of(self._tenant(tenant), band), band)
+
+    def _wait_behind(self, ahead: float, band: int) -> float:
+        """The wait for a slot of `band` behind `ahead` waiters. Streams already running
+        longer than the estimate prove it low: their age is used instead."""
         now = time.monotonic()
         oldest = max((now - started for started in self._started.values()), default=0.0)
-        ahead = len(self._waiters) + 1
-        return ahead * max(self._hold.value, oldest) / self._max
+        return (ahead + 1) * max(self._hold.value, oldest) / self._limit[band]
+
+    def _free(self, band: int) -> bool:
+        """A slot this class may take, with nobody of its class or higher waiting."""
+        return self._taken < self._limit[band] and not self._queue.ahead(band)
 
     async def generate(self, call: Call) -> AsyncIterator[mesh_pb2.GenerateResponse]:
-        await self._acquire(call)
+        waiter = await self._acquire(call)
         key = id(call)
         self._started[key] = started = time.monotonic()
         try:
-            async for response in self._inner.generate(call):
-                yield response
+            if waiter is None:
+                async for response in self._inner.generate(call):
+                    yield response
+            else:  # served by the fair queue: its tenant is charged what it really used
+                async for response in self._inner.generate(call):
+                    if response.finish_reason and response.HasField("usage"):
+                        # A tier that does not count the prompt leaves the estimate.
+                        prompt = response.usage.prompt_tokens or call.prompt_tokens_estimate()
+                        self._queue.charge(waiter, prompt + response.usage.completion_tokens)
+                    yield response
         finally:
             del self._started[key]
             self._hold.observe(time.monotonic() - started)
             self._release()
 
-    async def _acquire(self, call: Call) -> None:
-        if self._taken < self._max and not self._waiters:
+    async def _acquire(self, call: Call) -> Waiter | None:
+        """Take a slot, at once (None) or after waiting (the waiter that was served)."""
+        band = self._band(call)
+        if self._free(band):
             self._taken += 1
-            return
+            metrics.QUEUE_WAIT.labels(self._tier, call.priority).observe(0.0)
+            return None
         # The gRPC deadline covers the whole stream: a slot is worth waiting for only
         # if the stream can still finish in time, and its first token meet the tier's
         # budget. Give up a little early, so the caller hears "full, retry in…" (or
         # fallback moves on) rather than DEADLINE_EXCEEDED.
         left = min(call.first_token_remaining(), call.remaining() - self._hold.value)
         budget = left - min(0.05, 0.1 * max(left, 0.0))
-        if self.expected_wait() >= budget:
-            self._shed(f"{self._tier} is full: expected wait {self.expected_wait():.3f}s")
-        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiters.append(waiter)
-        metrics.QUEUE_DEPTH.labels(self._tier).set(len(self._waiters))
+        tenant = self._tenant(call.client_id)
+        wait = self.expected_wait(tenant, band)
+        if wait >= budget:
+            self._shed(call.priority, "deadline", f"{self._tier} is full: expected wait {wait:.3f}s")
+        if len(self._queue) >= self._max_queue:
+            self._make_room(tenant, band, call.priority)
+        now = time.monotonic()
+        granted: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        cost = call.prompt_tokens_estimate() + call.max_tokens
+        waiter = Waiter(tenant, band, cost, now, now + budget, granted, call.priority)
+        self._queue.push(waiter)
+        self._displace_late(band)
+        self._depth()
         try:
-            await asyncio.wait_for(asyncio.shield(waiter), timeout=budget)
+            await asyncio.wait_for(asyncio.shield(granted), timeout=budget)
         except TimeoutError:
-            if waiter.done():  # granted just as the wait ended: keep the slot
-                return
-            self._shed(f"{self._tier} is full: no stream slot within the deadline")
+            if not granted.done():
+                self._queue.remove(waiter)
+                self._shed(
+                    call.priority, "deadline", f"{self._tier} is full: no stream slot within the deadline"
+                )
+            granted.result()  # granted just as the wait ended: keep the slot (displaced: raise)
         except BaseException:
-            if waiter.done() and not waiter.cancelled():
+            left = self._queue.remove(waiter)
+            if not left and granted.done() and not granted.cancelled() and granted.exception() is None:
                 self._release()  # granted, but the caller left: pass the slot on
             raise
         finally:
-            with contextlib.suppress(ValueError):
-                self._waiters.remove(waiter)
-            metrics.QUEUE_DEPTH.labels(self._tier).set(len(self._waiters))
+            self._depth()
+        metrics.QUEUE_WAIT.labels(self._tier, call.priority).observe(time.monotonic() - now)
+        return waiter
+
+    def _make_room(self, tenant: str, band: int, priority: str) -> None:
+        """A full queue takes a newcomer only in place of a call of a lower class, or of
+        the same class from a tenant with more calls waiting than the newcomer's."""
+        lowest = self._queue.lowest()
+        if lowest is not None:
+            lower, waiting, victim = lowest
+            if lower > band:
+                self._displace(victim, "displaced", "a call of a higher class took its place")
+                return
+            if lower == band and victim.tenant != tenant and waiting > self._queue.waiting(tenant, band) + 1:
+                self._displace(victim, "displaced", "its client has more calls waiting than another's")
+                return
+        self._shed(priority, "full", f"{self._tier} is full: {len(self._queue)} calls wait")
+
+    def _displace_late(self, band: int) -> None:
+        """A higher class just queued ahead of the lower ones: those that can no longer
+        get a slot before they must give up hear it now, while fallback still has time."""
+        now = time.monotonic()
+        for lower, waiter in self._queue.below(band):
+            # Only the higher classes counted ahead of it: displace only the certain.
+            if now + self._wait_behind(self._queue.ahead(lower - 1), lower) >= waiter.give_up_at:
+                self._displace(waiter, "displaced", "higher-class calls queued ahead of it")
+
+    def _displace(self, waiter: Waiter, reason: str, why: str) -> None:
+        self._queue.remove(waiter)
+        if not waiter.granted.done():
+            waiter.granted.set_exception(
+                self._shed_error(waiter.priority, reason, f"{self._tier} is full: {why}")
+            )
 
     def _release(self) -> None:
-        # Hand the slot straight to the next waiter (it stays taken), or free it.
-        while self._waiters:
-            waiter = self._waiters.popleft()
-            if not waiter.done():
-                waiter.set_result(None)
-                return
         self._taken -= 1
+        # Hand free slots to waiters, highest class first (it stays taken).
+        while (waiter := self._queue.pop(lambda band: self._taken < self._limit[band])) is not None:
+            if not waiter.granted.done():
+                self._taken += 1
+                waiter.granted.set_result(None)
 
-    def _shed(self, message: str) -> None:
+    def _depth(self) -> None:
+        metrics.QUEUE_DEPTH.labels(self._tier).set(len(self._queue))
+
+    def _shed(self, priority: str, reason: str, message: str) -> None:
+        raise self._shed_error(priority, reason, message)
+
+    def _shed_error(self, priority: str, reason: str, message: str) -> StatusError:
         metrics.SHED.labels(self._tier).inc()
-        raise StatusError(grpc.StatusCode.RESOURCE_EXHAUSTED, message, retry_after_s=self._hold.value)
+        metrics.CLASS_SHED.labels(self._tier, priority, reason).inc()
+        return StatusError(grpc.StatusCode.RESOURCE_EXHAUSTED, message, retry_after_s=self._hold.value)

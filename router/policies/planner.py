@@ -78,7 +78,7 @@ class TierPlanner:
         estimates: Mapping[TierName, TierEstimates],
         max_tokens: Mapping[TierName, int] | None = None,
         min_tokens: Mapping[TaskName, int] | None = None,
-        queue_wait: Mapping[TierName, Callable[[], float]] | None = None,
+        queue_wait: Mapping[TierName, Callable[[Call], float]] | None = None,
         clock: Clock = time.monotonic,
     ) -> None:
         self._routes = routes
@@ -99,7 +99,7 @@ class TierPlanner:
 
     def need(self, call: Call, tier: TierName) -> Need:
         estimate = self._estimates[tier].task(call.task)
-        wait = self._queue_wait[tier]() if tier in self._queue_wait else 0.0
+        wait = self._queue_wait[tier](call) if tier in self._queue_wait else 0.0
         rest = 0 if call.task in WHOLE else max(0, self.min_tokens(call) - 1)
         ttft = wait + estimate.ttft(0.5)
         token_s = estimate.token_s(0.5)

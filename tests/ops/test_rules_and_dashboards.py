@@ -43,6 +43,7 @@ def test_every_alert_the_brief_asks_for_has_a_unit_test() -> None:
         "TiermeshSilverTTFTHigh",
         "TiermeshErrorRatioHigh",
         "TiermeshFallbackRatioHigh",
+        "TiermeshCriticalShed",
         "TiermeshBreakerOpen",
         "TiermeshBronzeBacklogOld",
         "TiermeshTierDown",

@@ -275,7 +275,7 @@ def test_long_form_goes_to_bronze_which_finishes_in_time() -> None:
 
 def test_a_queue_makes_a_tier_slower() -> None:
     clock = FakeClock()
-    waiting = {"gold": lambda: 0.3}
+    waiting = {"gold": lambda call: 0.3}
     plan = planner(INTENT, estimates(clock, **MESH), clock, queue_wait=waiting)
     step, skipped = plan.next_step(timed_call(clock, mesh_pb2.TASK_INTENT, 0.4), [], clock.now + 0.39)
     assert step is not None

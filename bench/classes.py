@@ -1,0 +1,366 @@
+"""Traffic classes and tenants under overload, three routers side by side in one run.
+
+Silver is one synthetic replica of fixed capacity (bench/synthetic_tier.py): with one,
+the router's queue is the only queue, where with several the balancer's split can queue
+calls inside an engine, first come first served, whatever their class (that is the
+balancer's to fix, #27). Every call is a dialogue with a 2 s deadline, Silver only, no canned
+answer, so a shed call is visible as RESOURCE_EXHAUSTED. Open-loop Poisson arrivals.
+The routers, each its own process:
+
+- FIFO proxy: round-robin, no router queue (calls queue FIFO in the engines);
+- tiermesh, classes off: today's stream limit with deadline-aware shedding, first come
+  first served (traffic.classes: false);
+- tiermesh, classes on: the class- and tenant-aware queue (router/scheduling.py).
+
+Scenarios:
+1. Classes: 20% critical, 50% standard, 30% sheddable, two tenants, at 0.5×, 1×, 2×, 4×
+   Silver's capacity: per class, shed share and time to first token.
+2. Noisy neighbour: tenant B sends 40% of its half share; then again while tenant A
+   sends 10× its share. B's p95 time to first token, alone and beside A; also with A's
+   token quota set to its share (classes on + quota).
+3. Fairness: A at 10× its share with 24-token answers, B at 2× with 8-token answers, both
+   backlogged: Jain's index over the tokens each was served.
+
+    python -m bench.classes [--seconds 6]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import random
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+import yaml
+
+from bench.report import median, table, update_readme, write
+from ops.mesh import wait_serving
+from router.stats import nearest_rank
+from tiermesh.v1 import mesh_pb2, mesh_pb2_grpc
+
+SILVER = ["127.0.0.1:7201"]
+ROUTERS = {
+    "FIFO proxy": "127.0.0.1:7250",
+    "tiermesh, classes off": "127.0.0.1:7251",
+    "tiermesh, classes on": "127.0.0.1:7252",
+    "tiermesh, classes on + quota": "127.0.0.1:7253",
+}
+# Streams of ~0.5 s: 4× capacity is ~70 calls/s, which this 2-vCPU machine's client and
+# routers can drive without becoming the bottleneck themselves.
+SLOTS, TOKENS, TTFT_MS, TOKEN_MS = 8, 12, 20.0, 40.0
+MAX_TOKENS = 24  # the synthetic engine streams min(this, the call's max_tokens)
+STREAM_S = (TTFT_MS + (TOKENS - 1) * TOKEN_MS) / 1000
+CAPACITY = len(SILVER) * SLOTS / STREAM_S  # 12-token streams per second
+DEADLINE_S = 2.0
+LEVELS = (0.5, 1.0, 2.0, 4.0)
+MIX = (("critical", 0.2), ("standard", 0.5), ("sheddable", 0.3))
+PRIORITY = {
+    "critical": mesh_pb2.PRIORITY_CRITICAL,
+    "standard": mesh_pb2.PRIORITY_STANDARD,
+    "sheddable": mesh_pb2.PRIORITY_SHEDDABLE,
+}
+# Tenant A's quota in the "+ quota" router: its half share of Silver's output tokens.
+A_QUOTA_PER_MIN = int(CAPACITY / 2 * TOKENS * 60)
+
+
+def router_config(name: str, listen: str) -> dict[str, Any]:
+    silver: dict[str, Any] = {"endpoints": SILVER, "expected_ttft_s": TTFT_MS / 1000,
+                              "expected_token_s": TOKEN_MS / 1000}  # fmt: skip
+    traffic: dict[str, Any] = {"tenants": {"tenant-a": {}, "tenant-b": {}}}
+    if name == "FIFO proxy":
+        silver |= {"balancer": "round_robin", "max_attempts": 1}
+    else:
+        silver |= {"max_streams": len(SILVER) * SLOTS, "max_attempts": 2}
+        traffic["classes"] = name != "tiermesh, classes off"
+        if name.endswith("quota"):
+            traffic["tenants"]["tenant-a"] = {"output_tokens_per_min": A_QUOTA_PER_MIN}
+            traffic["quota_burst_s"] = 2  # a run lasts seconds: a minute's burst would be all of it
+    dialogue = {"tiers": ["silver"], "default_max_tokens": TOKENS, "max_tokens_limit": 64,
+                "default_deadline_s": 5}  # fmt: skip
+    return {
+        "router": {
+            "listen": listen,
+            "metrics_port": 0,
+            "tiers": {"silver": silver},
+            "tasks": {"dialogue": dialogue},
+            "traffic": traffic,
+        },
+        "personas": {"guard-1": {"system": "You guard the gate."}},
+    }
+
+
+@dataclass
+class Result:
+    priority: str
+    tenant: str
+    code: str
+    ttft_s: float = float("nan")
+    tokens: int = 0
+    whole: bool = False  # ended STOP or LENGTH (not shaped to the deadline)
+
+
+@dataclass(frozen=True)
+class Stream:
+    """One source of arrivals: its tenant, rate, class mix and answer length."""
+
+    tenant: str
+    rate: float
+    mix: tuple[tuple[str, float], ...] = MIX
+    max_tokens: int = TOKENS
+
+
+async def one_call(stub: mesh_pb2_grpc.MeshAsyncStub, stream: Stream, priority: str) -> Result:
+    request = mesh_pb2.GenerateRequest(npc_id="guard-1", prompt="Halt!", task=mesh_pb2.TASK_DIALOGUE,
+                                       max_tokens=stream.max_tokens, priority=PRIORITY[priority])  # fmt: skip
+    result = Result(priority, stream.tenant, "OK")
+    started = time.perf_counter()
+    try:
+        calls = stub.Generate(request, timeout=DEADLINE_S, metadata=[("x-client-id", stream.tenant)])
+        async for response in calls:
+            if response.text and result.tokens == 0:
+                result.ttft_s = time.perf_counter() - started
+            result.tokens += 1 if response.text else 0
+            if response.finish_reason in (mesh_pb2.FINISH_REASON_STOP, mesh_pb2.FINISH_REASON_LENGTH):
+                result.whole = True
+    except grpc.aio.AioRpcError as e:
+        result.code = e.code().name
+    return result
+
+
+async def arrivals(
+    stub: mesh_pb2_grpc.MeshAsyncStub, stream: Stream, seconds: float, seed: int
+) -> list[Result]:
+    rng = random.Random(seed)
+    names, weights = zip(*stream.mix, strict=True)
+    calls: list[asyncio.Task[Result]] = []
+    start = time.perf_counter()
+    at = rng.expovariate(stream.rate)
+    while at < seconds:
+        delay = start + at - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        priority = rng.choices(names, weights)[0]
+        calls.append(asyncio.create_task(one_call(stub, stream, priority)))
+        at += rng.expovariate(stream.rate)
+    return list(await asyncio.gather(*calls))
+
+
+async def run(address: str, streams: Sequence[Stream], seconds: float, seed: int) -> list[Result]:
+    # A connection per tenant, as separate game servers have: on a shared one a flood
+    # would hold the other's calls in the client (HTTP/2's concurrent-stream limit).
+    channels = [grpc.aio.insecure_channel(address) for _ in streams]
+    try:
+        stubs = [mesh_pb2_grpc.MeshStub(channel) for channel in channels]
+        for stub in stubs:  # connect before the clock starts
+            await one_call(stub, Stream("warm-up", 1.0), "standard")
+        runs = [
+            arrivals(stub, s, seconds, seed + i)
+            for i, (stub, s) in enumerate(zip(stubs, streams, strict=True))
+        ]
+        return [r for results in await asyncio.gather(*runs) for r in results]
+    finally:
+        for channel in channels:
+            await channel.close()
+
+
+def p95(values: list[float]) -> float:
+    return nearest_rank(sorted(values), 0.95) if values else float("nan")
+
+
+def by_class(results: list[Result]) -> dict[str, dict[str, Any]]:
+    out = {}
+    for priority, _ in MIX:
+        mine = [r for r in results if r.priority == priority]
+        ok = [r for r in mine if r.code == "OK"]
+        ttfts = [r.ttft_s for r in ok if r.ttft_s == r.ttft_s]
+        out[priority] = {
+            "calls": len(mine),
+            "answered": len(ok),
+            "whole": sum(r.whole for r in ok),
+            "shed": sum(r.code == "RESOURCE_EXHAUSTED" for r in mine),
+            "missed": sum(r.code == "DEADLINE_EXCEEDED" for r in mine),
+            "ttft_p50_ms": round(median(ttfts) * 1000, 1),
+            "ttft_p95_ms": round(p95(ttfts) * 1000, 1),
+        }
+    return out
+
+
+def tenant_ttft_p95(results: list[Result], tenant: str) -> float:
+    mine = [r.ttft_s for r in results if r.tenant == tenant and r.code == "OK"]
+    return round(p95(mine) * 1000, 1)
+
+
+def jain(values: Sequence[float]) -> float:
+    return sum(values) ** 2 / (len(values) * sum(v * v for v in values)) if any(values) else float("nan")
+
+
+def start(argv: list[str], log: Path) -> subprocess.Popen[bytes]:
+    with log.open("wb") as out:
+        return subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+
+
+def measure(seconds: float) -> dict[str, Any]:
+    data: dict[str, Any] = {"classes": {}, "noisy": {}, "fairness": {}}
+    share = CAPACITY / 2
+    for factor in LEVELS:
+        streams = [Stream("tenant-a", factor * CAPACITY / 2), Stream("tenant-b", factor * CAPACITY / 2)]
+        for name, address in ROUTERS.items():
+            if name.endswith("quota"):
+                continue
+            results = asyncio.run(run(address, streams, seconds, seed=int(factor * 10)))
+            data["classes"].setdefault(f"{factor}x", {})[name] = by_class(results)
+            print(f"classes {factor}x {name}: {data['classes'][f'{factor}x'][name]}", flush=True)
+            time.sleep(1.0)  # let queues drain between runs
+    quiet = Stream("tenant-b", 0.4 * share, (("standard", 1.0),))
+    noisy = Stream("tenant-a", 10 * share, (("standard", 1.0),))
+    for name, address in ROUTERS.items():
+        alone = asyncio.run(run(address, [quiet], 2 * seconds, seed=7))
+        time.sleep(1.0)
+        beside = asyncio.run(run(address, [quiet, noisy], 2 * seconds, seed=7))
+        data["noisy"][name] = {
+            "b_alone_ttft_p95_ms": tenant_ttft_p95(alone, "tenant-b"),
+            "b_beside_a_ttft_p95_ms": tenant_ttft_p95(beside, "tenant-b"),
+            "b_beside_a_answered": sum(r.code == "OK" for r in beside if r.tenant == "tenant-b"),
+            "b_calls": sum(r.tenant == "tenant-b" for r in beside),
+        }
+        print(f"noisy {name}: {data['noisy'][name]}", flush=True)
+        time.sleep(1.0)
+    heavy = Stream("tenant-a", 10 * share * TOKENS / MAX_TOKENS, (("standard", 1.0),), MAX_TOKENS)
+    light = Stream("tenant-b", 2 * share * TOKENS / 8, (("standard", 1.0),), 8)
+    for name, address in ROUTERS.items():
+        if name.endswith("quota"):
+            continue
+        results = asyncio.run(run(address, [heavy, light], seconds, seed=11))
+        served = [
+            sum(r.tokens for r in results if r.tenant == t and r.code == "OK")
+            for t in ("tenant-a", "tenant-b")
+        ]
+        data["fairness"][name] = {
+            "tokens_a": served[0],
+            "tokens_b": served[1],
+            "jain": round(jain(served), 3),
+        }
+        print(f"fairness {name}: {data['fairness'][name]}", flush=True)
+        time.sleep(1.0)
+    return data
+
+
+def verdict(data: dict[str, Any]) -> str:
+    on = "tiermesh, classes on"
+    levels = data["classes"]
+    critical_shed = {
+        level: runs[on]["critical"]["shed"] + runs[on]["critical"]["missed"] for level, runs in levels.items()
+    }
+    four = levels["4.0x"][on]
+    sheddable_left = four["sheddable"]["answered"]
+    noisy = data["noisy"]
+    lines = [
+        "- Critical calls not answered with classes on, by load: "
+        + ", ".join(f"{level} **{n}**" for level, n in critical_shed.items())
+        + " (target 0 up to 2×).",
+        f"- At 4×: critical shed {four['critical']['shed']}, sheddable answered {sheddable_left} of "
+        f"{four['sheddable']['calls']} (critical shed only once no sheddable is answered).",
+        "- Tenant B's p95 time to first token beside a 10× neighbour, vs alone (target within 10%): "
+        + ", ".join(
+            f"{name} {n['b_beside_a_ttft_p95_ms']} vs {n['b_alone_ttft_p95_ms']} ms"
+            for name, n in noisy.items()
+        )
+        + ".",
+        "- Jain's index over tokens served to two backlogged tenants (target ≥ 0.95): "
+        + ", ".join(f"{name} **{f['jain']}**" for name, f in data["fairness"].items())
+        + ".",
+    ]
+    return "\n".join(lines)
+
+
+def report(data: dict[str, Any], seconds: float) -> str:
+    headers = ("load", "router", "class", "calls", "answered", "of them whole", "shed", "DEADLINE_EXCEEDED",
+               "TTFT p50 ms", "TTFT p95 ms")  # fmt: skip
+    rows = [
+        (
+            level,
+            name,
+            priority,
+            c["calls"],
+            c["answered"],
+            c["whole"],
+            c["shed"],
+            c["missed"],
+            c["ttft_p50_ms"],
+            c["ttft_p95_ms"],
+        )
+        for level, runs in data["classes"].items()
+        for name, classes in runs.items()
+        for priority, c in classes.items()
+    ]
+    noisy_rows = [
+        (name, n["b_calls"], n["b_alone_ttft_p95_ms"], n["b_beside_a_ttft_p95_ms"], n["b_beside_a_answered"])
+        for name, n in data["noisy"].items()
+    ]
+    fair_rows = [(name, f["tokens_a"], f["tokens_b"], f["jain"]) for name, f in data["fairness"].items()]
+    return (
+        "# Traffic classes and tenants under overload (`python -m bench.classes`)\n\n"
+        f"Silver: {len(SILVER)} synthetic replica × {SLOTS} streams, {TOKENS} tokens in "
+        f"{STREAM_S * 1000:.0f} ms → capacity {CAPACITY:.1f} streams/s. Dialogue calls, "
+        f"{DEADLINE_S * 1000:.0f} ms deadline, Silver only and no canned answer (a shed call "
+        f"is RESOURCE_EXHAUSTED), open-loop Poisson arrivals, {seconds:.0f} s per run, the "
+        'routers one after another at each step. "answered": OK, whole or shaped to the '
+        'deadline (FINISH_REASON_DEADLINE); "whole": all 12 tokens. Scripted tiers: this '
+        "proves the policy, not the engines.\n\n"
+        + verdict(data)
+        + "\n\n## Classes: 20% critical, 50% standard, 30% sheddable, two tenants\n\n"
+        + table(headers, rows)
+        + "\n\n## Noisy neighbour: tenant B at 40% of its half share, alone and beside A at 10× its share\n\n"
+        + f"Each {2 * seconds:.0f} s, each tenant on its own connection. "
+        + f"The quota router gives A {A_QUOTA_PER_MIN} output tokens a minute (its half of Silver).\n\n"
+        + table(
+            ("router", "B calls", "B alone p95 TTFT ms", "B beside A p95 TTFT ms", "B answered beside A"),
+            noisy_rows,
+        )
+        + "\n\n## Fairness: A at 10× its share (24-token answers), B at 2× (8-token answers)\n\n"
+        + table(("router", "tokens served A", "tokens served B", "Jain's index"), fair_rows)
+        + "\n"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--seconds", type=float, default=6.0)
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="tiermesh-classes-"))
+    py = sys.executable
+    synth = [py, "-m", "bench.synthetic_tier", "--slots", str(SLOTS), "--tokens", str(MAX_TOKENS),
+             "--ttft-ms", str(TTFT_MS), "--token-ms", str(TOKEN_MS)]  # fmt: skip
+    processes = [start([*synth, "--listen", a], work / f"silver{i}.log") for i, a in enumerate(SILVER)]
+    for i, (name, listen) in enumerate(ROUTERS.items()):
+        config = work / f"router{i}.yaml"
+        config.write_text(yaml.safe_dump(router_config(name, listen)))
+        processes.append(start([py, "-m", "ops.cli", "router", "--config", str(config)], work / f"r{i}.log"))
+    try:
+        for address in [*SILVER, *ROUTERS.values()]:
+            wait_serving(address, address, 30)
+        data = measure(args.seconds)
+    finally:
+        for process in processes:
+            process.terminate()
+        for process in processes:
+            process.wait(10)
+    markdown = report(data, args.seconds)
+    data |= {"capacity_per_s": CAPACITY, "deadline_s": DEADLINE_S, "seconds": args.seconds}
+    json_path, md_path = write("classes", data, markdown)
+    update_readme("classes", verdict(data))
+    print(f"{markdown}\nwritten: {json_path}, {md_path}")
+
+
+if __name__ == "__main__":
+    main()
