@@ -15,7 +15,8 @@ TORCH_WHEELS ?= /opt/wheels
 PIP := $(BIN)/pip install --quiet --disable-pip-version-check $(if $(wildcard $(TORCH_WHEELS)),--find-links $(TORCH_WHEELS))
 # Tools installed in the venv (grpcurl, protoc plugins) come first.
 export PATH := $(abspath $(BIN)):$(PATH)
-PROTOS := $(shell find protos -name '*.proto')
+# tiermesh's own contracts; protos/grpc and protos/google are shipped for clients only.
+PROTOS := $(shell find protos/tiermesh -name '*.proto')
 STUBS := tiermesh/v1/mesh_pb2.py tiermesh/tier/v1/tier_pb2.py
 
 .PHONY: help setup native protos model run test test-fast lint fuzz fuzz-smoke bench bench-tools contract-baseline certs load clean
@@ -131,17 +132,21 @@ bench-tools:
 certs: $(STAMPS)/venv
 	$(BIN)/tiermesh certs --out .certs
 
-# The ghz-format load tests against a local mesh started for them: ghz itself when it
-# is on PATH, `tiermesh load` otherwise; reports in reports/load/, judged by the SLOs.
+# The ghz-format load tests against the local mesh: the one already serving on LOAD_HOST
+# (`make run`, `tiermesh up`), else one started for them and stopped after; ghz itself
+# when it is on PATH, `tiermesh load` otherwise; reports in reports/load/, judged by the SLOs.
 LOAD_CONFIGS := $(wildcard tests/load/*.json)
+LOAD_HOST ?= 127.0.0.1:50051
 load: setup model
-	$(BIN)/tiermesh up --detach
-	mkdir -p reports/load
+	@if $(BIN)/grpcurl -plaintext -max-time 2 $(LOAD_HOST) grpc.health.v1.Health/Check >/dev/null 2>&1; then \
+	  echo "load: using the mesh serving on $(LOAD_HOST)"; own=0; \
+	else echo "load: no mesh on $(LOAD_HOST): starting one, stopped after"; $(BIN)/tiermesh up --detach || exit 1; own=1; fi; \
+	mkdir -p reports/load; \
 	status=0; for config in $(LOAD_CONFIGS); do name=$$(basename $$config .json); \
 	  if command -v ghz >/dev/null; then ghz --config $$config -O json -o reports/load/$$name.json; \
-	  else $(BIN)/tiermesh load $$config --out reports/load/$$name.json; fi; \
+	  else $(BIN)/tiermesh load $$config --host $(LOAD_HOST) --out reports/load/$$name.json; fi; \
 	  $(BIN)/tiermesh load-check reports/load/$$name.json --slo tests/load/slo.yaml --name $$name || status=1; \
-	done; $(BIN)/tiermesh down; exit $$status
+	done; if [ $$own = 1 ]; then $(BIN)/tiermesh down; fi; exit $$status
 
 # Run on a release: the contract that `buf breaking` compares against.
 contract-baseline: $(BUF)

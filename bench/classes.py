@@ -22,6 +22,12 @@ Scenarios:
    backlogged: Jain's index over the tokens each was served.
 
     python -m bench.classes [--seconds 6]
+    python -m bench.classes --real-mesh [--rate 6] [--seconds 20]   # against `tiermesh up`
+
+--real-mesh offers the same class mix (one tenant) to the running local mesh's router
+(vLLM Silver first, Gold, the canned line: config/mesh.yaml's dialogue route), 16-token
+dialogue with a 3 s deadline, and records what each class got, by tier, in
+bench/results/classes-mesh.md.
 """
 
 from __future__ import annotations
@@ -331,12 +337,87 @@ def report(data: dict[str, Any], seconds: float) -> str:
     )
 
 
+async def real_call(stub: mesh_pb2_grpc.MeshAsyncStub, priority: str) -> tuple[str, str, float]:
+    request = mesh_pb2.GenerateRequest(
+        npc_id="guard-1",
+        prompt="Halt! Who goes there?",
+        max_tokens=16,
+        task=mesh_pb2.TASK_DIALOGUE,
+        priority=PRIORITY[priority],
+        bypass_cache=True,
+    )
+    started, tier, ttft = time.perf_counter(), "", float("nan")
+    try:
+        async for response in stub.Generate(request, timeout=3.0):
+            if not tier:
+                tier = mesh_pb2.Tier.Name(response.tier).removeprefix("TIER_").lower()
+                ttft = time.perf_counter() - started
+        return priority, tier, ttft
+    except grpc.aio.AioRpcError as e:
+        return priority, e.code().name, ttft
+
+
+async def real_mesh(address: str, rate: float, seconds: float) -> list[tuple[str, str, float]]:
+    rng = random.Random(3)
+    names = [name for name, _ in MIX]
+    weights = [weight for _, weight in MIX]
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = mesh_pb2_grpc.MeshStub(channel)
+        calls = []
+        start, at = time.perf_counter(), 0.0
+        while at < seconds:
+            if (delay := start + at - time.perf_counter()) > 0:
+                await asyncio.sleep(delay)
+            calls.append(asyncio.create_task(real_call(stub, rng.choices(names, weights)[0])))
+            at += rng.expovariate(rate)
+        return list(await asyncio.gather(*calls))
+
+
+def report_real_mesh(results: list[tuple[str, str, float]], rate: float, seconds: float) -> str:
+    outcomes = sorted({outcome for _, outcome, _ in results})
+    rows = []
+    data: dict[str, Any] = {}
+    for priority, _ in MIX:
+        mine = [(o, t) for p, o, t in results if p == priority]
+        ttfts = [t for o, t in mine if o == "silver" and t == t]
+        data[priority] = {o: sum(x == o for x, _ in mine) for o in outcomes}
+        data[priority] |= {
+            "calls": len(mine),
+            "silver_ttft_p50_ms": round(median(ttfts) * 1000, 1),
+            "silver_ttft_p95_ms": round(p95(ttfts) * 1000, 1),
+        }
+        cells = [data[priority][o] for o in outcomes]
+        rows.append((priority, len(mine), *cells, data[priority]["silver_ttft_p50_ms"],
+                     data[priority]["silver_ttft_p95_ms"]))  # fmt: skip
+    markdown = (
+        "# Traffic classes on the real local mesh (`python -m bench.classes --real-mesh`)\n\n"
+        "`tiermesh up` as config/mesh.yaml has it (vLLM Silver, max_streams 16; dialogue: Silver, "
+        "Gold, the canned line). 16-token dialogue calls, 3 s deadline, cache bypassed, "
+        f"{rate:g} calls/s open-loop for {seconds:g} s, 20% critical, 50% standard, 30% sheddable, "
+        "one tenant. What each class got: the tier that answered (cache: the canned line), or "
+        "the status.\n\n"
+        + table(("class", "calls", *outcomes, "Silver TTFT p50 ms", "Silver TTFT p95 ms"), rows)
+        + "\n"
+    )
+    write("classes-mesh", {"rate_per_s": rate, "seconds": seconds, "classes": data}, markdown)
+    return markdown
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--seconds", type=float, default=6.0)
+    parser.add_argument("--seconds", type=float, default=None)
+    parser.add_argument("--real-mesh", action="store_true")
+    parser.add_argument("--rate", type=float, default=6.0)
+    parser.add_argument("--address", default="127.0.0.1:50051")
     args = parser.parse_args()
+    if args.real_mesh:
+        seconds = args.seconds or 20.0
+        results = asyncio.run(real_mesh(args.address, args.rate, seconds))
+        print(report_real_mesh(results, args.rate, seconds))
+        return
+    args.seconds = args.seconds or 6.0
     work = Path(tempfile.mkdtemp(prefix="tiermesh-classes-"))
     py = sys.executable
     synth = [py, "-m", "bench.synthetic_tier", "--slots", str(SLOTS), "--tokens", str(MAX_TOKENS),

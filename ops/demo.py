@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 
 from rich.console import Console
@@ -26,8 +27,38 @@ TURNS = [
         "I need a room for the night and a hot meal. Any news from the road?",
     ),
 ]
-MAX_TOKENS = {"intent": 0, "bark": 16, "dialogue": 64}  # 0: the task's default
+MAX_TOKENS = {"intent": 0, "bark": 24, "dialogue": 96}  # 0: the task's default
 NUMERIC = ("ttft ms", "total ms", "tokens", "tokens/s")
+# Where a sentence ends: . ! ? (or an ellipsis), closing quotes, then a space or the end.
+SENTENCE_END = re.compile(r"""[.!?…]+["'”’)]*(?=\s|$)""")
+
+
+class Sentences:
+    """Prints a streamed reply a whole sentence at a time, so a reply cut off by its token
+    budget (FINISH_REASON_LENGTH) ends at its last full sentence, not mid-word."""
+
+    def __init__(self, console: Console) -> None:
+        self._console = console
+        self._pending = ""
+
+    def __call__(self, text: str) -> None:
+        self._pending += text
+        ends = list(SENTENCE_END.finditer(self._pending))
+        if ends:
+            cut = ends[-1].end()
+            self._console.print(self._pending[:cut], end="", soft_wrap=True, highlight=False)
+            self._pending = self._pending[cut:]
+
+    def finish(self, reason: str) -> None:
+        """The rest: printed when the answer ended by itself; dropped (and said so) when
+        the budget cut it mid-sentence."""
+        rest, self._pending = self._pending, ""
+        if not rest.strip():
+            return
+        if reason == "FINISH_REASON_LENGTH":
+            self._console.print(" [dim](cut at the token budget)[/]", end="")
+        else:
+            self._console.print(rest, end="", soft_wrap=True, highlight=False)
 
 
 async def run_demo(
@@ -50,12 +81,9 @@ async def run_demo(
                 task=client.TASKS[task],
                 max_tokens=MAX_TOKENS[task],
             )
-            reply = await client.collect(
-                stub,
-                request,
-                deadline_s=30.0,
-                on_text=lambda text: console.print(text, end="", soft_wrap=True, highlight=False),
-            )
+            sentences = Sentences(console)
+            reply = await client.collect(stub, request, deadline_s=30.0, on_text=sentences)
+            sentences.finish(reply.finish_reason)
             console.print()
             replies.append(reply)
             table.add_row(

@@ -148,6 +148,9 @@ def serve(settings: GoldSettings, tls: TlsSettings | None = None) -> None:
         http_address=settings.host,
         http_port=settings.http_port,
         metrics_port=settings.metrics_port,
+        # Triton waits this long for requests in flight when it stops (30 s by default):
+        # a stop must not hold the mesh's Ctrl-C for half a minute.
+        exit_timeout_secs=3,
     )
     if tls is not None and tls.cert:
         # Triton's own TLS on gRPC; mutual when the mesh requires client certificates.

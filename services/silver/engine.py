@@ -178,6 +178,10 @@ class SilverEngine:
                 await self._llm.abort(request_id)
 
     def shutdown(self) -> None:
-        if self._llm is not None:
-            self._llm.shutdown()
-            self._llm = None
+        llm, self._llm = self._llm, None
+        if llm is not None:
+            llm.shutdown()
+            # AsyncLLM shuts down again when it is collected, which for vLLM's own
+            # references is at interpreter exit, when its module globals are gone
+            # (TypeError in __del__): once is enough.
+            llm.shutdown = lambda timeout=None: None
