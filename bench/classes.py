@@ -394,7 +394,7 @@ def report_real_mesh(results: list[tuple[str, str, float]], rate: float, seconds
         "`tiermesh up` as config/mesh.yaml has it (vLLM Silver, max_streams 16; dialogue: Silver, "
         "Gold, the canned line). 16-token dialogue calls, 3 s deadline, cache bypassed, "
         f"{rate:g} calls/s open-loop for {seconds:g} s, 20% critical, 50% standard, 30% sheddable, "
-        "one tenant. What each class got: the tier that answered (cache: the canned line), or "
+        "one tenant. What each class got: the tier that answered (fallback: the canned line), or "
         "the status.\n\n"
         + table(("class", "calls", *outcomes, "Silver TTFT p50 ms", "Silver TTFT p95 ms"), rows)
         + "\n"

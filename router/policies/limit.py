@@ -47,7 +47,6 @@ class StreamLimit:
         traffic = traffic or TrafficSettings()
         self._inner = inner
         self._tier = tier
-        self._max = max_streams
         self._classes = traffic.classes
         # The slots each class may fill: all but its headroom, and at least one.
         self._limit = [

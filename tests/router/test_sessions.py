@@ -15,7 +15,14 @@ from redis.asyncio import Redis
 
 from ops.settings import Settings
 from router.app import Router, start_router
-from router.settings import Persona, RouterSettings, StateSettings, TaskPolicy, TierSettings
+from router.settings import (
+    Persona,
+    RouterSettings,
+    StateSettings,
+    TaskPolicy,
+    TierSettings,
+    TrafficSettings,
+)
 from tests.doubles import Script, ScriptedTier, start_scripted_tier
 from tiermesh.serving import Serving
 from tiermesh.tier.v1 import tier_pb2
@@ -53,13 +60,18 @@ class Fleet:
         self.routers: list[Router] = []
         self.channels: list[grpc.aio.Channel] = []
 
-    async def start(self, state: StateSettings, routers: int = 1) -> list[MeshAsyncStub]:
+    async def start(
+        self, state: StateSettings, routers: int = 1, traffic: TrafficSettings | None = None
+    ) -> list[MeshAsyncStub]:
         for tier in (self.silver, self.gold):
             self.servers.append(await start_scripted_tier(tier))
         silver, gold = (f"127.0.0.1:{s.port}" for s in self.servers)
         stubs = []
         for _ in range(routers):
-            router = await start_router(settings([silver], [gold], state).router_config())
+            config = settings([silver], [gold], state)
+            if traffic is not None:
+                config.router.traffic = traffic
+            router = await start_router(config.router_config())
             self.routers.append(router)
             channel = grpc.aio.insecure_channel(f"127.0.0.1:{router.port}")
             self.channels.append(channel)

@@ -12,12 +12,10 @@ import pytest
 import pytest_asyncio
 from redis.asyncio import Redis
 
-from router.app import Router, start_router
 from router.settings import StateSettings, TenantSettings, TrafficSettings
-from tests.doubles import Script, ScriptedTier, start_scripted_tier
+from tests.doubles import Script
 from tests.router.test_faults import metric, retry_delay
-from tests.router.test_sessions import settings
-from tiermesh.serving import Serving
+from tests.router.test_sessions import Fleet
 from tiermesh.v1 import mesh_pb2, mesh_pb2_grpc
 
 # 40 tokens an answer against 60 output tokens a minute: the second call puts the
@@ -26,39 +24,10 @@ ANSWER = [" word"] * 40
 TRAFFIC = TrafficSettings(tenants={"studio-a": TenantSettings(output_tokens_per_min=60)})
 
 
-class Routers:
-    def __init__(self) -> None:
-        self.tier = ScriptedTier(mesh_pb2.TIER_SILVER)
-        self.tier.reset(Script(tokens=ANSWER))
-        self.servers: list[Serving] = []
-        self.routers: list[Router] = []
-        self.channels: list[grpc.aio.Channel] = []
-
-    async def start(self, state: StateSettings, count: int) -> list[mesh_pb2_grpc.MeshAsyncStub]:
-        self.servers.append(await start_scripted_tier(self.tier))
-        endpoint = f"127.0.0.1:{self.servers[0].port}"
-        stubs = []
-        for _ in range(count):
-            config = settings([endpoint], [endpoint], state)
-            config.router.traffic = TRAFFIC
-            router = await start_router(config.router_config())
-            self.routers.append(router)
-            self.channels.append(channel := grpc.aio.insecure_channel(f"127.0.0.1:{router.port}"))
-            stubs.append(mesh_pb2_grpc.MeshStub(channel))
-        return stubs
-
-    async def close(self) -> None:
-        for channel in self.channels:
-            await channel.close()
-        for router in self.routers:
-            await router.close(None)
-        for server in self.servers:
-            await server.server.stop(None)
-
-
 @pytest_asyncio.fixture
-async def routers() -> AsyncIterator[Routers]:
-    fleet = Routers()
+async def routers() -> AsyncIterator[Fleet]:
+    fleet = Fleet()
+    fleet.silver.reset(Script(tokens=ANSWER))
     yield fleet
     await fleet.close()
 
@@ -75,9 +44,9 @@ async def call(
     return "".join([r.text async for r in responses])
 
 
-async def test_two_routers_draw_one_tenants_tokens_from_redis(routers: Routers, redis_server: str) -> None:
+async def test_two_routers_draw_one_tenants_tokens_from_redis(routers: Fleet, redis_server: str) -> None:
     await Redis.from_url(redis_server).flushdb()
-    first, second = await routers.start(StateSettings(backend="redis", redis_url=redis_server), 2)
+    first, second = await routers.start(StateSettings(backend="redis", redis_url=redis_server), 2, TRAFFIC)
     await call(first, "studio-a")
     await call(first, "studio-a")
     await asyncio.sleep(0.2)  # the answers' tokens are charged as their streams end
@@ -90,8 +59,8 @@ async def test_two_routers_draw_one_tenants_tokens_from_redis(routers: Routers, 
     assert metric("tiermesh_router_quota_exceeded_total", tenant="studio-a", direction="out") >= 1
 
 
-async def test_without_redis_each_router_meters_alone(routers: Routers) -> None:
-    first, second = await routers.start(StateSettings(), 2)
+async def test_without_redis_each_router_meters_alone(routers: Fleet) -> None:
+    first, second = await routers.start(StateSettings(), 2, TRAFFIC)
     await call(first, "studio-a")
     await call(first, "studio-a")
     await asyncio.sleep(0.2)
@@ -101,8 +70,8 @@ async def test_without_redis_each_router_meters_alone(routers: Routers) -> None:
     assert await call(second, "studio-a")  # its own buckets: still full
 
 
-async def test_calls_are_counted_by_class_and_configured_tenant(routers: Routers) -> None:
-    [stub] = await routers.start(StateSettings(), 1)
+async def test_calls_are_counted_by_class_and_configured_tenant(routers: Fleet) -> None:
+    [stub] = await routers.start(StateSettings(), 1, TRAFFIC)
     before = metric("tiermesh_router_class_requests_total", priority="critical", tenant="other", code="OK")
     await call(stub, "someone-unconfigured", mesh_pb2.PRIORITY_CRITICAL)
     after = metric("tiermesh_router_class_requests_total", priority="critical", tenant="other", code="OK")
