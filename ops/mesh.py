@@ -190,14 +190,17 @@ class LocalMesh:
             return []
         pids: dict[str, int] = json.loads(self.state_file.read_text())
         order = [c.name for c in reversed(components(self.settings, self.config_file)) if c.name in pids]
+        # The leader only: it stops its own workers in order (vLLM's engine core, Triton),
+        # where a signal to the whole group kills them under it mid-shutdown and fills
+        # its log with their deaths. Whatever of a group outlives its leader, or the
+        # timeout, is killed.
         for name in order:
-            _signal_group(pids[name], signal.SIGTERM)
+            _signal(pids[name], signal.SIGTERM)
         deadline = time.monotonic() + timeout
         while any(_alive(pids[n]) for n in order) and time.monotonic() < deadline:
             time.sleep(0.2)
         for name in order:
-            if _alive(pids[name]):
-                _signal_group(pids[name], signal.SIGKILL)
+            _signal_group(pids[name], signal.SIGKILL)
         self.state_file.unlink(missing_ok=True)
         return order
 
@@ -263,6 +266,11 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def _signal(pid: int, sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, sig)
 
 
 def _signal_group(pid: int, sig: signal.Signals) -> None:
