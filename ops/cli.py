@@ -143,9 +143,7 @@ def cost(
     """Per-tier cost: the price table × usage from Prometheus (or a snapshot)."""
     import json
 
-    from rich.table import Table
-
-    from ops.cost import PrometheusError, costs, from_prometheus, from_snapshot, report
+    from ops.cost import PrometheusError, cost_tables, costs, from_prometheus, from_snapshot, report
 
     settings = _settings(config)
     try:
@@ -161,30 +159,8 @@ def cost(
         print(json.dumps(report(usage, rows), indent=2))
         return
 
-    def usd(value: float | None, digits: int = 2) -> str:
-        return "-" if value is None else f"${value:,.{digits}f}"
-
-    table = Table(title=f"tiermesh cost over {usage.window_s / 3600:.2f} h ({usage.source})")
-    for column in ("tier", "instance", "replicas", "calls", "tokens out", "cost", "$/1k tokens", "$/call"):
-        table.add_column(column, justify="left" if column in ("tier", "instance") else "right")
-    table.add_column("$/day", justify="right")
-    table.add_column("$/week", justify="right")
-    table.add_column("$/month", justify="right")
-    for row in rows:
-        u = row.usage
-        replicas = f"{u.busy_s / 3600:.2f} h busy" if row.tier == "bronze" else f"{u.replicas:.1f}"
-        table.add_row(
-            row.tier, row.instance_type, replicas, f"{u.requests:,.0f}", f"{u.tokens_out:,.0f}",
-            usd(row.cost_usd, 4), usd(row.per_1k_tokens_usd, 4), usd(row.per_request_usd, 5),
-            usd(row.daily_usd), usd(row.weekly_usd), usd(row.monthly_usd),
-        )  # fmt: skip
-    total = report(usage, rows)["total"]
-    assert isinstance(total, dict)
-    table.add_row(
-        "total", "", "", "", "", usd(total["cost_usd"], 4), "", "",
-        usd(total["daily_usd"]), usd(total["weekly_usd"]), usd(total["monthly_usd"]), style="bold",
-    )  # fmt: skip
-    console.print(table)
+    for table in cost_tables(usage, rows):
+        console.print(table)
 
 
 def _seconds(text: str) -> float:

@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
+from rich.table import Table
 
 from ops.settings import CostSettings
 from tiermesh.config import TierName
@@ -212,3 +213,38 @@ def report(usage: Usage, rows: list[TierCost]) -> dict[str, object]:
         "tiers": [asdict(row) for row in rows],
         "total": total,
     }
+
+
+# --- the terminal report -------------------------------------------------------------
+
+
+def usd(value: float | None, digits: int = 2) -> str:
+    return "-" if value is None else f"${value:,.{digits}f}"
+
+
+def cost_tables(usage: Usage, rows: list[TierCost]) -> list[Table]:
+    """The report for people, in two tables that each fit an 80-column terminal (one
+    table of eleven columns truncated every cell there): what was used, then what it
+    cost. `--json` has every figure, weekly too."""
+    hours = f"{usage.window_s / 3600:.2f} h"
+    used = Table(title=f"tiermesh usage over {hours} ({usage.source})")
+    for column in ("tier", "instance", "replicas", "calls", "tokens out"):
+        used.add_column(column, justify="left" if column in ("tier", "instance") else "right")
+    priced = Table(title=f"tiermesh cost over {hours}")
+    for column in ("tier", "cost", "$/1k tokens", "$/call", "$/day", "$/month"):
+        priced.add_column(column, justify="left" if column == "tier" else "right")
+    for row in rows:
+        u = row.usage
+        replicas = f"{u.busy_s / 3600:.2f} h busy" if row.tier == "bronze" else f"{u.replicas:.1f}"
+        used.add_row(row.tier, row.instance_type, replicas, f"{u.requests:,.0f}", f"{u.tokens_out:,.0f}")
+        priced.add_row(
+            row.tier, usd(row.cost_usd, 4), usd(row.per_1k_tokens_usd, 4), usd(row.per_request_usd, 5),
+            usd(row.daily_usd), usd(row.monthly_usd),
+        )  # fmt: skip
+    total = report(usage, rows)["total"]
+    assert isinstance(total, dict)
+    priced.add_row(
+        "total", usd(total["cost_usd"], 4), "", "", usd(total["daily_usd"]), usd(total["monthly_usd"]),
+        style="bold",
+    )  # fmt: skip
+    return [used, priced]

@@ -99,3 +99,14 @@ def test_cost_command_says_when_prometheus_is_unreachable() -> None:
     result = CliRunner().invoke(app, ["cost", "--prometheus", "http://127.0.0.1:1", "--window", "1h"])
     assert result.exit_code == 1
     assert "unreachable" in result.output
+
+
+def test_cost_tables_fit_80_columns_without_cutting_a_cell(snapshot: list[Path]) -> None:
+    args = ["cost", *[arg for path in snapshot for arg in ("--snapshot", str(path))]]
+    result = CliRunner().invoke(app, args, env={"COLUMNS": "80"})
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert max(len(line) for line in lines) <= 80
+    assert "…" not in result.output  # rich marks a truncated cell so
+    assert "$/month" in result.output
+    assert "tokens out" in result.output
