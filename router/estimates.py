@@ -27,6 +27,7 @@ class TaskEstimate:
     def __init__(self, ttft_s: float, token_s: float, size: int = 200, clock: Clock = time.monotonic) -> None:
         self.ttft_prior = ttft_s
         self.token_prior = token_s
+        self._probe_until = 0.0
         self._first = Window(size, MAX_AGE_S, clock)
         self._given_up = Window(size, GIVEN_UP_MAX_AGE_S, clock)  # censored: at least this long
         self._per_token = Window(size, MAX_AGE_S, clock)
@@ -49,6 +50,19 @@ class TaskEstimate:
         """`tokens` tokens in all, the last `seconds` after the first one."""
         if tokens > 1:
             self._per_token.observe(seconds / (tokens - 1))
+
+    def start_probe(self, now: float, until: float) -> bool:
+        """Whether a call may try this tier although its record says it is too slow (a
+        probe): one at a time, until `until` at the latest. A record is renewed only by
+        calls that try the tier, so a tier passed over on samples taken under a burst
+        would stay passed over, idle, until they age out; a probe renews it."""
+        if self._probe_until > now:
+            return False
+        self._probe_until = until
+        return True
+
+    def end_probe(self) -> None:
+        self._probe_until = 0.0
 
     def ttft(self, q: float) -> float:
         if len(self._given_up) > len(self._first):

@@ -94,6 +94,11 @@ DEADLINE_OUTCOMES = Counter(
     "shaped (ended cleanly at the deadline), canned, missed (DEADLINE_EXCEEDED), failed",
     ["task", "outcome"],
 )
+PROBES = Counter(
+    "tiermesh_router_probes",
+    "Calls that tried a tier its record said was too slow, with a canned answer to fall back on",
+    ["task", "tier"],
+)
 CANNED = Counter("tiermesh_router_canned", "Calls answered with the persona's canned line", ["task"])
 SHED = Counter(
     "tiermesh_router_shed",

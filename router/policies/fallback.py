@@ -84,7 +84,7 @@ class Fallback:
         given_up: AsyncIterator[mesh_pb2.GenerateResponse] | None = None
         try:
             while True:
-                step, passed = self._planner.next_step(call, tried, cut_at)
+                step, passed = self._planner.next_step(call, tried, cut_at, last_resort=canned is not None)
                 self._pass_over(call, passed, self._planner.left(cut_at), passed_over, slow, failures)
                 if step is None:
                     break
@@ -92,6 +92,8 @@ class Fallback:
                     await close(given_up)
                     given_up = None
                 self._log_step(call, step, cut_at)
+                if step.probe:
+                    metrics.PROBES.labels(call.task, step.tier).inc()
                 tried.append(step.tier)
                 attempt = call
                 if step.start_by < call.deadline or step.shortened(call):
@@ -124,6 +126,8 @@ class Fallback:
                     # Whatever else ends this step (the caller leaving, the stream's end)
                     # ends the attempt: its tier call must not outlive it.
                     cutoff.cancel()
+                    if step.probe:
+                        self._estimates[step.tier].task(call.task).end_probe()
                     if stream is not given_up:
                         await close(stream)
             if canned is not None and self._clock() < call.deadline:
@@ -167,8 +171,9 @@ class Fallback:
         if log.isEnabledFor(logging.DEBUG):
             now = self._clock()
             log.debug(
-                "%s %s: %s, start by %+.3fs, max_tokens %d (cut-off %+.3fs)", call.task,
-                call.request_id[:8], step.tier, step.start_by - now, step.max_tokens, cut_at - now,
+                "%s %s: %s%s, start by %+.3fs, max_tokens %d (cut-off %+.3fs)", call.task,
+                call.request_id[:8], step.tier, " (probe)" if step.probe else "",
+                step.start_by - now, step.max_tokens, cut_at - now,
             )  # fmt: skip
 
     async def _first(
@@ -248,7 +253,9 @@ class Fallback:
         tokens = 1
         if first.finish_reason:
             return  # the first message was the whole answer
-        async for response in shaped(stream, cutoff, closing_at, closing_after, shortened, self._clock):
+        async for response in shaped(
+            stream, cutoff, closing_at, closing_after, shortened, self._clock, first.tier
+        ):
             tokens += 1
             if response.finish_reason:
                 tokens = response.usage.completion_tokens or tokens

@@ -16,6 +16,11 @@ the time left then (a tier that failed fast leaves the next one more):
    then left: the best tier is never skipped, nor cut short, to keep time for a worse one.
 3. A streamed task's max_tokens is lowered to what the tier's token rate fits before the
    cut-off (never below min_tokens); the answer then ends FINISH_REASON_DEADLINE.
+4. When no tier can answer by its record, but the best one could by its configured
+   priors with no queue, and the call has a last resort (its canned answer, sent at the
+   cut-off whatever happens), that tier is tried anyway as a probe, one call at a time per
+   tier and task: a record is renewed only by calls that try the tier, and one taken
+   under a burst would otherwise keep an idle tier passed over until it ages out.
 
 docs/router.md works this through for each task.
 """
@@ -47,6 +52,9 @@ class Step:
     start_by: float
     # What this attempt may generate: the call's, or fewer to fit the deadline.
     max_tokens: int
+    # Tried although its record says it cannot answer in time (rule 4): ended with
+    # TierEstimates.task(...).end_probe().
+    probe: bool = False
 
     def shortened(self, call: Call) -> bool:
         return self.max_tokens < call.max_tokens
@@ -115,18 +123,24 @@ class TierPlanner:
         return min(call.max_tokens, self._min_tokens.get(call.task, 1))
 
     def next_step(
-        self, call: Call, tried: Collection[TierName], cut_at: float
+        self, call: Call, tried: Collection[TierName], cut_at: float, last_resort: bool = False
     ) -> tuple[Step | None, list[tuple[TierName, Need]]]:
         """The next tier to try with the time left before `cut_at` (None when none can
         answer in it), and the better tiers passed over because they cannot (with what
-        they would need: a full one's queue is why)."""
+        they would need: a full one's queue is why). `last_resort`: the call is answered
+        at the cut-off whatever the tiers do, so a probe costs it nothing (rule 4)."""
         now = self._clock()
         left = cut_at - now
         candidates = [tier for tier in self.chain(call) if tier not in tried]
         needs = {tier: self.need(call, tier) for tier in candidates}
         able = [tier for tier in candidates if needs[tier].p50 <= left]
         if not able:
-            return None, [(tier, needs[tier]) for tier in candidates]
+            passed = [(tier, needs[tier]) for tier in candidates]
+            if last_resort and candidates and not tried and left > 0:
+                probe = self._probe(call, candidates[0], needs[candidates[0]], cut_at)
+                if probe is not None:
+                    return probe, passed[1:]
+            return None, passed
         best, *later = able
         passed = [(tier, needs[tier]) for tier in candidates[: candidates.index(best)]]
         need = needs[best]
@@ -142,6 +156,19 @@ class TierPlanner:
             fits = 1 + math.floor(max(0.0, left - need.ttft) / max(need.token_s, 1e-6))
             max_tokens = max(self.min_tokens(call), min(call.max_tokens, fits))
         return Step(best, start_by, max_tokens), passed
+
+    def _probe(self, call: Call, tier: TierName, need: Need, cut_at: float) -> Step | None:
+        """The best tier, tried although its record says it is too slow, when its
+        configured priors say it would answer in time and no queue (current evidence)
+        keeps it out; given the time left to start, less what its minimal answer takes at
+        the configured rate."""
+        estimate = self._estimates[tier].task(call.task)
+        rest = 0 if call.task in WHOLE else self.min_tokens(call) - 1
+        if need.wait > 0 or estimate.ttft_prior + rest * estimate.token_prior > cut_at - self._clock():
+            return None
+        if not estimate.start_probe(self._clock(), cut_at):
+            return None
+        return Step(tier, cut_at - rest * estimate.token_prior, call.max_tokens, probe=True)
 
     def left(self, cut_at: float) -> float:
         return cut_at - self._clock()

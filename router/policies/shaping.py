@@ -51,13 +51,14 @@ async def shaped(
     closing_after: int | None,
     shortened: bool,
     clock: Clock,
+    tier: mesh_pb2.Tier.ValueType = mesh_pb2.TIER_UNSPECIFIED,
 ) -> AsyncIterator[mesh_pb2.GenerateResponse]:
     """`stream` ended by `cutoff` (armed for the cut-off), closing from `closing_at`
     (clock time) or after `closing_after` messages; `shortened`: the planner lowered
-    max_tokens, so the tier's LENGTH is the deadline's."""
+    max_tokens, so the tier's LENGTH is the deadline's; `tier`: the answer's (its first
+    message, sent before this), which messages the router makes itself carry too."""
     held = ""
     sentence_seen = False
-    tier: mesh_pb2.Tier.ValueType = mesh_pb2.TIER_UNSPECIFIED
     messages = 0
     closing = False
     while True:

@@ -312,6 +312,45 @@ def test_planning_learns_each_tasks_own_speed() -> None:
     assert tiers["gold"].task("bark").ttft(0.5) == 0.12  # barks keep their own record
 
 
+def test_a_tier_passed_over_on_a_burst_record_is_probed_one_call_at_a_time() -> None:
+    # Silver's dialogue record was taken under 16 callers (1.5 s to the first token):
+    # alone again, it would be passed over, idle, for the 30 s the samples live, and
+    # every 2 s dialogue canned at once. With a canned answer to fall back on, one call
+    # at a time tries it.
+    clock = FakeClock()
+    tiers = estimates(clock, silver=(0.25, 0.07))
+    for _ in range(5):
+        tiers["silver"].task("dialogue").observe_first(1.5)
+        tiers["silver"].task("dialogue").observe_rest(8, 7 * 0.3)
+    plan = planner({"dialogue": ["silver"]}, tiers, clock)
+    call = timed_call(clock, mesh_pb2.TASK_DIALOGUE, 2.0, max_tokens=64)
+    cut_at = clock.now + 1.99
+    assert plan.next_step(call, [], cut_at)[0] is None  # no last resort: no probe
+    step, passed = plan.next_step(call, [], cut_at, last_resort=True)
+    assert step is not None
+    assert (step.tier, step.probe, passed) == ("silver", True, [])
+    assert step.start_by == pytest.approx(cut_at - 7 * 0.07)  # its minimal answer at the prior rate
+    assert plan.next_step(call, [], cut_at, last_resort=True)[0] is None  # one at a time
+    tiers["silver"].task("dialogue").end_probe()
+    step, _ = plan.next_step(call, [], cut_at, last_resort=True)
+    assert step is not None
+    assert step.probe
+
+
+def test_no_probe_where_the_priors_cannot_answer_or_a_queue_keeps_the_tier_out() -> None:
+    clock = FakeClock()
+    plan = planner(INTENT, estimates(clock, **MESH), clock)
+    step, passed = plan.next_step(timed_call(clock, mesh_pb2.TASK_INTENT, 0.1), [], clock.now + 0.09, True)
+    assert step is None  # Gold's prior (0.12 s) does not fit either: canned at once
+    assert [tier for tier, _ in passed] == ["gold", "silver"]
+    tiers = estimates(clock, **MESH)
+    for _ in range(5):
+        tiers["gold"].task("intent").observe_first(0.5)
+    plan = planner(INTENT, tiers, clock, queue_wait={"gold": lambda call: 0.2})
+    step, _ = plan.next_step(timed_call(clock, mesh_pb2.TASK_INTENT, 0.14), [], clock.now + 0.139, True)
+    assert step is None  # callers are waiting on Gold: its record is current
+
+
 def test_planner_routes_long_answers_past_a_short_answer_tier() -> None:
     clock = FakeClock()
     plan = planner({"bark": ["gold", "silver"]}, estimates(clock, **MESH), clock, max_tokens={"gold": 16})
@@ -428,6 +467,18 @@ async def test_a_streamed_answer_that_cannot_finish_ends_cleanly_before_the_dead
     assert text.endswith(("!", " "))  # a sentence's end, or whole words only
 
 
+async def test_an_answer_cut_after_its_first_token_ends_marked_with_its_tier() -> None:
+    # The router's closing message carried TIER_UNSPECIFIED when no message came after
+    # the first one.
+    silver = FakeBackend(Step(tokens=["Halt.", " Who"], token_delay=5.0))
+    call = a_call(deadline_s=0.3, max_tokens=64)
+    out = await drain(fallback(silver, FakeBackend(Step(fail_before=unavailable()))).generate(call))
+    assert [(r.text, r.tier, r.finish_reason) for r in out] == [
+        ("Halt.", mesh_pb2.TIER_SILVER, mesh_pb2.FINISH_REASON_UNSPECIFIED),
+        ("", mesh_pb2.TIER_SILVER, mesh_pb2.FINISH_REASON_DEADLINE),
+    ]
+
+
 async def test_caller_faults_do_not_fall_back() -> None:
     bad = StatusError(grpc.StatusCode.OUT_OF_RANGE, "prompt too long")
     gold = FakeBackend()
@@ -460,6 +511,21 @@ async def test_a_tier_given_up_on_is_observed_as_at_least_that_slow() -> None:
     record = policy._estimates["silver"].task("dialogue")
     assert record.samples == 1
     assert record.ttft(0.5) >= 0.1  # a censored sample: at least the time it had
+
+
+async def test_a_probe_that_answers_renews_the_record_for_the_calls_after_it() -> None:
+    silver = FakeBackend(Step(tokens=["Halt.", " Who", " goes", " there?"]))
+    policy = fallback(silver, FakeBackend(Step(fail_before=unavailable())), canned=True)
+    record = policy._estimates["silver"].task("dialogue")
+    for _ in range(3):
+        record.observe_first(5.0)  # a burst's record: 5 s to the first token
+        policy._estimates["gold"].task("dialogue").observe_first(5.0)
+    out = await drain(policy.generate(a_call(deadline_s=1.0)))
+    assert {r.tier for r in out} == {mesh_pb2.TIER_SILVER}  # the probe answered
+    for _ in range(3):
+        out = await drain(policy.generate(a_call(deadline_s=1.0)))
+        assert {r.tier for r in out} == {mesh_pb2.TIER_SILVER}
+    assert record.ttft(0.5) < 0.1  # planned on fresh samples again, not probed
 
 
 # --- intent cache ------------------------------------------------------------------
