@@ -119,6 +119,7 @@ bench: setup model bench-tools
 	$(BIN)/python -m bench.gold
 	$(BIN)/python -m bench.overload
 	$(BIN)/python -m bench.classes
+	$(BIN)/python -m bench.affinity
 	$(BIN)/python -m bench.proxy
 	$(BIN)/python -m bench.soak --walk-aways 0
 	$(BIN)/python -m bench.soak

@@ -33,8 +33,9 @@ def stack() -> str:
             "- **fallback** over the planned tiers (policies/planner.py decides, policies/fallback.py "
             "does; then the canned answer). Per tier:",
             *rows(tier, "  "),
-            "  - **balancer**: one available replica (p2c over peak-EWMA × load, or round-robin); its "
-            "breaker and outlier ejection learn from each call.",
+            "  - **balancer**: one available replica (p2c over peak-EWMA × load, round-robin, or "
+            "prefix-affine: a conversation where its prefix is cached); its breaker and outlier "
+            "ejection learn from each call.",
             "  - **replica adapter** (router/backends/): the tier's protocol, deadline, cancellation.",
         ]
     )

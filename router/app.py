@@ -63,7 +63,9 @@ def build_pipeline(
     queue_wait: dict[TierName, Callable[[Call], float]] = {}
     for name, tier in router.tiers.items():
         layers = tier_layers(config, name, estimates[name], queue_wait)
-        tiers[name] = compose(layers, Balancer(replicas[name], picker(tier.balancer)))
+        tiers[name] = compose(
+            layers, Balancer(replicas[name], picker(tier.balancer, replicas[name], tier.affinity))
+        )
         log.info("%s tier: %s → balancer → replicas", name, describe(layers))
     planner = TierPlanner(
         {task: policy.tiers for task, policy in router.tasks.items()},

@@ -124,6 +124,18 @@ def _default_tasks() -> dict[TaskName, TaskPolicy]:
     }
 
 
+class AffinitySettings(BaseModel):
+    """balancer: prefix_affine (router/affinity.py)."""
+
+    # A replica holding more than this × the mean load in flight passes a key on to the
+    # next on the ring: 1 is pure balance, larger keeps more conversations in place.
+    load_factor: float = Field(default=1.25, ge=1.0)
+    # Calls without a session are keyed by this many leading tokens of their prompt
+    # (≈ 4 characters each): the persona, and the start of the turn.
+    leading_tokens: int = Field(default=64, ge=1)
+    virtual_nodes: int = Field(default=128, ge=1, le=4096)
+
+
 class TierSettings(BaseModel):
     """A tier's replicas and how the router treats them."""
 
@@ -131,7 +143,10 @@ class TierSettings(BaseModel):
     # (a Kubernetes headless Service).
     endpoints: list[str] = Field(min_length=1)
     resolve_interval_s: float = Field(default=10.0, gt=0)
-    balancer: Literal["p2c", "round_robin"] = "p2c"
+    # p2c (peak-EWMA × load), round_robin, or prefix_affine: a conversation's turns go
+    # to the replica that holds its prefix in its KV cache, within a bound on its load.
+    balancer: Literal["p2c", "round_robin", "prefix_affine"] = "p2c"
+    affinity: AffinitySettings = Field(default_factory=AffinitySettings)
     # Watch grpc.health.v1 on every replica ("" = the server's overall health).
     health_check: bool = True
     health_service: str = ""

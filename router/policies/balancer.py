@@ -1,4 +1,6 @@
-"""Load balancing within a tier, with passive health (breaker, latency outliers)."""
+"""Load balancing within a tier, with passive health (breaker, latency outliers): p2c
+over peak-EWMA (the default), round-robin (the baseline), or prefix-affine (a
+conversation stays where its prefix is cached: router/affinity.py)."""
 
 from __future__ import annotations
 
@@ -6,21 +8,22 @@ import itertools
 import random
 import statistics
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from typing import Protocol
 
 import grpc
 
 from router import metrics
+from router.affinity import HashRing, affinity_key, bounded_owner
 from router.call import Call
 from router.replicas import Replica, ReplicaSet
-from router.settings import BreakerSettings
+from router.settings import AffinitySettings, BreakerSettings
 from tiermesh.errors import StatusError
 from tiermesh.v1 import mesh_pb2
 
 
 class Picker(Protocol):
-    def pick(self, candidates: Sequence[Replica]) -> Replica: ...
+    def pick(self, call: Call, candidates: Sequence[Replica]) -> Replica: ...
 
 
 class PowerOfTwoChoices:
@@ -29,7 +32,7 @@ class PowerOfTwoChoices:
     def __init__(self, rng: random.Random | None = None) -> None:
         self._rng = rng or random.Random()
 
-    def pick(self, candidates: Sequence[Replica]) -> Replica:
+    def pick(self, call: Call, candidates: Sequence[Replica]) -> Replica:
         if len(candidates) == 1:
             return candidates[0]
         a, b = self._rng.sample(list(candidates), 2)
@@ -42,12 +45,42 @@ class RoundRobin:
     def __init__(self) -> None:
         self._counter = itertools.count()
 
-    def pick(self, candidates: Sequence[Replica]) -> Replica:
+    def pick(self, call: Call, candidates: Sequence[Replica]) -> Replica:
         return candidates[next(self._counter) % len(candidates)]
 
 
-def picker(name: str) -> Picker:
-    return RoundRobin() if name == "round_robin" else PowerOfTwoChoices()
+class PrefixAffine:
+    """The replica that owns the call's affinity key on a hash ring of every known
+    replica (router/affinity.py), under a bound on its load. Only candidates are picked
+    (available, and not yet tried by this call when others are), so a retry or a hedge
+    walks on to the next replica on the ring, and an ejected replica's keys go to their
+    next owner and come back when it does."""
+
+    def __init__(self, settings: AffinitySettings, known: Callable[[], Iterable[Replica]]) -> None:
+        self._settings = settings
+        self._known = known
+        self._ring = HashRing(())
+
+    def pick(self, call: Call, candidates: Sequence[Replica]) -> Replica:
+        if len(candidates) == 1:
+            return candidates[0]
+        # The ring holds every known replica, up or not: one that is down keeps its
+        # place, so its keys return to it, and the others' keys never move.
+        members = {r.address for r in self._known()} | {r.address for r in candidates}
+        if members != self._ring.members:  # discovery added or removed replicas
+            self._ring = HashRing(members, self._settings.virtual_nodes)
+        key = affinity_key(call, self._settings.leading_tokens)
+        loads = {r.address: r.outstanding for r in candidates}
+        owner = bounded_owner(self._ring, key, loads, self._settings.load_factor)
+        return next(r for r in candidates if r.address == owner)
+
+
+def picker(name: str, replicas: ReplicaSet, affinity: AffinitySettings | None = None) -> Picker:
+    if name == "round_robin":
+        return RoundRobin()
+    if name == "prefix_affine":
+        return PrefixAffine(affinity or AffinitySettings(), lambda: replicas.replicas)
+    return PowerOfTwoChoices()
 
 
 class Balancer:
@@ -55,7 +88,8 @@ class Balancer:
 
     Replicas this call already tried (retries, hedges, resumes) are avoided while
     others are available. Tier faults count against the replica's breaker; a first
-    token far slower than its peers' ejects it as a latency outlier.
+    token far slower than its serving peers' ejects it as a latency outlier, never more
+    than max_ejected_fraction of the replicas at once.
     """
 
     def __init__(self, replicas: ReplicaSet, picker: Picker) -> None:
@@ -64,7 +98,11 @@ class Balancer:
         self._settings: BreakerSettings = replicas.breaker_settings
 
     def _candidates(self, call: Call) -> list[Replica]:
-        available = [r for r in self.replicas.replicas if r.available]
+        replicas = self.replicas.replicas
+        # Panic, as Envoy's panic threshold: when the breakers (failures, latency
+        # outliers) have taken out every replica that its health check still calls
+        # SERVING, those are tried rather than none: a slow answer beats UNAVAILABLE.
+        available = [r for r in replicas if r.available] or [r for r in replicas if r.serving]
         untried = [r for r in available if r.address not in call.tried]
         return untried or available
 
@@ -76,7 +114,7 @@ class Balancer:
                 f"no available {self.replicas.tier} replica "
                 f"({len(self.replicas.replicas)} known, all down or ejected)",
             )
-        replica = self._picker.pick(candidates)
+        replica = self._picker.pick(call, candidates)
         replica.breaker.on_pick()
         call.tried.add(replica.address)
         replica.outstanding += 1
@@ -115,12 +153,16 @@ class Balancer:
         replicas = self.replicas.replicas
         if replica.latency.samples < s.outlier_min_samples or len(replicas) < 2:
             return False
-        peers = [r for r in replicas if r is not replica and r.latency.samples]
+        # Judged against the peers that serve now: a replica that died keeps the latency
+        # it had while it shared the load, and beside it the survivor taking all of it
+        # would look slow and be ejected, leaving none.
+        peers = [r for r in replicas if r is not replica and r.available and r.latency.samples]
         if not peers:
             return False
-        ejected = sum(r.breaker.state != "closed" for r in replicas)
-        if ejected + 1 > s.max_ejected_fraction * len(replicas):
-            return False  # never eject so many that the rest drown
+        # Down (health), ejected, or ejected and on trial (half-open): not all it takes.
+        out = sum(not r.serving or r.breaker.state != "closed" for r in replicas)
+        if out + 1 > s.max_ejected_fraction * len(replicas):
+            return False  # never take out so many that the rest drown
         typical = statistics.median(r.latency.value for r in peers)
         if replica.latency.value <= max(s.outlier_factor * typical, typical + s.outlier_floor_s):
             return False

@@ -97,7 +97,10 @@ class SilverEngine:
             max_num_seqs=self._settings.max_num_seqs,
             kv_cache_memory_bytes=int(self._settings.kv_cache_gib * (1 << 30)),
             enforce_eager=True,
-            disable_log_stats=True,
+            enable_prefix_caching=self._settings.prefix_caching,
+            # On: vLLM's Prometheus counters (the prefix cache's among them) in this
+            # process's registry, served on Silver's metrics port.
+            disable_log_stats=False,
         )
         return AsyncLLM.from_engine_args(args)
 

@@ -30,6 +30,11 @@ class SilverSettings(BaseModel):
     max_model_len: int = Field(default=2048, gt=0)
     # KV cache size. vLLM's CPU default reserves a share of all RAM; be explicit.
     kv_cache_gib: float = Field(default=1.0, gt=0)
+    # vLLM's automatic prefix caching: a prompt that begins like an earlier one (a
+    # persona, a conversation's last turn) skips that part's prefill. The router's
+    # prefix-affine balancer sends a conversation where its prefix is. Its hit and query
+    # counters are exported as vllm:prefix_cache_hits / vllm:prefix_cache_queries.
+    prefix_caching: bool = True
     # Concurrent sequences the engine schedules together.
     max_num_seqs: int = Field(default=16, gt=0)
     # Empty: vLLM decides. "0-1" binds OpenMP threads to both cores here.

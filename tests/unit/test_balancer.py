@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import random
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -53,7 +54,9 @@ async def test_p2c_prefers_low_latency_and_few_outstanding(
     slow, busy, good = replicas.replicas
     slow.latency.observe(1.0)
     busy.outstanding = 20
-    picks = Counter(PowerOfTwoChoices(random.Random(1)).pick(replicas.replicas).address for _ in range(300))
+    picks = Counter(
+        PowerOfTwoChoices(random.Random(1)).pick(a_call(), replicas.replicas).address for _ in range(300)
+    )
     assert picks[good.address] > 190  # wins every pair it is in (2/3 of pairs)
     assert picks[slow.address] + picks[busy.address] < 110
 
@@ -90,6 +93,49 @@ async def test_a_replica_far_slower_than_its_peers_is_ejected() -> None:
             await drain(balancer.generate(a_call()))
         assert replicas.replicas[0].breaker.state == "open"
         assert replicas.replicas[1].breaker.state == "closed"
+
+
+async def test_the_survivor_of_a_dead_replica_is_not_ejected_for_taking_its_load() -> None:
+    # bench.affinity killed one of two Silver replicas: the survivor, slower with all the
+    # load, was compared with the dead one's old latency and ejected; 28 of 128 turns
+    # then failed with "no available silver replica".
+    survivor, dead = FakeBackend(Step(first_delay=0.06)), FakeBackend()
+    settings = BreakerSettings(outlier_min_samples=2, outlier_floor_s=0.02, outlier_factor=3)
+    async for replicas in replica_set(survivor, dead, expected_ttft_s=0.001, breaker=settings):
+        replicas.replicas[1].latency.observe(0.001)  # fast while it lived
+        replicas.replicas[1].serving = False  # then its health stream broke
+        balancer = Balancer(replicas, RoundRobin())
+        for _ in range(6):
+            await drain(balancer.generate(a_call()))
+        assert replicas.replicas[0].breaker.state == "closed"
+        assert len(survivor.calls) == 6
+
+
+async def test_outliers_never_take_out_more_than_the_allowed_share() -> None:
+    # Two replicas, the first on trial after an ejection (half-open): the second, slow
+    # because it took the first one's load, is not ejected too.
+    slow = FakeBackend(Step(first_delay=0.06))
+    settings = BreakerSettings(outlier_min_samples=2, outlier_floor_s=0.02, outlier_factor=3)
+    async for replicas in replica_set(FakeBackend(), slow, expected_ttft_s=0.001, breaker=settings):
+        on_trial, loaded = replicas.replicas
+        on_trial.latency.observe(0.001)
+        on_trial.breaker._open_until = 0.0  # ejected long ago: half-open now
+        assert on_trial.breaker.state == "half_open"
+        balancer = Balancer(replicas, PowerOfTwoChoices(random.Random(3)))
+        for _ in range(4):
+            await drain(balancer.generate(dataclasses.replace(a_call(), tried={on_trial.address})))
+        assert loaded.breaker.state == "closed"
+
+
+async def test_when_breakers_took_out_every_serving_replica_they_are_still_tried() -> None:
+    async for replicas in replica_set(FakeBackend(), FakeBackend()):
+        for replica in replicas.replicas:
+            replica.breaker.eject()  # both ejected, both SERVING by their health checks
+        out = await drain(Balancer(replicas, RoundRobin()).generate(a_call()))
+        assert out  # answered, not UNAVAILABLE
+        replicas.replicas[0].serving = replicas.replicas[1].serving = False
+        with pytest.raises(StatusError, match="no available silver replica"):
+            await drain(Balancer(replicas, RoundRobin()).generate(a_call()))
 
 
 async def test_no_replica_available_is_unavailable() -> None:

@@ -37,7 +37,7 @@ app.kubernetes.io/component: {{ .component }}
 {{- $_ := set $tiers "gold" (dict "protocol" "triton" "intent_encoder" "intent_encoder" "endpoints" (list (printf "dns:///%s-gold.%s.svc.cluster.local:8001" $name .Release.Namespace))) -}}
 {{- end -}}
 {{- if .Values.silver.enabled -}}
-{{- $_ := set $tiers "silver" (dict "endpoints" (list (printf "dns:///%s-silver.%s.svc.cluster.local:%d" $name .Release.Namespace (int .Values.silver.port)))) -}}
+{{- $_ := set $tiers "silver" (dict "balancer" .Values.silver.balancer "endpoints" (list (printf "dns:///%s-silver.%s.svc.cluster.local:%d" $name .Release.Namespace (int .Values.silver.port)))) -}}
 {{- end -}}
 {{- if .Values.bronze.enabled -}}
 {{- $_ := set $tiers "bronze" (dict "endpoints" (list (printf "%s-bronze.%s.svc.cluster.local:%d" $name .Release.Namespace (int .Values.bronze.port)))) -}}

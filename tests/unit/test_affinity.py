@@ -1,0 +1,177 @@
+"""Prefix-affine balancing (router/affinity.py, balancer.PrefixAffine): keys agree across
+router processes, a conversation stays on one replica, load stays bounded, and a
+replica's departure moves only its own keys, which come back when it does."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+from collections import Counter
+from collections.abc import AsyncIterator
+
+import pytest
+
+from router.affinity import HashRing, affinity_key, bounded_owner, capacity
+from router.call import Call
+from router.policies.balancer import Balancer, PrefixAffine
+from router.replicas import ReplicaSet
+from router.settings import AffinitySettings, BreakerSettings, TierSettings
+from tests.fakes import FakeBackend, a_call, drain
+
+ADDRESSES = [f"10.0.0.{i}:50061" for i in range(1, 5)]
+LEADING = AffinitySettings().leading_tokens
+
+
+def turn(session: str, n: int, npc: str = "guard-1") -> Call:
+    return a_call(session_id=session, npc_id=npc, prompt=f"turn {n} of {session}")
+
+
+async def replica_set(n: int) -> AsyncIterator[tuple[ReplicaSet, list[FakeBackend]]]:
+    settings = TierSettings(endpoints=ADDRESSES[:n], health_check=False)
+    replicas = ReplicaSet("silver", settings, BreakerSettings())
+    await replicas.start()
+    backends = [FakeBackend() for _ in range(n)]
+    for replica, backend in zip(replicas.replicas, backends, strict=True):
+        await replica.backend.close()
+        replica.backend = backend  # type: ignore[assignment]
+    yield replicas, backends
+    await replicas.close()
+
+
+@pytest.fixture
+async def four() -> AsyncIterator[tuple[ReplicaSet, list[FakeBackend]]]:
+    async for pair in replica_set(4):
+        yield pair
+
+
+def affine(replicas: ReplicaSet, load_factor: float = 1.25) -> Balancer:
+    settings = AffinitySettings(load_factor=load_factor)
+    return Balancer(replicas, PrefixAffine(settings, lambda: replicas.replicas))
+
+
+def owners(keys: list[bytes], members: list[str]) -> list[str]:
+    ring = HashRing(members)
+    return [bounded_owner(ring, key, dict.fromkeys(members, 0), 1.25) for key in keys]
+
+
+def test_every_router_process_maps_a_key_to_the_same_replica() -> None:
+    # Another interpreter, another hash seed, the replicas listed in another order: the
+    # same owners (Python's own hash() would differ).
+    keys = [f"session-{i}".encode() for i in range(200)]
+    here = owners(keys, ADDRESSES)
+    script = (
+        "import json, sys; from tests.unit.test_affinity import owners, ADDRESSES; "
+        "keys = [f'session-{i}'.encode() for i in range(200)]; "
+        "print(json.dumps(owners(keys, list(reversed(ADDRESSES)))))"
+    )
+    env = os.environ | {"PYTHONHASHSEED": "12345"}
+    there = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True
+    )
+    assert json.loads(there.stdout) == here
+    assert len(set(here)) == 4  # and the keys spread over every replica
+    assert min(Counter(here).values()) > 200 / 4 / 2
+
+
+def test_the_key_is_the_session_else_the_prompts_leading_blocks() -> None:
+    assert affinity_key(turn("s1", 1), LEADING) == affinity_key(turn("s1", 9), LEADING)
+    other_npc = dataclasses.replace(turn("s1", 1), npc_id="merchant-1")
+    assert affinity_key(turn("s1", 1), LEADING) != affinity_key(other_npc, LEADING)
+    # A blank session id says nothing (the edge refuses one; a Call made inside the
+    # router may still carry it): the prompt decides, and one that differs only past
+    # the leading blocks shares them.
+    blank = dataclasses.replace(a_call(prompt="x" * 300 + "one ending"), session_id="   ")
+    assert affinity_key(blank, LEADING) == affinity_key(a_call(prompt="x" * 300 + "another"), LEADING)
+    assert affinity_key(blank, LEADING) != affinity_key(a_call(prompt="y" * 300), LEADING)
+
+
+async def test_a_conversations_turns_reach_the_same_replica(
+    four: tuple[ReplicaSet, list[FakeBackend]],
+) -> None:
+    replicas, backends = four
+    balancer = affine(replicas)
+    for n in range(5):
+        for session in range(12):
+            await drain(balancer.generate(turn(f"s{session}", n)))
+    placed = {
+        call.session_id: i for i, backend in enumerate(backends) for call in backend.calls
+    }  # the last replica each session was seen on
+    for i, backend in enumerate(backends):
+        for call in backend.calls:
+            assert placed[call.session_id] == i, f"{call.session_id} moved"
+    assert sum(1 for b in backends if b.calls) >= 3  # conversations spread out
+
+
+async def test_load_is_bounded_by_the_factor_times_the_mean(
+    four: tuple[ReplicaSet, list[FakeBackend]],
+) -> None:
+    replicas, _ = four
+    picker = PrefixAffine(AffinitySettings(load_factor=1.25), lambda: replicas.replicas)
+    hot = turn("the-popular-one", 0)
+    for _ in range(40):  # 40 calls of one key, none finishing
+        bound = capacity({r.address: r.outstanding for r in replicas.replicas}, 1.25)
+        chosen = picker.pick(hot, replicas.replicas)
+        chosen.outstanding += 1
+        assert chosen.outstanding <= bound
+    loads = sorted(r.outstanding for r in replicas.replicas)
+    assert loads[-1] <= -(-1.25 * 40 // 4)  # ⌈1.25 × mean⌉ = 13, not 40 on one
+    assert loads[0] >= 1
+
+
+async def test_a_lost_replica_moves_only_its_keys_and_gets_them_back(
+    four: tuple[ReplicaSet, list[FakeBackend]],
+) -> None:
+    replicas, _ = four
+    picker = PrefixAffine(AffinitySettings(), lambda: replicas.replicas)
+    calls = [turn(f"s{i}", 0) for i in range(200)]
+    before = [picker.pick(call, replicas.replicas).address for call in calls]
+    lost = replicas.replicas[1]
+    lost.breaker.eject()  # ejected (or unhealthy): no longer a candidate
+    up = [r for r in replicas.replicas if r.available]
+    during = [picker.pick(call, up).address for call in calls]
+    assert lost.address not in during
+    moved = [i for i in range(200) if before[i] != during[i]]
+    assert moved  # its keys went elsewhere
+    assert all(before[i] == lost.address for i in moved)  # and only its keys
+    after = [picker.pick(call, replicas.replicas).address for call in calls]
+    assert after == before  # back when it is
+
+
+async def test_a_replica_that_leaves_discovery_moves_only_its_keys(
+    four: tuple[ReplicaSet, list[FakeBackend]],
+) -> None:
+    replicas, _ = four
+    known = list(replicas.replicas)
+    picker = PrefixAffine(AffinitySettings(), lambda: known)
+    calls = [turn(f"s{i}", 0) for i in range(200)]
+    before = [picker.pick(call, known).address for call in calls]
+    gone = known.pop(2)  # DNS no longer lists it: the ring is rebuilt without it
+    during = [picker.pick(call, known).address for call in calls]
+    assert all(d == b for b, d in zip(before, during, strict=True) if b != gone.address)
+    known.insert(2, gone)  # a new pod at the old address
+    assert [picker.pick(call, known).address for call in calls] == before
+
+
+async def test_a_retry_or_hedge_goes_to_the_next_replica_on_the_ring(
+    four: tuple[ReplicaSet, list[FakeBackend]],
+) -> None:
+    replicas, _ = four
+    balancer = affine(replicas)
+    call = turn("s1", 0)
+    ring = HashRing(ADDRESSES)
+    walk = list(ring.walk(affinity_key(call, LEADING)))
+    for expected in walk:
+        await drain(balancer.generate(call))  # the same call again: a retry, a hedge
+        assert expected in call.tried
+    assert call.tried == set(ADDRESSES)
+
+
+async def test_one_replica_behaves_as_today() -> None:
+    async for replicas, backends in replica_set(1):
+        balancer = affine(replicas)
+        for i in range(3):
+            await drain(balancer.generate(dataclasses.replace(turn(f"s{i}", 0), session_id="")))
+        assert len(backends[0].calls) == 3
