@@ -19,7 +19,7 @@ export PATH := $(abspath $(BIN)):$(PATH)
 PROTOS := $(shell find protos/tiermesh -name '*.proto')
 STUBS := tiermesh/v1/mesh_pb2.py tiermesh/tier/v1/tier_pb2.py
 
-.PHONY: help setup native protos model run test test-fast lint fuzz fuzz-smoke bench bench-tools contract-baseline certs load clean
+.PHONY: help setup native protos model run test test-fast lint fuzz fuzz-smoke bench bench-tools contract-baseline certs load clean examples
 
 help:
 	@echo "make run    install, prepare the model, start the local mesh and stream an NPC conversation"
@@ -98,8 +98,31 @@ lint: setup
 	cd protos && ../$(BUF) lint
 	cd protos && ../$(BUF) breaking --against baseline.binpb
 
-test: lint model fuzz-smoke
+test: lint model fuzz-smoke examples
 	$(BIN)/pytest -p no:cacheprovider
+
+# Game clients in other languages (examples/), run against the engine tests' mesh:
+# C++ with Debian's gRPC (what an Unreal plugin links), Node with @grpc/grpc-js.
+EXAMPLE_PROTOS := tiermesh/v1/mesh.proto grpc/health/v1/health.proto
+CPP_GEN := build/examples/cpp
+examples: $(CPP_GEN)/client examples/node/node_modules/.package-lock.json
+
+$(STAMPS)/debian-grpc:
+	command -v grpc_cpp_plugin >/dev/null && command -v protoc >/dev/null && pkg-config --exists grpc++ protobuf || \
+	  (apt-get update -q && apt-get install -y -q --no-install-recommends libgrpc++-dev protobuf-compiler-grpc \
+	    protobuf-compiler libprotobuf-dev g++ pkg-config)
+	mkdir -p $(STAMPS) && touch $@
+
+$(CPP_GEN)/client: examples/cpp/client.cc $(addprefix protos/,$(EXAMPLE_PROTOS)) | $(STAMPS)/debian-grpc
+	mkdir -p $(CPP_GEN)
+	protoc -Iprotos --cpp_out=$(CPP_GEN) --grpc_out=$(CPP_GEN) \
+	  --plugin=protoc-gen-grpc=$$(command -v grpc_cpp_plugin) $(EXAMPLE_PROTOS)
+	g++ -std=c++17 -O1 -Wall -Wextra -Werror -I$(CPP_GEN) -o $@ examples/cpp/client.cc \
+	  $(addprefix $(CPP_GEN)/,$(EXAMPLE_PROTOS:.proto=.pb.cc) $(EXAMPLE_PROTOS:.proto=.grpc.pb.cc)) \
+	  $$(pkg-config --cflags --libs grpc++ protobuf)
+
+examples/node/node_modules/.package-lock.json: examples/node/package.json examples/node/package-lock.json
+	cd examples/node && npm ci --silent --no-audit --no-fund
 
 test-fast: lint
 	$(BIN)/pytest -p no:cacheprovider -m "not engine"
@@ -155,4 +178,4 @@ contract-baseline: $(BUF)
 
 clean:
 	-$(BIN)/tiermesh down
-	rm -rf $(STAMPS) .run tiermesh/v1 tiermesh/tier
+	rm -rf $(STAMPS) .run tiermesh/v1 tiermesh/tier build/examples examples/node/node_modules

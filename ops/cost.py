@@ -105,6 +105,20 @@ def by_tier(url: str, promql: str, label: str = "tier") -> dict[str, float]:
     return found
 
 
+def counted(selector: str, window: str, by: str = "") -> str:
+    """PromQL for what the counters in `selector` counted within `window`, exactly, as
+    the processes' own counters say: each series' value now less its value at the
+    window's start (0 for a series that began within it: a process started in it).
+    increase() would extrapolate to the window's edges and miss what a series counted
+    before Prometheus first scraped it, so a short run's calls would not add up. A series
+    that went down (its process restarted) counts what it has counted since."""
+    grouping = f" by ({by})" if by else ""
+    # Arithmetic drops the metric name (+ 0, * 0) on both sides of each `or`, so its
+    # sides match by their labels alone.
+    start = f"(({selector} offset {window}) + 0 or {selector} * 0)"
+    return f"sum{grouping} (({selector} - {start}) >= 0 or {selector} + 0)"
+
+
 def from_prometheus(url: str, window_s: float) -> Usage:
     """Usage over the last `window_s`, or over the time Prometheus has data for, if
     shorter (so a mesh up for ten minutes is not billed for an hour)."""
@@ -116,17 +130,17 @@ def from_prometheus(url: str, window_s: float) -> Usage:
     c = f"{int(covered)}s"
     for tier, value in by_tier(url, f"max by (tier) (avg_over_time(tiermesh_router_replicas[{c}]))").items():
         usage.tiers[tier].replicas = value
-    ok = f'sum by (tier) (increase(tiermesh_router_requests_total{{code="OK"}}[{c}]))'
+    ok = counted('tiermesh_router_requests_total{code="OK"}', c, "tier")
     for tier, value in by_tier(url, ok).items():
         if tier in TIERS:
             usage.tiers[tier].requests = value
     for direction in ("in", "out"):
-        tokens = f'sum by (tier) (increase(tiermesh_router_tokens_total{{direction="{direction}"}}[{c}]))'
+        tokens = counted(f'tiermesh_router_tokens_total{{direction="{direction}"}}', c, "tier")
         for tier, value in by_tier(url, tokens).items():
             if tier in TIERS:
                 setattr(usage.tiers[tier], f"tokens_{direction}", value)
-    busy = by_tier(url, f"sum(increase(tiermesh_bronze_job_duration_seconds_sum[{c}]))")
-    jobs = by_tier(url, f'sum(increase(tiermesh_bronze_jobs_total{{state="SUCCEEDED"}}[{c}]))')
+    busy = by_tier(url, counted("tiermesh_bronze_job_duration_seconds_sum", c))
+    jobs = by_tier(url, counted('tiermesh_bronze_jobs_total{state="SUCCEEDED"}', c))
     usage.tiers["bronze"].busy_s = sum(busy.values())
     usage.tiers["bronze"].jobs = sum(jobs.values())
     return usage

@@ -16,7 +16,7 @@ import pytest
 from ops import dashboards
 from ops.cost import api, instant
 from ops.observability import rule_expressions, used_series
-from tests.engine.conftest import PROMETHEUS, ROUTER, Mesh
+from tests.engine.conftest import PROMETHEUS, ROUTER, Mesh, scrape
 from tests.fakes import request
 from tiermesh.v1 import mesh_pb2
 
@@ -85,6 +85,36 @@ async def test_cost_reads_the_real_prometheus(mesh: Mesh, mesh_stub: MeshAsyncSt
     )
     assert "silver" in table.stdout
     assert "total" in table.stdout
+
+
+async def test_costs_calls_agree_with_the_routers_counters(mesh: Mesh, mesh_stub: MeshAsyncStub) -> None:
+    # Counted with increase() it said 5 Gold calls where the router's counter said 7:
+    # extrapolation, and the calls made before Prometheus's first scrape.
+    for prompt in ("The player waves.", "The player draws a sword."):
+        await drain_call(mesh_stub, prompt)
+    await asyncio.sleep(2.5)  # the last calls scraped (every 1 s here)
+    router = await scrape(mesh.router_metrics)
+    counted: dict[str, float] = {}
+    for key, value in router.items():
+        if key.startswith("tiermesh_router_requests_total{") and 'code="OK"' in key:
+            tier = key.split('tier="')[1].split('"')[0]
+            counted[tier] = counted.get(tier, 0.0) + value
+    command = [sys.executable, "-m", "ops.cli", "cost", "--config", str(mesh.config)]
+    command += ["--prometheus", PROMETHEUS, "--window", "24h", "--json"]
+    result = await asyncio.to_thread(subprocess.run, command, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    usage = {row["tier"]: row["usage"]["requests"] for row in json.loads(result.stdout)["tiers"]}
+    assert counted.get("gold", 0) > 0
+    for tier in ("gold", "silver", "bronze"):
+        assert usage.get(tier, 0.0) == pytest.approx(counted.get(tier, 0.0)), (tier, usage, counted)
+
+
+async def drain_call(stub: MeshAsyncStub, prompt: str) -> None:
+    call = stub.Generate(
+        request(npc_id="guard-1", prompt=prompt, task=mesh_pb2.TASK_INTENT, bypass_cache=True), timeout=5
+    )
+    async for _ in call:
+        pass
 
 
 @pytest.mark.parametrize("name", ["intent", "dialogue"])

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import helm_python as helm
+import kubernetes_validate
 import pytest
 import yaml
 
@@ -165,3 +166,43 @@ def test_values_schema_refuses_bad_values() -> None:
         chart.validate_schema({"router": {"port": "fifty"}})
     with pytest.raises(helm.HelmError):
         chart.validate_schema({"auth": {"enabled": True, "apiKeys": [{"client_id": "x", "sha256": "short"}]}})
+
+
+# The Prometheus Operator's kinds: no schema of Kubernetes' own covers them.
+OPERATOR_KINDS = {
+    ("monitoring.coreos.com/v1", "ServiceMonitor"),
+    ("monitoring.coreos.com/v1", "PrometheusRule"),
+}
+
+
+def supported_versions() -> list[str]:
+    """Every Kubernetes version kubernetes-validate carries from the chart's kubeVersion
+    floor on."""
+    floor = yaml.safe_load((CHART / "Chart.yaml").read_text())["kubeVersion"]
+    low = tuple(int(part) for part in floor.strip(">=").split("-")[0].split(".")[:2])
+    newest = int(kubernetes_validate.latest_version().split(".")[1])
+    return [f"1.{minor}.0" for minor in range(low[1], newest + 1)]
+
+
+def test_every_manifest_validates_against_the_kubernetes_versions_the_chart_claims(
+    rendered: Rendered,
+) -> None:
+    versions = supported_versions()
+    assert versions[0] == "1.27.0"
+    assert len(versions) >= 5
+    checked = 0
+    for doc in rendered[1]:
+        if (doc["apiVersion"], doc["kind"]) in OPERATOR_KINDS:
+            continue
+        for version in versions:
+            # strict: a field Kubernetes does not know is an error, not ignored.
+            kubernetes_validate.validate(doc, version, strict=True)
+        checked += 1
+    assert checked >= 10
+
+
+def test_a_manifest_kubernetes_would_refuse_is_caught(rendered: Rendered) -> None:
+    deployment = next(doc for doc in rendered[1] if doc["kind"] == "Deployment")
+    broken = {**deployment, "spec": {**deployment["spec"], "replica": 2}}  # a misspelt field
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(broken, "1.27.0", strict=True)
