@@ -73,6 +73,22 @@ async def test_dialogue_streams_coherent_text_from_silver(mesh_stub: MeshAsyncSt
     assert last.usage.time_to_first_token.ToNanoseconds() > 0
 
 
+async def test_silver_caches_prefixes_and_exports_the_counters(mesh: Mesh, mesh_stub: MeshAsyncStub) -> None:
+    # The same persona and line twice: the second prompt's prefix is in vLLM's cache.
+    before = await scrape(mesh.silver_metrics)
+    for _ in range(2):
+        await reply(mesh_stub, ask("Tell me about the old watchtower on the hill, guard.", max_tokens=4))
+    after = await scrape(mesh.silver_metrics)
+
+    def total(samples: dict[str, float], name: str) -> float:
+        return sum(v for k, v in samples.items() if k.startswith(f"vllm:{name}_total"))
+
+    queried = total(after, "prefix_cache_queries") - total(before, "prefix_cache_queries")
+    hits = total(after, "prefix_cache_hits") - total(before, "prefix_cache_hits")
+    assert queried > 40  # both prompts' tokens
+    assert hits >= 16  # at least a block of the second prompt came from the cache
+
+
 async def test_greedy_and_seeded_sampling_are_reproducible(mesh_stub: MeshAsyncStub) -> None:
     greedy = ask("What is your name?", max_tokens=16)
     seeded = ask(

@@ -15,9 +15,7 @@ REGION = re.compile(r"^[ \t]*// \[START ([\w-]+)\]\n(.*?)^[ \t]*// \[END \1\]\n"
 
 
 def regions(path: Path) -> dict[str, str]:
-    return {
-        name: textwrap.dedent(body).rstrip("\n") for name, body in REGION.findall(path.read_text())
-    }
+    return {name: textwrap.dedent(body).rstrip("\n") for name, body in REGION.findall(path.read_text())}
 
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
