@@ -9,6 +9,7 @@ Bronze per SageMaker instance-hour while jobs run, or per job when priced so.
 from __future__ import annotations
 
 import json
+import math
 import time
 import urllib.parse
 import urllib.request
@@ -84,14 +85,23 @@ def instant(url: str, promql: str) -> list[dict[str, object]]:
 
 
 def first_sample(url: str, selector: str, window_s: float) -> float | None:
-    """When, within the last `window_s`, Prometheus first has `selector` (a range
-    query at ~1000 steps: precise to a thousandth of the window)."""
+    """When, within the last `window_s`, Prometheus first has `selector`, to the second:
+    a range query at ~1000 steps finds the step, then one within that step finds the
+    second (a 24 h window's steps are 86 s: one pass alone put a mesh up for minutes
+    at "1 s of data", and counted nothing)."""
     end = time.time()
+    start = end - window_s
     step = max(window_s / 1000, 1.0)
-    data = api(url, "query_range", query=selector, start=end - window_s, end=end, step=step)
-    assert isinstance(data, dict)
-    times = [float(series["values"][0][0]) for series in data["result"] if series["values"]]
-    return min(times, default=None)
+    while True:
+        data = api(url, "query_range", query=selector, start=start, end=end, step=step)
+        assert isinstance(data, dict)
+        times = [float(series["values"][0][0]) for series in data["result"] if series["values"]]
+        if not times:
+            return None
+        first = min(times)
+        if step <= 1.0:
+            return first
+        start, end, step = max(start, first - step), first, max(step / 1000, 1.0)
 
 
 def by_tier(url: str, promql: str, label: str = "tier") -> dict[str, float]:
@@ -125,22 +135,29 @@ def from_prometheus(url: str, window_s: float) -> Usage:
     first = first_sample(url, 'up{job="tiermesh-router"}', window_s)
     if first is None:
         raise PrometheusError(f"Prometheus at {url} has no tiermesh-router target data")
-    covered = min(window_s, max(time.time() - first, 1.0))
+    age = time.time() - first
+    covered = min(window_s, max(age, 1.0))
     usage = Usage(source=url, window_s=covered)
     c = f"{int(covered)}s"
+    # Counted from the window's start; when Prometheus's data begins inside the window,
+    # from before its first scrape (the offset finds no sample there, so a counter counts
+    # from 0): the calls made before that scrape count too. Beside a mesh started with
+    # its Prometheus that is every call; beside one Prometheus joined late, it counts
+    # what its processes did before, as of their start.
+    since = c if age >= window_s else f"{math.ceil(age) + 1}s"
     for tier, value in by_tier(url, f"max by (tier) (avg_over_time(tiermesh_router_replicas[{c}]))").items():
         usage.tiers[tier].replicas = value
-    ok = counted('tiermesh_router_requests_total{code="OK"}', c, "tier")
+    ok = counted('tiermesh_router_requests_total{code="OK"}', since, "tier")
     for tier, value in by_tier(url, ok).items():
         if tier in TIERS:
             usage.tiers[tier].requests = value
     for direction in ("in", "out"):
-        tokens = counted(f'tiermesh_router_tokens_total{{direction="{direction}"}}', c, "tier")
+        tokens = counted(f'tiermesh_router_tokens_total{{direction="{direction}"}}', since, "tier")
         for tier, value in by_tier(url, tokens).items():
             if tier in TIERS:
                 setattr(usage.tiers[tier], f"tokens_{direction}", value)
-    busy = by_tier(url, counted("tiermesh_bronze_job_duration_seconds_sum", c))
-    jobs = by_tier(url, counted('tiermesh_bronze_jobs_total{state="SUCCEEDED"}', c))
+    busy = by_tier(url, counted("tiermesh_bronze_job_duration_seconds_sum", since))
+    jobs = by_tier(url, counted('tiermesh_bronze_jobs_total{state="SUCCEEDED"}', since))
     usage.tiers["bronze"].busy_s = sum(busy.values())
     usage.tiers["bronze"].jobs = sum(jobs.values())
     return usage

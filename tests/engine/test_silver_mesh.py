@@ -74,10 +74,14 @@ async def test_dialogue_streams_coherent_text_from_silver(mesh_stub: MeshAsyncSt
 
 
 async def test_silver_caches_prefixes_and_exports_the_counters(mesh: Mesh, mesh_stub: MeshAsyncStub) -> None:
-    # The same persona and line twice: the second prompt's prefix is in vLLM's cache.
+    # The same persona and a long line twice: the second prompt's prefix is in vLLM's
+    # cache. Long: vLLM caches whole blocks only (on CPU, of 128 tokens).
+    line = " ".join(
+        f"Last night I saw light number {i} move in the old watchtower on the hill." for i in range(30)
+    )
     before = await scrape(mesh.silver_metrics)
     for _ in range(2):
-        await reply(mesh_stub, ask("Tell me about the old watchtower on the hill, guard.", max_tokens=4))
+        await reply(mesh_stub, ask(line, max_tokens=4))
     after = await scrape(mesh.silver_metrics)
 
     def total(samples: dict[str, float], name: str) -> float:
@@ -85,8 +89,8 @@ async def test_silver_caches_prefixes_and_exports_the_counters(mesh: Mesh, mesh_
 
     queried = total(after, "prefix_cache_queries") - total(before, "prefix_cache_queries")
     hits = total(after, "prefix_cache_hits") - total(before, "prefix_cache_hits")
-    assert queried > 40  # both prompts' tokens
-    assert hits >= 16  # at least a block of the second prompt came from the cache
+    assert queried > 2 * 400  # both prompts' tokens
+    assert hits >= 256  # most of the second prompt came from the cache
 
 
 async def test_greedy_and_seeded_sampling_are_reproducible(mesh_stub: MeshAsyncStub) -> None:
