@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import threading
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -53,6 +54,10 @@ def structured(sampling: Sampling) -> Any:
     if sampling.regex:
         return StructuredOutputsParams(regex=sampling.regex)
     return None
+
+
+# How long vLLM's engine process gets to exit before it is killed.
+SHUTDOWN_TIMEOUT_S = 1.5
 
 
 class SilverEngine:
@@ -183,7 +188,22 @@ class SilverEngine:
     def shutdown(self) -> None:
         llm, self._llm = self._llm, None
         if llm is not None:
-            llm.shutdown()
+            # Its output handler task still awaits the engine's outputs: stopped first,
+            # or it wakes to the dead engine and logs EngineDeadError's traceback.
+            # This runs in a worker thread: the task is cancelled on its own loop.
+            handler = getattr(llm, "output_handler", None)
+            if handler is not None and not handler.done():
+                cancelled = threading.Event()
+
+                def cancel() -> None:
+                    handler.cancel()
+                    cancelled.set()
+
+                handler.get_loop().call_soon_threadsafe(cancel)
+                cancelled.wait(1.0)
+            # vLLM waits 5 s by default for its engine process; its worker is done in
+            # ~3 s and then sits on teardown. A mesh's stop must take under 5 s.
+            llm.shutdown(timeout=SHUTDOWN_TIMEOUT_S)
             # AsyncLLM shuts down again when it is collected, which for vLLM's own
             # references is at interpreter exit, when its module globals are gone
             # (TypeError in __del__): once is enough.
