@@ -168,7 +168,14 @@ class TierPlanner:
             return None
         if not estimate.start_probe(self._clock(), cut_at):
             return None
-        return Step(tier, cut_at - rest * estimate.token_prior, call.max_tokens, probe=True)
+        max_tokens = call.max_tokens
+        if call.task not in WHOLE:
+            # Shortened as rule 3 would, at the prior rate: the tier ends the answer
+            # itself, rather than a timer at the cut-off.
+            left = cut_at - self._clock() - estimate.ttft_prior
+            fits = 1 + math.floor(max(0.0, left) / max(estimate.token_prior, 1e-6))
+            max_tokens = max(self.min_tokens(call), min(call.max_tokens, fits))
+        return Step(tier, cut_at - rest * estimate.token_prior, max_tokens, probe=True)
 
     def left(self, cut_at: float) -> float:
         return cut_at - self._clock()

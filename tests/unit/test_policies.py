@@ -330,6 +330,7 @@ def test_a_tier_passed_over_on_a_burst_record_is_probed_one_call_at_a_time() -> 
     assert step is not None
     assert (step.tier, step.probe, passed) == ("silver", True, [])
     assert step.start_by == pytest.approx(cut_at - 7 * 0.07)  # its minimal answer at the prior rate
+    assert step.max_tokens == 1 + int((1.99 - 0.25) / 0.07)  # 25 of 64: what fits at that rate
     assert plan.next_step(call, [], cut_at, last_resort=True)[0] is None  # one at a time
     tiers["silver"].task("dialogue").end_probe()
     step, _ = plan.next_step(call, [], cut_at, last_resort=True)
