@@ -66,7 +66,7 @@ class PrefixAffine:
             return candidates[0]
         # The ring holds every known replica, up or not: one that is down keeps its
         # place, so its keys return to it, and the others' keys never move.
-        members = {r.address for r in self._known()} | {r.address for r in candidates}
+        members = {r.address for r in self._known()}
         if members != self._ring.members:  # discovery added or removed replicas
             self._ring = HashRing(members, self._settings.virtual_nodes)
         key = affinity_key(call, self._settings.leading_tokens)

@@ -153,9 +153,14 @@ class TierPlanner:
         if call.task not in WHOLE:
             # A streamed answer must start early enough to stream its minimal length.
             start_by = min(start_by, cut_at - (self.min_tokens(call) - 1) * need.token_s)
-            fits = 1 + math.floor(max(0.0, left - need.ttft) / max(need.token_s, 1e-6))
-            max_tokens = max(self.min_tokens(call), min(call.max_tokens, fits))
+            max_tokens = self.fitting(call, left - need.ttft, need.token_s)
         return Step(best, start_by, max_tokens), passed
+
+    def fitting(self, call: Call, streaming_s: float, token_s: float) -> int:
+        """The call's max_tokens lowered to what `streaming_s` of streaming at `token_s`
+        a token fits (the first token included), never below min_tokens (rule 3)."""
+        fits = 1 + math.floor(max(0.0, streaming_s) / max(token_s, 1e-6))
+        return max(self.min_tokens(call), min(call.max_tokens, fits))
 
     def _probe(self, call: Call, tier: TierName, need: Need, cut_at: float) -> Step | None:
         """The best tier, tried although its record says it is too slow, when its
@@ -163,18 +168,18 @@ class TierPlanner:
         keeps it out; given the time left to start, less what its minimal answer takes at
         the configured rate."""
         estimate = self._estimates[tier].task(call.task)
+        now = self._clock()
+        left = cut_at - now
         rest = 0 if call.task in WHOLE else self.min_tokens(call) - 1
-        if need.wait > 0 or estimate.ttft_prior + rest * estimate.token_prior > cut_at - self._clock():
+        if need.wait > 0 or estimate.ttft_prior + rest * estimate.token_prior > left:
             return None
-        if not estimate.start_probe(self._clock(), cut_at):
+        if not estimate.start_probe(now, cut_at):
             return None
         max_tokens = call.max_tokens
         if call.task not in WHOLE:
             # Shortened as rule 3 would, at the prior rate: the tier ends the answer
             # itself, rather than a timer at the cut-off.
-            left = cut_at - self._clock() - estimate.ttft_prior
-            fits = 1 + math.floor(max(0.0, left) / max(estimate.token_prior, 1e-6))
-            max_tokens = max(self.min_tokens(call), min(call.max_tokens, fits))
+            max_tokens = self.fitting(call, left - estimate.ttft_prior, estimate.token_prior)
         return Step(tier, cut_at - rest * estimate.token_prior, max_tokens, probe=True)
 
     def left(self, cut_at: float) -> float:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import threading
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -185,22 +184,18 @@ class SilverEngine:
                 await stream.aclose()
                 await self._llm.abort(request_id)
 
+    async def close(self) -> None:
+        """Stop the engine, from the loop that serves it. vLLM's output handler task still
+        awaits the engine's outputs: cancelled first, or it wakes to the dead engine and
+        logs EngineDeadError's traceback. The shutdown itself blocks: in a thread."""
+        handler = getattr(self._llm, "output_handler", None)
+        if handler is not None:
+            handler.cancel()
+        await asyncio.to_thread(self.shutdown)
+
     def shutdown(self) -> None:
         llm, self._llm = self._llm, None
         if llm is not None:
-            # Its output handler task still awaits the engine's outputs: stopped first,
-            # or it wakes to the dead engine and logs EngineDeadError's traceback.
-            # This runs in a worker thread: the task is cancelled on its own loop.
-            handler = getattr(llm, "output_handler", None)
-            if handler is not None and not handler.done():
-                cancelled = threading.Event()
-
-                def cancel() -> None:
-                    handler.cancel()
-                    cancelled.set()
-
-                handler.get_loop().call_soon_threadsafe(cancel)
-                cancelled.wait(1.0)
             # vLLM waits 5 s by default for its engine process; its worker is done in
             # ~3 s and then sits on teardown. A mesh's stop must take under 5 s.
             llm.shutdown(timeout=SHUTDOWN_TIMEOUT_S)

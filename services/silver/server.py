@@ -180,7 +180,7 @@ class Silver:
         self.loading.cancel()
         await self.serving.set_serving(False)
         await self.serving.server.stop(grace)
-        await asyncio.to_thread(self.engine.shutdown)
+        await self.engine.close()
 
 
 async def start_silver(
