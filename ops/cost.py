@@ -92,16 +92,19 @@ def first_sample(url: str, selector: str, window_s: float) -> float | None:
     end = time.time()
     start = end - window_s
     step = max(window_s / 1000, 1.0)
+    found: float | None = None
     while True:
         data = api(url, "query_range", query=selector, start=start, end=end, step=step)
         assert isinstance(data, dict)
         times = [float(series["values"][0][0]) for series in data["result"] if series["values"]]
         if not times:
-            return None
-        first = min(times)
+            # The finer pass's steps can all fall before a sample that lies just before
+            # the coarser pass's step: the coarser answer stands.
+            return found
+        found = min(times)
         if step <= 1.0:
-            return first
-        start, end, step = max(start, first - step), first, max(step / 1000, 1.0)
+            return found
+        start, end, step = max(start, found - step), found, max(step / 1000, 1.0)
 
 
 def by_tier(url: str, promql: str, label: str = "tier") -> dict[str, float]:
