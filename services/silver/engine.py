@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -136,7 +136,7 @@ class SilverEngine:
 
     async def generate(
         self, request_id: str, messages: Sequence[Message], sampling: Sampling
-    ) -> AsyncIterator[Delta]:
+    ) -> AsyncGenerator[Delta, None]:
         """Stream deltas. Closing the iterator early (caller cancelled, deadline
         passed) aborts the engine request."""
         from vllm import SamplingParams

@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 
 import grpc
-from opentelemetry.trace import SpanKind
+from opentelemetry.trace import Span, SpanKind
 from prometheus_client import Counter, Gauge
 
-from services.silver.engine import Sampling, SilverEngine
+from services.silver.engine import Delta, Sampling, SilverEngine
 from services.silver.settings import SilverSettings
 from services.silver.tools import ToolBox, ToolError, parse_call
 from tiermesh import tracing
@@ -65,6 +66,19 @@ def to_sampling(request: tier_pb2.GenerateRequest, defaults: SilverSettings) -> 
     )
 
 
+def to_response(delta: Delta, index: int, span: Span) -> tier_pb2.GenerateResponse:
+    response = tier_pb2.GenerateResponse(text=delta.text, index=index, tier=mesh_pb2.TIER_SILVER)
+    if delta.finish_reason is not None:
+        response.finish_reason = FINISH_REASONS.get(delta.finish_reason, mesh_pb2.FINISH_REASON_STOP)
+        response.usage.prompt_tokens = delta.prompt_tokens
+        response.usage.completion_tokens = delta.completion_tokens
+        TOKENS.inc(delta.completion_tokens)
+        span.set_attributes(
+            {"prompt_tokens": delta.prompt_tokens, "completion_tokens": delta.completion_tokens}
+        )
+    return response
+
+
 class SilverServicer(tier_pb2_grpc.TierServiceServicer):
     def __init__(self, engine: SilverEngine, settings: SilverSettings, tools: ToolBox | None = None) -> None:
         self._engine = engine
@@ -75,7 +89,7 @@ class SilverServicer(tier_pb2_grpc.TierServiceServicer):
         self,
         request: tier_pb2.GenerateRequest,
         context: grpc.aio.ServicerContext[tier_pb2.GenerateRequest, tier_pb2.GenerateResponse],
-    ) -> AsyncIterator[tier_pb2.GenerateResponse]:
+    ) -> AsyncGenerator[tier_pb2.GenerateResponse, None]:
         RUNNING.inc()
         outcome = "error"
         parent = tracing.extract(context.invocation_metadata())
@@ -84,29 +98,26 @@ class SilverServicer(tier_pb2_grpc.TierServiceServicer):
             messages = to_messages(request)
             sampling = to_sampling(request, self._settings)
             index = 0
-            async for event in self._use_tools(request, messages, context.time_remaining()):
-                yield tier_pb2.GenerateResponse(index=index, tier=mesh_pb2.TIER_SILVER, tool=event)
-                index += 1
-            async for delta in self._engine.generate(request.request_id, messages, sampling):
-                response = tier_pb2.GenerateResponse(text=delta.text, index=index, tier=mesh_pb2.TIER_SILVER)
-                if delta.finish_reason is not None:
-                    response.finish_reason = FINISH_REASONS.get(
-                        delta.finish_reason, mesh_pb2.FINISH_REASON_STOP
-                    )
-                    response.usage.prompt_tokens = delta.prompt_tokens
-                    response.usage.completion_tokens = delta.completion_tokens
-                    TOKENS.inc(delta.completion_tokens)
-                    span.set_attributes(
-                        {"prompt_tokens": delta.prompt_tokens, "completion_tokens": delta.completion_tokens}
-                    )
-                index += 1
-                yield response
+            # aclosing: when this handler is closed at a yield, the inner streams are closed
+            # (and the engine request aborted) now, not whenever the collector gets to them.
+            tools = self._use_tools(request, messages, context.time_remaining())
+            async with contextlib.aclosing(tools):
+                async for event in tools:
+                    yield tier_pb2.GenerateResponse(index=index, tier=mesh_pb2.TIER_SILVER, tool=event)
+                    index += 1
+            deltas = self._engine.generate(request.request_id, messages, sampling)
+            async with contextlib.aclosing(deltas):
+                async for delta in deltas:
+                    yield to_response(delta, index, span)
+                    index += 1
             outcome = "ok"
         except StatusError as e:
             outcome = "rejected"
             await context.abort(e.code, e.message)
-        except asyncio.CancelledError:
-            outcome = "cancelled"  # caller went away or its deadline passed
+        except (asyncio.CancelledError, GeneratorExit):
+            # The caller went away or its deadline passed. grpc cancels the handler's task
+            # while it awaits, or closes the handler at a yield while a response is written.
+            outcome = "cancelled"
             raise
         finally:
             RUNNING.dec()
@@ -116,7 +127,7 @@ class SilverServicer(tier_pb2_grpc.TierServiceServicer):
 
     async def _use_tools(
         self, request: tier_pb2.GenerateRequest, messages: list[Message], remaining_s: float | None
-    ) -> AsyncIterator[mesh_pb2.ToolEvent]:
+    ) -> AsyncGenerator[mesh_pb2.ToolEvent, None]:
         """Let the model look at the game world first: each tool call is announced,
         made with a timeout, and its result added to the system text (`messages`
         is updated in place). Any trouble means: answer without that tool."""
