@@ -6,7 +6,7 @@ session_id (one series per NPC would sink Prometheus)."""
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from prometheus_client import Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
@@ -18,6 +18,21 @@ if TYPE_CHECKING:
     from router.replicas import ReplicaSet
     from router.settings import RouterSettings
     from tiermesh.config import TierName
+
+M = TypeVar("M", Counter, Gauge, Histogram)
+_SERIES: dict[tuple[Any, ...], Any] = {}
+
+
+def series(metric: M, *labels: str) -> M:
+    """`metric.labels(*labels)`, looked up once: every call records about ten series at
+    its end, and prometheus_client checks and locks on each `labels()`. The labels are
+    bounded (see above), and so is this."""
+    key = (metric, *labels)
+    child = _SERIES.get(key)
+    if child is None:
+        child = _SERIES[key] = metric.labels(*labels)
+    return child
+
 
 # Fine below 16 ms for Gold's SLO, coarse up to Bronze's seconds.
 LATENCY_BUCKETS = (

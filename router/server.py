@@ -110,28 +110,28 @@ def record(
 ) -> None:
     """A stream's metrics, once at its end (never per token). `priority` is empty for
     a request refused before it had one."""
-    metrics.REQUESTS.labels(task, tier, code.name).inc()
+    metrics.series(metrics.REQUESTS, task, tier, code.name).inc()
     if priority:
-        metrics.CLASS_REQUESTS.labels(priority, tenant, code.name).inc()
+        metrics.series(metrics.CLASS_REQUESTS, priority, tenant, code.name).inc()
         if messages:
-            metrics.CLASS_TIME_TO_FIRST_TOKEN.labels(priority).observe(ttft)
+            metrics.series(metrics.CLASS_TIME_TO_FIRST_TOKEN, priority).observe(ttft)
         if usage is not None:
-            metrics.CLASS_TOKENS.labels(priority, tenant, "in").inc(usage.prompt_tokens)
-            metrics.CLASS_TOKENS.labels(priority, tenant, "out").inc(usage.completion_tokens)
-    metrics.DEADLINE_OUTCOMES.labels(task, outcome(code, tier, finish)).inc()
+            metrics.series(metrics.CLASS_TOKENS, priority, tenant, "in").inc(usage.prompt_tokens)
+            metrics.series(metrics.CLASS_TOKENS, priority, tenant, "out").inc(usage.completion_tokens)
+    metrics.series(metrics.DEADLINE_OUTCOMES, task, outcome(code, tier, finish)).inc()
     if not messages:
         return
     duration = time.monotonic() - received
-    metrics.TIME_TO_FIRST_TOKEN.labels(task, tier).observe(ttft)
-    metrics.REQUEST_DURATION.labels(task, tier).observe(duration)
-    metrics.STREAM_MESSAGES.labels(task, tier).inc(messages)
+    metrics.series(metrics.TIME_TO_FIRST_TOKEN, task, tier).observe(ttft)
+    metrics.series(metrics.REQUEST_DURATION, task, tier).observe(duration)
+    metrics.series(metrics.STREAM_MESSAGES, task, tier).inc(messages)
     # Coalescing merges deltas: the tier's token count, when it gives one, is the truth.
     tokens = usage.completion_tokens if usage is not None and usage.completion_tokens else messages
     if tokens > 1:
-        metrics.INTER_TOKEN.labels(task, tier).observe((duration - ttft) / (tokens - 1))
+        metrics.series(metrics.INTER_TOKEN, task, tier).observe((duration - ttft) / (tokens - 1))
     if usage is not None:
-        metrics.TOKENS.labels(task, tier, "in").inc(usage.prompt_tokens)
-        metrics.TOKENS.labels(task, tier, "out").inc(usage.completion_tokens)
+        metrics.series(metrics.TOKENS, task, tier, "in").inc(usage.prompt_tokens)
+        metrics.series(metrics.TOKENS, task, tier, "out").inc(usage.completion_tokens)
 
 
 class MeshServicer(mesh_pb2_grpc.MeshServicer):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 import math
 import time
 from collections import deque
@@ -53,21 +54,28 @@ class Window:
         self._values: deque[tuple[float, float]] = deque(maxlen=size)  # (when, value), oldest first
         self._max_age_s = max_age_s
         self._clock = clock
-        # Sorted once per change, not per query: the planner and hedging ask on every
-        # call, mostly of windows that have not moved since.
-        self._ordered: list[float] | None = None
+        # The same values, kept sorted as they come and go: the planner asks for
+        # quantiles on every call, and nearly every call also observes, so sorting on
+        # demand sorted the whole window once a call.
+        self._ordered: list[float] = []
 
     def observe(self, value: float) -> None:
+        if not math.isfinite(value):
+            return  # a NaN has no place in an order
+        if len(self._values) == self._values.maxlen:
+            self._forget(self._values[0][1])
         self._values.append((self._clock() if self._max_age_s is not None else 0.0, value))
-        self._ordered = None
+        bisect.insort(self._ordered, value)
+
+    def _forget(self, value: float) -> None:
+        del self._ordered[bisect.bisect_left(self._ordered, value)]
 
     def _expire(self) -> None:
         if self._max_age_s is None:
             return
         oldest = self._clock() - self._max_age_s
         while self._values and self._values[0][0] < oldest:
-            self._values.popleft()
-            self._ordered = None
+            self._forget(self._values.popleft()[1])
 
     def __len__(self) -> int:
         self._expire()
@@ -79,10 +87,8 @@ class Window:
 
     def quantile(self, q: float) -> float | None:
         self._expire()
-        if not self._values:
+        if not self._ordered:
             return None
-        if self._ordered is None:
-            self._ordered = sorted(value for _, value in self._values)
         return nearest_rank(self._ordered, q)
 
 

@@ -1,5 +1,7 @@
+import random
+
 from router.estimates import TaskEstimate
-from router.stats import Breaker, PeakEwma, RetryBudget
+from router.stats import Breaker, PeakEwma, RetryBudget, Window, nearest_rank
 from tests.fakes import FakeClock
 
 
@@ -92,3 +94,21 @@ def test_a_quantile_follows_each_new_observation_and_the_window_slides() -> None
     latency.observe_first(0.5)  # asked before: the answer must not be the old order's
     assert latency.ttft(0.99) == 0.5
     assert latency.ttft(0.0) == 0.02  # 0.01 left the window
+
+
+def test_a_window_answers_as_sorting_its_live_values_would() -> None:
+    clock = FakeClock()
+    window = Window(size=50, max_age_s=10.0, clock=clock)
+    rng = random.Random(7)
+    for step in range(2000):
+        # Repeated values too: the one that leaves must be removed once, not all of it.
+        window.observe(rng.choice([0.5, 1.0, rng.random()]))
+        clock.advance(rng.random() * 0.5)
+        if step % 7 == 0:
+            live = sorted(window.values())
+            for q in (0.0, 0.5, 0.95, 1.0):
+                assert window.quantile(q) == (nearest_rank(live, q) if live else None)
+    clock.advance(11.0)
+    assert window.quantile(0.5) is None  # everything aged out
+    window.observe(float("nan"))
+    assert len(window) == 0
