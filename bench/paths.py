@@ -109,6 +109,12 @@ def rss_kb(pid: int) -> int:
     return proc_kb(pid, "status", "VmRSS")
 
 
+def cpu_s(pid: int) -> float:
+    """CPU time the process has used, user and system, in seconds (/proc/<pid>/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def children(pid: int) -> list[int]:
     return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
 
@@ -121,9 +127,12 @@ class Processes:
         self.popen: dict[str, subprocess.Popen[bytes]] = {}
         self._errors = (work / "err.log").open("ab")
 
-    def start(self, name: str, command: list[str], env: Mapping[str, str] | None = None) -> None:
+    def start(
+        self, name: str, command: list[str], env: Mapping[str, str] | None = None, cwd: Path | None = None
+    ) -> None:
+        environment = {**os.environ, **(env or {})}
         self.popen[name] = subprocess.Popen(
-            command, stdout=subprocess.DEVNULL, stderr=self._errors, env={**os.environ, **(env or {})}
+            command, stdout=subprocess.DEVNULL, stderr=self._errors, env=environment, cwd=cwd
         )
 
     def backend(self, name: str, listen: str, pace_ms: float = 0.0) -> None:
@@ -137,10 +146,21 @@ class Processes:
         command = ["--listen", listen, "--backend", backend, *flags]
         self.start(name, [sys.executable, "-m", f"bench.{module}", *command])
 
-    def router(self, name: str, config: dict[str, Any], env: Mapping[str, str] | None = None) -> None:
+    def router(
+        self,
+        name: str,
+        config: dict[str, Any],
+        env: Mapping[str, str] | None = None,
+        checkout: Path | None = None,
+    ) -> None:
+        """A router from this checkout, or from another one (bench/proxy_revisions.py):
+        `python -m` there imports that checkout's code first."""
         path = self.work / f"{name.replace(' ', '_')}.yaml"
         path.write_text(yaml.safe_dump(config))
-        self.start(name, [sys.executable, "-m", "ops.cli", "router", "--config", str(path)], env)
+        # The command line moved from tiermesh/cli.py to ops/cli.py with the floors (#25).
+        cli = "ops.cli" if (checkout or Path()).joinpath("ops", "cli.py").exists() else "tiermesh.cli"
+        command = [sys.executable, "-m", cli, "router", "--config", str(path.resolve())]
+        self.start(name, command, env, checkout)
         wait_serving(name, config["router"]["listen"], 60)
 
     def nginx(self, routes: Mapping[str, str]) -> None:
