@@ -302,7 +302,7 @@ def up(
         pass
     finally:
         if not detach:
-            console.print(f"stopped: {', '.join(mesh.down())}")
+            console.print(f"stopped: {', '.join(map(str, mesh.down()))}")
 
 
 @app.command()
@@ -311,7 +311,7 @@ def down(config: ConfigOption = None) -> None:
     from ops.mesh import LocalMesh
 
     stopped = LocalMesh(_settings(config), config_path(config)).down()
-    console.print(f"stopped: {', '.join(stopped)}" if stopped else "nothing was running")
+    console.print(f"stopped: {', '.join(map(str, stopped))}" if stopped else "nothing was running")
 
 
 @app.command()

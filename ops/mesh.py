@@ -34,6 +34,19 @@ ENGINE_NICE = 5
 
 
 @dataclass(frozen=True)
+class Stopped:
+    """One component's stop: from SIGTERM to its exit, and whether it (or a worker it
+    left behind) had to be killed."""
+
+    name: str
+    seconds: float
+    killed: bool
+
+    def __str__(self) -> str:
+        return f"{self.name} {self.seconds:.1f} s" + (" (killed)" if self.killed else "")
+
+
+@dataclass(frozen=True)
 class Component:
     name: str
     argv: list[str]
@@ -184,8 +197,9 @@ class LocalMesh:
         else:
             wait_serving(component.name, component.grpc_health, timeout, check_alive, component.tls)
 
-    def down(self, timeout: float = 20.0) -> list[str]:
-        """SIGTERM every component (router first), SIGKILL what outlives `timeout`."""
+    def down(self, timeout: float = 20.0) -> list[Stopped]:
+        """SIGTERM every component (router first), SIGKILL what outlives `timeout`; how
+        long each took, and whether it had to be killed."""
         if not self.state_file.exists():
             return []
         pids: dict[str, int] = json.loads(self.state_file.read_text())
@@ -194,15 +208,27 @@ class LocalMesh:
         # where a signal to the whole group kills them under it mid-shutdown and fills
         # its log with their deaths. Whatever of a group outlives its leader, or the
         # timeout, is killed.
+        began = time.monotonic()
         for name in order:
             _signal(pids[name], signal.SIGTERM)
-        deadline = time.monotonic() + timeout
-        while any(_alive(pids[n]) for n in order) and time.monotonic() < deadline:
-            time.sleep(0.2)
+        exited: dict[str, float] = {}
+        while time.monotonic() < began + timeout:
+            exited |= {n: time.monotonic() - began for n in order if n not in exited and not _alive(pids[n])}
+            if len(exited) == len(order):
+                # The leaders are out; their workers get a second to follow before they
+                # count as left behind.
+                last = began + max(exited.values())
+                if not any(_group_alive(pids[n]) for n in order) or time.monotonic() > last + 1.0:
+                    break
+            time.sleep(0.05)
+        stopped = [
+            Stopped(name, exited.get(name, timeout), name not in exited or _group_alive(pids[name]))
+            for name in order
+        ]
         for name in order:
             _signal_group(pids[name], signal.SIGKILL)
         self.state_file.unlink(missing_ok=True)
-        return order
+        return stopped
 
     def tail(self, name: str, lines: int = 20) -> str:
         path = self.log_file(name)
@@ -265,12 +291,41 @@ def _alive(pid: int) -> bool:
         return False
     except PermissionError:
         return True
-    return True
+    return not _zombie(pid)
+
+
+def _zombie(pid: int) -> bool:
+    """Exited, and waiting for a parent to reap it: another shell's `tiermesh up
+    --detach` has exited, and whoever inherits its children (init, a container's first
+    process) may reap them late; kill(pid, 0) still finds them until then."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state in ("Z", "X")
 
 
 def _signal(pid: int, sig: signal.Signals) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, sig)
+
+
+def _group_alive(pid: int) -> bool:
+    """Whether any process of the group `pid` leads is left running (zombies waiting
+    to be reaped do not count)."""
+    try:
+        os.killpg(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    members = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            fields = stat.read_text().rpartition(")")[2].split()
+            if int(fields[2]) == pid:  # the process group
+                members.append(fields[0])
+    return any(state not in ("Z", "X") for state in members) if members else True
 
 
 def _signal_group(pid: int, sig: signal.Signals) -> None:

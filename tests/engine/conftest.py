@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
@@ -85,11 +86,70 @@ def start_mesh(config: dict[str, Any], run_dir: Path) -> Path:
     return path
 
 
-def stop_mesh(config: Path) -> None:
-    subprocess.run(
+def stop_mesh(config: Path) -> str:
+    """`tiermesh down`; what it printed."""
+    down = subprocess.run(
         [sys.executable, "-m", "ops.cli", "down", "--config", str(config)],
-        capture_output=True, timeout=60, check=False,
+        capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip
+    return down.stdout + down.stderr
+
+
+def shared_memory() -> set[str]:
+    return set(os.listdir("/dev/shm")) if os.path.isdir("/dev/shm") else set()
+
+
+def ports(config: dict[str, Any]) -> list[int]:
+    """Every port the mesh listens on, as its configuration says."""
+    found: list[int] = []
+
+    def walk(node: object, key: str = "") -> None:
+        if isinstance(node, dict):
+            for k, v in node.items():
+                walk(v, k)
+        elif isinstance(node, int) and key.endswith("port") and node:
+            found.append(node)
+        elif isinstance(node, str) and key == "listen":
+            found.append(int(node.rpartition(":")[2]))
+
+    walk(config)
+    return found
+
+
+def bound(port: int) -> bool:
+    """Whether something still listens on the port (a server binds with SO_REUSEADDR,
+    so connections in TIME_WAIT do not count)."""
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return True
+    return False
+
+
+def stop_cleanly(path: Path, memory_before: set[str]) -> None:
+    """Stop the mesh as a developer would, and fail unless the stop was clean: every
+    component out on SIGTERM (none killed after `down`'s grace), no traceback logged
+    while stopping, no shared-memory segment and no port left behind (#28)."""
+    logs = sorted((path.parent / "logs").glob("*.log"))
+    sizes = {log: log.stat().st_size for log in logs}
+    printed = stop_mesh(path)
+    problems = []
+    if "stopped:" not in printed or "(killed)" in printed:
+        problems.append(f"tiermesh down: {printed.strip()}")
+    for log in logs:
+        with log.open("rb") as f:
+            f.seek(sizes[log])
+            if b"Traceback (most recent call last)" in f.read():
+                problems.append(f"{log.name} logged a traceback while stopping")
+    if left := shared_memory() - memory_before:
+        problems.append(f"left in /dev/shm: {sorted(left)}")
+    config = yaml.safe_load(path.read_text())
+    if listening := [port for port in ports(config) if bound(port)]:
+        problems.append(f"ports still bound: {listening}")
+    print(f"\n{printed.strip()}")  # each component's stop time, in the test log
+    assert not problems, "the mesh did not stop cleanly:\n" + "\n".join(problems)
 
 
 @pytest.fixture(scope="session")
@@ -104,6 +164,7 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
     config["router"]["tiers"]["bronze"]["endpoints"] = [BRONZE]
     config["bronze"].update(BRONZE_SETTINGS)
     config["mesh"] = {"prometheus_port": 9190, "scrape_interval_s": 1}
+    memory_before = shared_memory()
     path = start_mesh(config, tmp_path_factory.mktemp("mesh"))
     yield Mesh(
         path,
@@ -113,7 +174,8 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
         f"127.0.0.1:{GOLD_PORTS['grpc_port']}",
         f"http://127.0.0.1:{ROUTER_METRICS}/metrics",
     )
-    stop_mesh(path)
+    # Every engine-test session ends by checking the stop of the mesh it used.
+    stop_cleanly(path, memory_before)
 
 
 @pytest_asyncio.fixture(scope="session", loop_scope="session")
