@@ -11,7 +11,7 @@ task's tiers in the same order, each tried with a fixed timeout, the first to an
 no canned answer, no shaping. It calls the same tiers through the router's own adapters,
 in this process (no router hop: a fraction of a millisecond in its favour).
 
-    python -m bench.deadlines [--calls 6] [--config config/mesh.yaml]
+    python -m bench.deadlines [--calls 6] [--config config/mesh.yaml] [--tasks longform]
 """
 
 from __future__ import annotations
@@ -211,7 +211,7 @@ async def drained(settings: Settings) -> None:
     await asyncio.sleep(0.5)
 
 
-async def measure(settings: Settings, calls: int) -> dict[str, dict[str, Cell]]:
+async def measure(settings: Settings, calls: int, tasks: list[TaskName]) -> dict[str, dict[str, Cell]]:
     results: dict[str, dict[str, Cell]] = {"router": {}, "baseline": {}}
     baseline = StaticFallback(settings)
     async with grpc.aio.insecure_channel(settings.router.listen) as channel:
@@ -221,12 +221,12 @@ async def measure(settings: Settings, calls: int) -> dict[str, dict[str, Cell]]:
             return await through_router(stub, task, i, deadline_s)
 
         # Warm both paths (first calls load code and open connections).
-        for task in DEADLINES_MS:
+        for task in tasks:
             await routed(task, 0, 30.0)
             await baseline.answer(task, 0, 30.0)
         base = 1
-        for task, deadlines in DEADLINES_MS.items():
-            for deadline_ms in deadlines:
+        for task in tasks:
+            for deadline_ms in DEADLINES_MS[task]:
                 for concurrency in CONCURRENCY:
                     n = max(concurrency, calls if task != "longform" else max(2, calls // 2))
                     key = f"{task}/{deadline_ms}/{concurrency}"
@@ -259,14 +259,15 @@ def pct(value: float) -> str:
 
 
 def report(
-    results: dict[str, dict[str, Cell]], settings: Settings, calls: int
+    results: dict[str, dict[str, Cell]], settings: Settings, calls: int, tasks: list[TaskName]
 ) -> tuple[dict[str, Any], str, str]:
     data: dict[str, Any] = {"calls_per_cell": calls, "cells": {}}
     sections = []
     without_answer = 0
     gold_missed: list[str] = []
     below_baseline: list[str] = []
-    for task, deadlines in DEADLINES_MS.items():
+    for task in tasks:
+        deadlines = DEADLINES_MS[task]
         best = best_tier(settings, task)
         canned = settings.router.tasks[task].canned
         rows = []
@@ -319,7 +320,9 @@ def report(
         f"- Cells where the best tier answered less often than in the baseline: "
         f"**{', '.join(below_baseline) or 'none'}** (target none)."
     )
-    markdown = f"""# The deadline promise on the real local mesh (`python -m bench.deadlines --calls {calls}`)
+    subset = "" if tasks == list(DEADLINES_MS) else f" --tasks {' '.join(tasks)}"
+    command = f"python -m bench.deadlines --calls {calls}{subset}"
+    markdown = f"""# The deadline promise on the real local mesh (`{command}`)
 
 Triton Gold (llama.cpp on CPU), vLLM Silver, Bronze (moto, the emulator and its container), the
 router as config/mesh.yaml has it; cache bypassed; every call with a gRPC deadline. For each task,
@@ -346,13 +349,20 @@ def main() -> None:
     )
     parser.add_argument("--calls", type=int, default=6, help="calls per cell at 1 caller")
     parser.add_argument("--config", default=None)
+    parser.add_argument(
+        "--tasks", nargs="+", choices=list(DEADLINES_MS), default=list(DEADLINES_MS),
+        help="only these tasks: written to deadlines-<tasks>.*, not the record or the README",
+    )  # fmt: skip
     args = parser.parse_args()
     settings = load_settings(args.config)
     with mesh_running(settings, args.config):
-        results = asyncio.run(measure(settings, args.calls))
-    data, markdown, verdict = report(results, settings, args.calls)
-    write("deadlines", data, markdown)
-    update_readme("deadlines", verdict)
+        results = asyncio.run(measure(settings, args.calls, args.tasks))
+    data, markdown, verdict = report(results, settings, args.calls, args.tasks)
+    if args.tasks == list(DEADLINES_MS):
+        write("deadlines", data, markdown)
+        update_readme("deadlines", verdict)
+    else:
+        write("deadlines-" + "-".join(args.tasks), data, markdown)
     print(markdown)
 
 

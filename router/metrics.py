@@ -114,6 +114,11 @@ PROBES = Counter(
     "Calls that tried a tier its record said was too slow, with a canned answer to fall back on",
     ["task", "tier"],
 )
+LATE_ANSWERS = Counter(
+    "tiermesh_router_late_answers",
+    "Streamed answers from a tier given up on to keep time for a later one, which answered after all",
+    ["task", "tier"],
+)
 CANNED = Counter("tiermesh_router_canned", "Calls answered with the persona's canned line", ["task"])
 SHED = Counter(
     "tiermesh_router_shed",

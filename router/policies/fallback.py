@@ -3,7 +3,13 @@ promise, an answer within the caller's deadline from the best tier that can stil
 
 Each step is the planner's (planner.py): a tier and the time by which it must have
 started (its first token; for an intent, its whole label). A tier that fails or is late
-is given up on and the next step is planned with the time then left. Once a tier has
+is given up on and the next step is planned with the time then left. For a task with no
+canned answer (long-form), a streamed answer given up on only to keep time for a later
+tier is not cancelled: it runs on beside the later attempts until the cut-off, and it is
+the answer if it starts while the later tier still could (a Bronze job that lands just
+after its planned time still beats a Silver that started). Where a canned answer keeps the
+promise anyway, the given-up attempt is cancelled: run on, it would hold its tier's
+capacity from the calls behind it. Once a tier has
 streamed a token the call is committed to it (mid-stream failures are the tier's Resume
 policy), and its answer is shaped to the deadline (shaping.py). An intent's label is
 gathered whole and checked before it is sent, so nothing is sent until it is. The
@@ -18,6 +24,7 @@ import dataclasses
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass
 
 import grpc
 
@@ -28,7 +35,7 @@ from router.pipeline import Backend
 from router.policies.planner import WHOLE, Need, Step, TierPlanner
 from router.policies.shaping import shaped
 from router.stats import Clock
-from router.streams import Cut, Cutoff, close
+from router.streams import Attempt, Cut, Cutoff, close, first_ready
 from tiermesh.config import TierName
 from tiermesh.errors import StatusError
 from tiermesh.v1 import mesh_pb2
@@ -46,6 +53,16 @@ MARGIN_SHARE = 0.2
 # 100 s. The cut-off comes this share of the budget earlier so a shaped answer still
 # reaches such a caller before its own timer fires.
 ENCODING_SHARE = 0.01
+
+
+@dataclass(frozen=True, eq=False)
+class Running:
+    """A streamed attempt that may still be the answer: the current step's, or one
+    given up on to keep time for it."""
+
+    step: Step
+    attempt: Attempt[mesh_pb2.GenerateResponse]
+    started: float
 
 
 class Fallback:
@@ -82,6 +99,8 @@ class Fallback:
         # one starts, or only once the canned answer is out: at the cut-off every call
         # that waited lands at once, and the answer comes first.
         given_up: AsyncIterator[mesh_pb2.GenerateResponse] | None = None
+        # Streamed attempts that may still answer first (see the module's docstring).
+        running: list[Running] = []
         try:
             while True:
                 step, passed = self._planner.next_step(call, tried, cut_at, last_resort=canned is not None)
@@ -112,6 +131,17 @@ class Fallback:
                             continue
                         yield whole
                         return
+                    if (step.keeps_reserve and canned is None) or running:
+                        current = Running(step, Attempt(stream), started)
+                        running.append(current)
+                        won = await self._race(call, running, step.start_by, failures, current)
+                        if won is None:
+                            if current in running:  # late: it runs on beside the next step
+                                failures.append(self._slow(call, step, started))
+                            continue
+                        async for response in self._commit(call, *won, running, cut_at):
+                            yield response
+                        return
                     first = await self._first(call, step, stream, cutoff, started)
                     if isinstance(first, StatusError):
                         failures.append(first)
@@ -128,16 +158,102 @@ class Fallback:
                     cutoff.cancel()
                     if step.probe:
                         self._estimates[step.tier].task(call.task).end_probe()
-                    if stream is not given_up:
+                    if stream is not given_up and not any(r.attempt.stream is stream for r in running):
                         await close(stream)
+            if running:
+                # No step left to start: what is still running has until the cut-off.
+                won = await self._race(call, running, cut_at, failures)
+                if won is not None:
+                    async for response in self._commit(call, *won, running, cut_at):
+                        yield response
+                    return
+            # Still running at the cut-off: time, not a failure, is why there is no answer.
+            out_of_time = bool(running)
             if canned is not None and self._clock() < call.deadline:
                 metrics.CANNED.labels(call.task).inc()
                 yield canned
                 return
-            raise self._summary(call, failures, slow)
+            raise self._summary(call, failures, slow, out_of_time)
         finally:
+            for late in running:
+                await late.attempt.cancel()
             if given_up is not None:
                 await close(given_up)
+
+    async def _race(
+        self,
+        call: Call,
+        running: list[Running],
+        until: float,
+        failures: list[StatusError],
+        current: Running | None = None,
+    ) -> tuple[Running, mesh_pb2.GenerateResponse] | None:
+        """The attempt that answers, and its first message: the first to send before
+        `until`, but a worse tier's first message is held while a better one still runs,
+        until the worse one's own start-by time, so the better tier answers if it can
+        (`running` is in plan order, best first). One that fails leaves `running` (its
+        failure in `failures`); so does waiting, once `current` has failed and nothing
+        is held. None when no answer came by then."""
+        held: tuple[Running, mesh_pb2.GenerateResponse] | None = None
+        while True:
+            if held is not None:
+                better = running[: running.index(held[0])]
+                if not better:
+                    break
+                waiting, by = better, held[0].step.start_by
+            elif running and (current is None or current in running):
+                waiting, by = running, until
+            else:
+                return None
+            ready = await first_ready([r.attempt for r in waiting], max(0.0, by - self._clock()))
+            if ready is None:
+                if held is None:
+                    return None
+                break
+            entry = next(r for r in running if r.attempt is ready)
+            error = ready.first.exception()
+            if error is None:
+                estimate = self._estimates[entry.step.tier].task(call.task)
+                estimate.observe_first(self._clock() - entry.started)
+                held = (entry, ready.first.result())
+                continue
+            running.remove(entry)
+            await ready.cancel()
+            if isinstance(error, StopAsyncIteration):
+                failures.append(StatusError(grpc.StatusCode.UNAVAILABLE, f"{entry.step.tier} sent nothing"))
+            elif not isinstance(error, StatusError):
+                raise error
+            elif entry is current:
+                failures.append(self._failed(call, entry.step, error, entry.started))
+            else:
+                failures.append(error)  # its tier was counted slow when it was given up on
+        entry, first = held
+        running.remove(entry)
+        if entry is not current:
+            metrics.LATE_ANSWERS.labels(call.task, entry.step.tier).inc()
+        return entry, first
+
+    async def _commit(
+        self,
+        call: Call,
+        entry: Running,
+        first: mesh_pb2.GenerateResponse,
+        running: list[Running],
+        cut_at: float,
+    ) -> AsyncIterator[mesh_pb2.GenerateResponse]:
+        """The answer is `entry`'s: the others are cancelled at their tiers, and its
+        stream is shaped to the deadline from here on."""
+        for other in running:
+            await other.attempt.cancel()
+        running.clear()
+        cutoff = Cutoff(cut_at)
+        try:
+            yield first
+            async for response in self._rest(call, entry.step, first, entry.attempt.stream, cutoff, cut_at):
+                yield response
+        finally:
+            cutoff.cancel()
+            await close(entry.attempt.stream)
 
     @staticmethod
     def _pass_over(
@@ -283,13 +399,15 @@ class Fallback:
         )
 
     @staticmethod
-    def _summary(call: Call, failures: list[StatusError], skipped: list[TierName]) -> StatusError:
+    def _summary(
+        call: Call, failures: list[StatusError], skipped: list[TierName], out_of_time: bool = False
+    ) -> StatusError:
         detail = "; ".join(
             [f.message for f in failures] + [f"{t} skipped: too slow for the deadline" for t in skipped]
         )
         if not failures and not skipped:
             return StatusError(grpc.StatusCode.UNAVAILABLE, f"no tier serves {call.task} requests")
-        if call.remaining() <= 0 or (skipped and not failures):
+        if out_of_time or call.remaining() <= 0 or (skipped and not failures):
             return StatusError(grpc.StatusCode.DEADLINE_EXCEEDED, f"no tier answered in time: {detail}")
         if failures and all(f.code == grpc.StatusCode.RESOURCE_EXHAUSTED for f in failures):
             retry = min(f.retry_after_s or 0.0 for f in failures)

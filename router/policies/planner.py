@@ -14,6 +14,8 @@ the time left then (a tier that failed fast leaves the next one more):
    intent no whole label) early enough that the next tier that can answer still finishes
    by its p95 (with some slack), but only when the best tier's own p95 fits in what is
    then left: the best tier is never skipped, nor cut short, to keep time for a worse one.
+   Without a canned answer, a streamed answer given up on this way keeps running beside
+   the next tier's (fallback.py), and answers if it starts while the next one still could.
 3. A streamed task's max_tokens is lowered to what the tier's token rate fits before the
    cut-off (never below min_tokens); the answer then ends FINISH_REASON_DEADLINE.
 4. When no tier can answer by its record, but the best one could by its configured
@@ -55,6 +57,9 @@ class Step:
     # Tried although its record says it cannot answer in time (rule 4): ended with
     # TierEstimates.task(...).end_probe().
     probe: bool = False
+    # start_by keeps time for a later tier (rule 2): this tier may be given up on while
+    # it could still answer before the cut-off.
+    keeps_reserve: bool = False
 
     def shortened(self, call: Call) -> bool:
         return self.max_tokens < call.max_tokens
@@ -148,13 +153,14 @@ class TierPlanner:
         reserve = next((reserve_for(needs[t]) for t in later if reserve_for(needs[t]) <= left), 0.0)
         # Kept only when the best tier's p95 fits beside it: given its median alone, the
         # best tier would be given up on half the time, for a worse one.
-        start_by = cut_at - reserve if need.p95 <= left - reserve else cut_at
+        keeps_reserve = reserve > 0 and need.p95 <= left - reserve
+        start_by = cut_at - reserve if keeps_reserve else cut_at
         max_tokens = call.max_tokens
         if call.task not in WHOLE:
             # A streamed answer must start early enough to stream its minimal length.
             start_by = min(start_by, cut_at - (self.min_tokens(call) - 1) * need.token_s)
             max_tokens = self.fitting(call, left - need.ttft, need.token_s)
-        return Step(best, start_by, max_tokens), passed
+        return Step(best, start_by, max_tokens, keeps_reserve=keeps_reserve), passed
 
     def fitting(self, call: Call, streaming_s: float, token_s: float) -> int:
         """The call's max_tokens lowered to what `streaming_s` of streaming at `token_s`

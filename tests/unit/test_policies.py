@@ -10,6 +10,7 @@ from typing import cast
 
 import grpc
 import pytest
+from prometheus_client import REGISTRY
 
 from router.call import Call
 from router.estimates import TierEstimates
@@ -512,6 +513,81 @@ async def test_a_tier_given_up_on_is_observed_as_at_least_that_slow() -> None:
     record = policy._estimates["silver"].task("dialogue")
     assert record.samples == 1
     assert record.ttft(0.5) >= 0.1  # a censored sample: at least the time it had
+
+
+def reserving_for_gold(policy: Fallback) -> Fallback:
+    """Gold's record says 0.15 s to its first token: a 0.5 s call gives Silver until
+    ~0.29 s, keeping ~0.2 s for Gold."""
+    for _ in range(5):
+        policy._estimates["gold"].task("dialogue").observe_first(0.15)
+    return policy
+
+
+def late_answers(tier: str) -> float:
+    return (
+        REGISTRY.get_sample_value("tiermesh_router_late_answers_total", {"task": "dialogue", "tier": tier})
+        or 0.0
+    )
+
+
+async def test_a_tier_given_up_on_still_answers_if_it_starts_first() -> None:
+    # Silver's first token comes at 0.35 s, after its planned 0.29; Gold then hangs. It
+    # ended DEADLINE_EXCEEDED: Silver was cancelled when Gold started.
+    silver, gold = (
+        FakeBackend(Step(first_delay=0.35)),
+        FakeBackend(Step(first_delay=5.0), tier=mesh_pb2.TIER_GOLD),
+    )
+    before = late_answers("silver")
+    call = a_call(deadline_s=0.5)
+    out = await drain(reserving_for_gold(fallback(silver, gold)).generate(call))
+    assert texts(out) == "abc"
+    assert {r.tier for r in out} == {mesh_pb2.TIER_SILVER}
+    assert time.monotonic() < call.deadline
+    assert (silver.cancelled, gold.cancelled) == (0, 1)  # the later attempt lost, at its tier
+    assert late_answers("silver") == before + 1
+
+
+async def test_what_still_runs_has_until_the_cut_off_when_no_tier_is_left() -> None:
+    silver = FakeBackend(Step(first_delay=0.35))
+    gold = FakeBackend(Step(fail_before=unavailable()), tier=mesh_pb2.TIER_GOLD)
+    out = await drain(reserving_for_gold(fallback(silver, gold)).generate(a_call(deadline_s=0.5)))
+    assert {r.tier for r in out} == {mesh_pb2.TIER_SILVER}
+    hung = FakeBackend(Step(first_delay=5.0))
+    with pytest.raises(StatusError) as caught:
+        await drain(reserving_for_gold(fallback(hung, gold)).generate(a_call(deadline_s=0.5)))
+    assert caught.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert hung.cancelled == 1  # not left running past the call
+
+
+async def test_a_worse_tiers_first_token_waits_while_the_better_one_still_may_answer() -> None:
+    # Gold starts at once when Silver is given up on (~0.29 s); Silver answers at 0.4 s,
+    # before the latest time Gold could start (~0.48 s): the answer is Silver's.
+    silver = FakeBackend(Step(first_delay=0.4))
+    gold = FakeBackend(Step(tokens=["g"]), tier=mesh_pb2.TIER_GOLD)
+    out = await drain(reserving_for_gold(fallback(silver, gold)).generate(a_call(deadline_s=0.5)))
+    assert {r.tier for r in out} == {mesh_pb2.TIER_SILVER}
+    assert gold.cancelled == 1
+    # Silver never answers: Gold's held answer goes out by its latest start, in time.
+    hung = FakeBackend(Step(first_delay=5.0))
+    call = a_call(deadline_s=0.5)
+    out = await drain(reserving_for_gold(fallback(hung, gold)).generate(call))
+    assert {r.tier for r in out} == {mesh_pb2.TIER_GOLD}
+    assert texts(out) == "g"
+    assert time.monotonic() < call.deadline
+    assert hung.cancelled == 1
+
+
+async def test_with_a_canned_answer_a_tier_given_up_on_is_cancelled() -> None:
+    # The canned line keeps the promise; run on, Silver would hold capacity from others.
+    silver, gold = (
+        FakeBackend(Step(first_delay=0.35)),
+        FakeBackend(Step(first_delay=5.0), tier=mesh_pb2.TIER_GOLD),
+    )
+    out = await drain(
+        reserving_for_gold(fallback(silver, gold, canned=True)).generate(a_call(deadline_s=0.5))
+    )
+    assert [r.tier for r in out] == [mesh_pb2.TIER_FALLBACK]
+    assert silver.cancelled == 1
 
 
 async def test_a_probe_that_answers_renews_the_record_for_the_calls_after_it() -> None:
