@@ -122,7 +122,7 @@ class TritonTier:
         self._model = model
         self._health_retry_s = health_retry_s
         self._client = triton_client(address, tls)
-        self._outputs = [InferRequestedOutput("text_output")]
+        self._outputs = [InferRequestedOutput("text_output"), InferRequestedOutput("prompt_tokens")]
         self._labeller = labeller if encoder else None
         self._encoder = encoder
 
@@ -148,12 +148,20 @@ class TritonTier:
             one_request(), stream_timeout=remaining, headers=tracing.inject_headers(span)
         )
         call.tier_calls.add(responses.cancel)
-        sent = 0
+        sent = prompt_tokens = 0
         try:
             async for result, error in responses:
                 if error is not None:
                     raise self._status(str(error), sent)
-                text = result.as_numpy("text_output").reshape(-1)[0]
+                # The ensemble sends the prompt's token count in a response of its own (its
+                # preprocessing step's); the local Gold with every piece.
+                count = result.as_numpy("prompt_tokens")
+                if count is not None:
+                    prompt_tokens = int(count.reshape(-1)[0]) or prompt_tokens
+                output = result.as_numpy("text_output")
+                if output is None:
+                    continue
+                text = output.reshape(-1)[0]
                 sent += 1
                 yield mesh_pb2.GenerateResponse(
                     text=text.decode() if isinstance(text, bytes) else str(text), tier=mesh_pb2.TIER_GOLD
@@ -175,6 +183,7 @@ class TritonTier:
             mesh_pb2.FINISH_REASON_LENGTH if sent >= call.max_tokens else mesh_pb2.FINISH_REASON_STOP
         )
         final.usage.completion_tokens = sent  # one token per streamed response
+        final.usage.prompt_tokens = prompt_tokens
         yield final
 
     async def _encode(

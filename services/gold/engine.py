@@ -35,6 +35,14 @@ class GiveUp:
     end_by: float
 
 
+@dataclass(frozen=True)
+class PromptTokens:
+    """What a stream sends first: how many tokens its prompt is, as the model counts
+    them (the usage a caller is billed for, like Silver's)."""
+
+    count: int
+
+
 @dataclass
 class Worker:
     llm: Any  # llama_cpp.Llama
@@ -117,12 +125,15 @@ class LlamaPool:
         top_p: float = 0.95,
         seed: int | None = None,
         give_up: GiveUp | None = None,
-    ) -> AsyncIterator[str]:
-        """The completion of `prompt`, one text piece per generated token; it stops at
-        `give_up.end_by` (Unix time), when its caller stops waiting."""
+    ) -> AsyncIterator[PromptTokens | str]:
+        """The prompt's token count, then the completion of `prompt`, one text piece per
+        generated token; it stops at `give_up.end_by` (Unix time), when its caller stops
+        waiting."""
         end_by = give_up.end_by if give_up is not None else None
 
         def work(llm: Any, emit: Any, stopped: threading.Event) -> None:
+            # As create_completion tokenizes a text prompt (its streamed chunks carry no usage).
+            emit(PromptTokens(len(llm.tokenize(prompt.encode("utf-8"), special=True))))
             pieces = llm.create_completion(
                 prompt,
                 max_tokens=max_tokens,

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from services.gold.encoder import DIMENSIONS, IntentEncoder
-from services.gold.engine import GaveUp, GiveUp, LlamaPool
+from services.gold.engine import GaveUp, GiveUp, LlamaPool, PromptTokens
 from services.gold.settings import GoldSettings
 from tiermesh.config import load_section
 from tiermesh.logs import setup_logging
@@ -62,8 +62,13 @@ def give_up_of(request: Any) -> GiveUp | None:
     )
 
 
-def text_output(text: str) -> list[dict[str, np.ndarray[Any, Any]]]:
-    return [{"text_output": np.array([[text.encode()]], dtype=np.object_)}]
+def text_output(text: str, prompt_tokens: int = 0) -> list[dict[str, np.ndarray[Any, Any]]]:
+    return [
+        {
+            "text_output": np.array([[text.encode()]], dtype=np.object_),
+            "prompt_tokens": np.array([[prompt_tokens]], dtype=np.int32),
+        }
+    ]
 
 
 class Ensemble:
@@ -108,10 +113,13 @@ class Ensemble:
             seed=scalar(request, "random_seed"),
             give_up=give_up,
         )
+        prompt_tokens = 0
         with contextlib.suppress(GaveUp):  # nobody reads the rest
             async for piece in pieces:
-                if piece:  # llama.cpp ends with an empty piece; TensorRT-LLM sends none
-                    yield text_output(piece)
+                if isinstance(piece, PromptTokens):
+                    prompt_tokens = piece.count
+                elif piece:  # llama.cpp ends with an empty piece; TensorRT-LLM sends none
+                    yield text_output(piece, prompt_tokens)
 
 
 def encoder_infer(encoder: IntentEncoder) -> Any:
@@ -176,7 +184,11 @@ def serve(settings: GoldSettings, tls: TlsSettings | None = None) -> None:
                 Tensor(name="max_tokens", dtype=np.int32, shape=(-1,)),
                 *optional,
             ],
-            outputs=[Tensor(name="text_output", dtype=bytes, shape=(-1,))],
+            outputs=[
+                Tensor(name="text_output", dtype=bytes, shape=(-1,)),
+                # The ensemble's preprocessing count (REQUEST_INPUT_LEN) in production.
+                Tensor(name="prompt_tokens", dtype=np.int32, shape=(1,)),
+            ],
             config=ModelConfig(decoupled=True, batching=True, max_batch_size=8, batcher=None),
             strict=True,
         )

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -33,6 +34,7 @@ if TYPE_CHECKING:
 pytestmark = [pytest.mark.engine, pytest.mark.asyncio(loop_scope="session")]
 
 GUARD_INTENTS = {"GREET", "WARN", "ATTACK", "IGNORE", "FLEE"}
+ENSEMBLE = Path("services/gold/model_repository/ensemble")
 SITUATIONS = [
     f"{who} {what} {where}"
     for who in ("A drunk farmer", "A masked stranger", "The king's herald", "A crying child", "An orc")
@@ -61,7 +63,11 @@ async def test_triton_and_the_ensemble_model_are_ready(mesh: Mesh) -> None:
         assert await client.is_model_ready("ensemble")
         metadata = await client.get_model_metadata("ensemble", as_json=True)
         assert {i["name"] for i in metadata["inputs"]} >= {"text_input", "max_tokens", "stream"}
-        assert [o["name"] for o in metadata["outputs"]] == ["text_output"]
+        # The same outputs as the production ensemble (model_repository/ensemble) declares.
+        config = (ENSEMBLE / "config.pbtxt").read_text()
+        declared = re.findall(r'name: "(\w+)"', config.partition("output [")[2].partition("]\n")[0])
+        assert declared == ["text_output", "prompt_tokens"]
+        assert [o["name"] for o in metadata["outputs"]] == declared
     finally:
         await client.close()
 
@@ -118,6 +124,8 @@ async def test_a_bark_streams_from_gold(mesh_stub: MeshAsyncStub) -> None:
     assert "".join(r.text for r in responses).split()
     assert responses[-1].finish_reason in (mesh_pb2.FINISH_REASON_LENGTH, mesh_pb2.FINISH_REASON_STOP)
     assert 0 < responses[-1].usage.completion_tokens <= 12
+    # The persona's system text and the situation, in the chat template: dozens of tokens.
+    assert responses[-1].usage.prompt_tokens > 20
 
 
 async def test_every_intent_is_a_member_of_the_set_for_50_situations(mesh_stub: MeshAsyncStub) -> None:
