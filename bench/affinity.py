@@ -19,11 +19,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import os
 import re
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -36,6 +33,7 @@ from typing import Any
 import grpc
 import yaml
 
+from bench.paths import Processes
 from bench.report import table, update_readme, write
 from ops.mesh import wait_serving
 from ops.settings import load_settings
@@ -117,59 +115,12 @@ class Run:
         }
 
 
-class Processes:
-    """Each in its own process group (vLLM's engine core is a child): stopped, or killed,
-    whole."""
-
-    def __init__(self, logs: Path) -> None:
-        self.logs = logs
-        self.popen: dict[str, subprocess.Popen[bytes]] = {}
-
-    def start(self, name: str, argv: list[str]) -> None:
-        with (self.logs / f"{name}.log").open("ab") as log:
-            self.popen[name] = subprocess.Popen(
-                argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
-            )
-
-    def kill(self, name: str) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.popen[name].pid, signal.SIGKILL)
-        self.popen[name].wait()
-
-    def stop(self) -> None:
-        for process in self.popen.values():
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(process.pid, signal.SIGTERM)
-        deadline = time.monotonic() + 20
-        for process in self.popen.values():
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                process.wait(max(0.1, deadline - time.monotonic()))
-        for process in self.popen.values():
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
-        self.popen.clear()
-
-
 @contextlib.contextmanager
 def mesh(work: Path, balancer: str, personas: dict[str, Any], model: str) -> Iterator[Processes]:
     """Redis, two Silver replicas (one core each), two routers with `balancer`."""
     processes = Processes(work)
     try:
-        processes.start(
-            "redis",
-            [
-                "redis-server",
-                "--port",
-                str(REDIS_PORT),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ],
-        )
+        processes.redis(REDIS_PORT)
         for i, (listen, metrics_port, core) in enumerate(SILVER):
             silver = {
                 "listen": listen,

@@ -34,12 +34,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import multiprocessing
 import random
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -66,6 +68,8 @@ MAX_TOKENS = 24  # the synthetic engine streams min(this, the call's max_tokens)
 STREAM_S = (TTFT_MS + (TOKENS - 1) * TOKEN_MS) / 1000
 CAPACITY = len(SILVER) * SLOTS / STREAM_S  # 12-token streams per second
 DEADLINE_S = 2.0
+# Each stream's client process starts, imports and connects in this long; then all begin.
+CLIENT_START_S = 4.0
 LEVELS = (0.5, 1.0, 2.0, 4.0)
 MIX = (("critical", 0.2), ("standard", 0.5), ("sheddable", 0.3))
 PRIORITY = {
@@ -159,22 +163,29 @@ async def arrivals(
     return list(await asyncio.gather(*calls))
 
 
-async def run(address: str, streams: Sequence[Stream], seconds: float, seed: int) -> list[Result]:
-    # A connection per tenant, as separate game servers have: on a shared one a flood
-    # would hold the other's calls in the client (HTTP/2's concurrent-stream limit).
-    channels = [grpc.aio.insecure_channel(address) for _ in streams]
-    try:
-        stubs = [mesh_pb2_grpc.MeshStub(channel) for channel in channels]
-        for stub in stubs:  # connect before the clock starts
-            await one_call(stub, Stream("warm-up", 1.0), "standard")
+def run(address: str, streams: Sequence[Stream], seconds: float, seed: int) -> list[Result]:
+    """Every stream's calls, each stream from a process and a connection of its own, as
+    separate game servers have: on one event loop a flood's client work delayed the
+    other tenant's calls and its clock (its "time to first token" included the flood's
+    loop lag), and on one connection HTTP/2's concurrent-stream limit would hold them."""
+    begin = time.time() + CLIENT_START_S  # the same start for every stream's process
+    with ProcessPoolExecutor(len(streams), mp_context=multiprocessing.get_context("spawn")) as pool:
         runs = [
-            arrivals(stub, s, seconds, seed + i)
-            for i, (stub, s) in enumerate(zip(stubs, streams, strict=True))
+            pool.submit(run_stream, address, stream, seconds, seed + i, begin)
+            for i, stream in enumerate(streams)
         ]
-        return [r for results in await asyncio.gather(*runs) for r in results]
-    finally:
-        for channel in channels:
-            await channel.close()
+        return [result for done in runs for result in done.result()]
+
+
+def run_stream(address: str, stream: Stream, seconds: float, seed: int, begin: float) -> list[Result]:
+    async def calls() -> list[Result]:
+        async with grpc.aio.insecure_channel(address) as channel:
+            stub = mesh_pb2_grpc.MeshStub(channel)
+            await one_call(stub, Stream("warm-up", 1.0), "standard")  # connect before the clock
+            await asyncio.sleep(max(0.0, begin - time.time()))
+            return await arrivals(stub, stream, seconds, seed)
+
+    return asyncio.run(calls())
 
 
 def p95(values: list[float]) -> float:
@@ -221,16 +232,16 @@ def measure(seconds: float) -> dict[str, Any]:
         for name, address in ROUTERS.items():
             if name.endswith("quota"):
                 continue
-            results = asyncio.run(run(address, streams, seconds, seed=int(factor * 10)))
+            results = run(address, streams, seconds, seed=int(factor * 10))
             data["classes"].setdefault(f"{factor}x", {})[name] = by_class(results)
             print(f"classes {factor}x {name}: {data['classes'][f'{factor}x'][name]}", flush=True)
             time.sleep(1.0)  # let queues drain between runs
     quiet = Stream("tenant-b", 0.4 * share, (("standard", 1.0),))
     noisy = Stream("tenant-a", 10 * share, (("standard", 1.0),))
     for name, address in ROUTERS.items():
-        alone = asyncio.run(run(address, [quiet], 2 * seconds, seed=7))
+        alone = run(address, [quiet], 2 * seconds, seed=7)
         time.sleep(1.0)
-        beside = asyncio.run(run(address, [quiet, noisy], 2 * seconds, seed=7))
+        beside = run(address, [quiet, noisy], 2 * seconds, seed=7)
         data["noisy"][name] = {
             "b_alone_ttft_p95_ms": tenant_ttft_p95(alone, "tenant-b"),
             "b_beside_a_ttft_p95_ms": tenant_ttft_p95(beside, "tenant-b"),
@@ -244,7 +255,7 @@ def measure(seconds: float) -> dict[str, Any]:
     for name, address in ROUTERS.items():
         if name.endswith("quota"):
             continue
-        results = asyncio.run(run(address, [heavy, light], seconds, seed=11))
+        results = run(address, [heavy, light], seconds, seed=11)
         served = [
             sum(r.tokens for r in results if r.tenant == t and r.code == "OK")
             for t in ("tenant-a", "tenant-b")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -120,20 +121,23 @@ def children(pid: int) -> list[int]:
 
 
 class Processes:
-    """Started processes by name; all are stopped when the `running` block ends."""
+    """Started processes by name, each in a process group of its own (vLLM's engine core
+    and nginx's worker are children): stopped, or killed, whole. Each one's output goes
+    to `<work>/<name>.log`."""
 
     def __init__(self, work: Path) -> None:
         self.work = work
         self.popen: dict[str, subprocess.Popen[bytes]] = {}
-        self._errors = (work / "err.log").open("ab")
 
     def start(
         self, name: str, command: list[str], env: Mapping[str, str] | None = None, cwd: Path | None = None
     ) -> None:
         environment = {**os.environ, **(env or {})}
-        self.popen[name] = subprocess.Popen(
-            command, stdout=subprocess.DEVNULL, stderr=self._errors, env=environment, cwd=cwd
-        )
+        with (self.work / f"{name.replace(' ', '_')}.log").open("ab") as log:
+            self.popen[name] = subprocess.Popen(
+                command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                env=environment, cwd=cwd, start_new_session=True,
+            )  # fmt: skip
 
     def backend(self, name: str, listen: str, pace_ms: float = 0.0) -> None:
         self.start(name, [sys.executable, "-m", "bench.stream_backend", "--listen", listen,
@@ -187,15 +191,27 @@ class Processes:
         pid = self.popen[name].pid
         return children(pid)[0] if name == "nginx" else pid
 
-    def stop(self) -> None:
+    def kill(self, name: str) -> None:
+        """SIGKILL, the whole group: a replica that dies at once, as a crash would."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.popen[name].pid, signal.SIGKILL)
+        self.popen[name].wait()
+
+    def stop(self, timeout: float = 20.0) -> None:
+        """SIGTERM each leader (it stops its own workers), then SIGKILL whatever of each
+        group is left after `timeout`."""
         for process in self.popen.values():
-            process.terminate()
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(process.pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
         for process in self.popen.values():
             with contextlib.suppress(subprocess.TimeoutExpired):
-                process.wait(10)
-                continue
-            process.kill()
-        self._errors.close()
+                process.wait(max(0.1, deadline - time.monotonic()))
+        for process in self.popen.values():
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+        self.popen.clear()
 
 
 @contextlib.contextmanager
