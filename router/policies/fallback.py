@@ -136,8 +136,13 @@ class Fallback:
                         running.append(current)
                         won = await self._race(call, running, step.start_by, failures, current)
                         if won is None:
-                            if current in running:  # late: it runs on beside the next step
+                            if current in running:
                                 failures.append(self._slow(call, step, started))
+                                if not step.keeps_reserve:
+                                    # Late for its own minimal answer, not given up on for
+                                    # a later tier's sake: of no use running on.
+                                    running.remove(current)
+                                    await current.attempt.cancel()
                             continue
                         async for response in self._commit(call, *won, running, cut_at):
                             yield response

@@ -577,6 +577,19 @@ async def test_a_worse_tiers_first_token_waits_while_the_better_one_still_may_an
     assert hung.cancelled == 1
 
 
+async def test_a_tier_late_for_its_own_minimal_answer_does_not_run_on() -> None:
+    # Gold streams a token every 0.1 s: it must start by ~0.88 s to stream its minimal
+    # 2 tokens by the 0.98 s cut-off. It starts at ~0.93 s: a stub of an answer, no more.
+    silver = FakeBackend(Step(first_delay=5.0))
+    gold = FakeBackend(Step(first_delay=0.27), tier=mesh_pb2.TIER_GOLD)
+    policy = reserving_for_gold(fallback(silver, gold))
+    policy._estimates["gold"].task("dialogue").observe_rest(tokens=11, seconds=1.0)
+    with pytest.raises(StatusError) as caught:
+        await drain(policy.generate(a_call(deadline_s=1.0)))
+    assert caught.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert gold.cancelled == 1
+
+
 async def test_with_a_canned_answer_a_tier_given_up_on_is_cancelled() -> None:
     # The canned line keeps the promise; run on, Silver would hold capacity from others.
     silver, gold = (
