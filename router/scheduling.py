@@ -117,17 +117,13 @@ class FairQueue:
                 for waiter in list(queue):
                     yield lower, waiter
 
-    def pop(
-        self, fits: Callable[[int], bool], allowed: Callable[[str], bool] = lambda _: True
-    ) -> Waiter | None:
+    def pop(self, fits: Callable[[int], bool]) -> Waiter | None:
         """The next waiter to serve, from the highest class waiting, if `fits(band)` says a
-        call of that class may take the free slot; else None. Tenants that may not take
-        a slot now (`allowed`: at their share of the tier) are passed over, their turn
-        kept: a class whose waiters are all theirs lets the next class be served."""
+        call of that class may take the free slot; else None."""
         self._age()
         for band, tenants in enumerate(self._bands):
-            if tenants and any(allowed(tenant) for tenant in tenants):
-                return self._next_turn(band, allowed) if fits(band) else None
+            if tenants:
+                return self._next_turn(band) if fits(band) else None
         return None
 
     def charge(self, waiter: Waiter, tokens: float) -> None:
@@ -143,10 +139,10 @@ class FairQueue:
             if len(deficits) > MAX_DEBTORS:
                 self._forgive(band)
 
-    def _next_turn(self, band: int, allowed: Callable[[str], bool]) -> Waiter:
+    def _next_turn(self, band: int) -> Waiter:
         tenants, deficits = self._bands[band], self._deficit[band]
         while True:
-            tenant, queue = next(t for t in tenants.items() if allowed(t[0]))
+            tenant, queue = next(iter(tenants.items()))
             if self._turn[band] != tenant:  # its turn begins: one quantum more
                 self._turn[band] = tenant
                 deficits[tenant] = deficits.get(tenant, 0.0) + self._quantum * self._weight(tenant)

@@ -249,13 +249,6 @@ class TrafficSettings(BaseModel):
     # Calls a tier's queue holds per stream slot; past it the lowest class waiting is
     # displaced, or the newcomer refused.
     queue_per_slot: float = Field(default=4.0, gt=0)
-    # The share of a tier's stream slots one tenant may hold while another tenant has
-    # called in the last `tenant_share_window_s` (1: no cap). Fair turns decide who gets
-    # the next slot to free, but a tenant that floods holds every slot, and another's
-    # call waits for one of those streams to end; a cap keeps slots free for it at the
-    # cost of leaving them idle while it sends nothing.
-    tenant_max_share: float = Field(default=1.0, gt=0, le=1)
-    tenant_share_window_s: float = Field(default=2.0, gt=0)
     # Named tenants (metrics label them by name; all others are "other").
     tenants: dict[str, TenantSettings] = Field(default_factory=dict)
     # Tenants not named above.

@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections import OrderedDict
 from collections.abc import AsyncIterator
 
 import grpc
@@ -64,16 +63,6 @@ class StreamLimit:
             lambda tenant: traffic.tenant(tenant).weight,
         )
         self._taken = 0  # slots held, including ones just handed to a waiter
-        # Per tenant: slots held, and when it last called (oldest first; only tenants
-        # seen within the window are kept, so client ids cannot grow it without bound).
-        self._held: dict[str, int] = {}
-        self._seen: OrderedDict[str, float] = OrderedDict()
-        self._share_cap = (
-            max(1, math.floor(traffic.tenant_max_share * max_streams))
-            if self._classes and traffic.tenant_max_share < 1
-            else max_streams
-        )
-        self._share_window_s = traffic.tenant_share_window_s
         self._started: dict[int, float] = {}  # running streams' start times
         # How long a stream holds its slot (peak-EWMA: pessimistic under change).
         self._hold = PeakEwma(expected_s)
@@ -88,9 +77,7 @@ class StreamLimit:
         """What `call` would wait for a slot if it arrived now (0 while one is free for
         its class): the planner adds it to the tier's time to an answer."""
         band = self._band(call)
-        if self._free(band, self._tenant(call.client_id)):
-            return 0.0
-        return self.expected_wait(call.client_id, band)
+        return 0.0 if self._free(band) else self.expected_wait(call.client_id, band)
 
     def expected_wait(self, tenant: str, band: int) -> float:
         """Behind the waiters the fair queue would serve first: a tenant's own backlog
@@ -104,43 +91,11 @@ class StreamLimit:
         oldest = max((now - started for started in self._started.values()), default=0.0)
         return (ahead + 1) * max(self._hold.value, oldest) / self._limit[band]
 
-    def _free(self, band: int, tenant: str) -> bool:
-        """A slot this class and tenant may take, with nobody of its class or higher
-        waiting."""
-        return self._fits(band) and not self._queue.ahead(band) and self._allowed(tenant)
-
-    def _fits(self, band: int) -> bool:
-        return self._taken < self._limit[band]
-
-    def _allowed(self, tenant: str) -> bool:
-        """Whether `tenant` may take another slot: under its share of the tier, or alone
-        in calling it lately."""
-        if self._held.get(tenant, 0) < self._share_cap:
-            return True
-        cutoff = time.monotonic() - self._share_window_s
-        # Newest first: the first other tenant found decides, in one or two steps.
-        for other, seen in reversed(self._seen.items()):
-            if seen < cutoff:
-                return True
-            if other != tenant:
-                return False
-        return True
-
-    def _called(self, tenant: str) -> None:
-        if self._share_cap >= self._limit[0]:
-            return  # no cap: nothing to remember
-        now = time.monotonic()
-        self._seen.pop(tenant, None)
-        self._seen[tenant] = now
-        while self._seen and next(iter(self._seen.values())) < now - self._share_window_s:
-            self._seen.popitem(last=False)
-
-    def _take(self, tenant: str) -> None:
-        self._taken += 1
-        self._held[tenant] = self._held.get(tenant, 0) + 1
+    def _free(self, band: int) -> bool:
+        """A slot this class may take, with nobody of its class or higher waiting."""
+        return self._taken < self._limit[band] and not self._queue.ahead(band)
 
     async def generate(self, call: Call) -> AsyncIterator[mesh_pb2.GenerateResponse]:
-        tenant = self._tenant(call.client_id)
         waiter = await self._acquire(call)
         key = id(call)
         self._started[key] = started = time.monotonic()
@@ -158,15 +113,13 @@ class StreamLimit:
         finally:
             del self._started[key]
             self._hold.observe(time.monotonic() - started)
-            self._release(tenant)
+            self._release()
 
     async def _acquire(self, call: Call) -> Waiter | None:
         """Take a slot, at once (None) or after waiting (the waiter that was served)."""
         band = self._band(call)
-        tenant = self._tenant(call.client_id)
-        self._called(tenant)
-        if self._free(band, tenant):
-            self._take(tenant)
+        if self._free(band):
+            self._taken += 1
             metrics.QUEUE_WAIT.labels(self._tier, call.priority).observe(0.0)
             return None
         # The gRPC deadline covers the whole stream: a slot is worth waiting for only
@@ -175,6 +128,7 @@ class StreamLimit:
         # fallback moves on) rather than DEADLINE_EXCEEDED.
         left = min(call.first_token_remaining(), call.remaining() - self._hold.value)
         budget = left - min(0.05, 0.1 * max(left, 0.0))
+        tenant = self._tenant(call.client_id)
         wait = self.expected_wait(tenant, band)
         if wait >= budget:
             self._shed(call.priority, "deadline", f"{self._tier} is full: expected wait {wait:.3f}s")
@@ -186,10 +140,6 @@ class StreamLimit:
         waiter = Waiter(tenant, band, cost, now, now + budget, granted, call.priority)
         self._queue.push(waiter)
         self._displace_late(band)
-        if self._share_cap < self._limit[0]:
-            # Slots may be free that the waiters ahead, at their tenant's share, could
-            # not take: this one may.
-            self._dispatch()
         self._depth()
         try:
             await asyncio.wait_for(asyncio.shield(granted), timeout=budget)
@@ -203,7 +153,7 @@ class StreamLimit:
         except BaseException:
             left = self._queue.remove(waiter)
             if not left and granted.done() and not granted.cancelled() and granted.exception() is None:
-                self._release(tenant)  # granted, but the caller left: pass the slot on
+                self._release()  # granted, but the caller left: pass the slot on
             raise
         finally:
             self._depth()
@@ -240,18 +190,12 @@ class StreamLimit:
                 self._shed_error(waiter.priority, reason, f"{self._tier} is full: {why}")
             )
 
-    def _release(self, tenant: str) -> None:
+    def _release(self) -> None:
         self._taken -= 1
-        held = self._held.pop(tenant, 0) - 1
-        if held > 0:
-            self._held[tenant] = held
-        self._dispatch()
-
-    def _dispatch(self) -> None:
-        """Hand free slots to waiters, highest class first (it stays taken)."""
-        while (waiter := self._queue.pop(self._fits, self._allowed)) is not None:
+        # Hand free slots to waiters, highest class first (it stays taken).
+        while (waiter := self._queue.pop(lambda band: self._taken < self._limit[band])) is not None:
             if not waiter.granted.done():
-                self._take(waiter.tenant)
+                self._taken += 1
                 waiter.granted.set_result(None)
 
     def _depth(self) -> None:

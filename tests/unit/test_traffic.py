@@ -328,30 +328,3 @@ def test_a_tenants_place_in_the_queue_counts_other_tenants_by_turns() -> None:
     assert queue.ahead_of("c", 2) == 10  # a lower class waits behind all of them
     queue.push(waiter("c", 0))
     assert queue.ahead_of("b", 1) == pytest.approx(1.5)
-
-
-async def test_a_tenant_at_its_share_leaves_slots_free_for_another() -> None:
-    # A floods 4 slots' worth of calls; B has called lately. Without a cap B's next call
-    # would wait for one of A's streams to end; with half the slots each, it starts at once.
-    traffic = TrafficSettings(tenant_max_share=0.5, tenant_share_window_s=5.0, headroom={})
-    inner = FakeBackend(Step(tokens=["x"], first_delay=0.3))
-    limit = StreamLimit(inner, "silver", max_streams=4, expected_s=0.3, traffic=traffic)
-    await drain(limit.generate(classed("standard", 2.0, "b")))
-    a_calls = [asyncio.ensure_future(drain(limit.generate(classed("standard", 2.0, "a")))) for _ in range(4)]
-    await asyncio.sleep(0.01)
-    assert [c.client_id for c in inner.calls] == ["b", "a", "a"]  # A holds its share; two wait
-    b_call = asyncio.ensure_future(drain(limit.generate(classed("standard", 2.0, "b"))))
-    await asyncio.sleep(0.01)
-    assert inner.calls[-1].client_id == "b"  # a slot was free for it
-    await asyncio.gather(*a_calls, b_call)
-    assert len(inner.calls) == 6  # A's two waiting calls were served as A's streams ended
-
-
-async def test_a_tenant_alone_may_hold_every_slot() -> None:
-    traffic = TrafficSettings(tenant_max_share=0.5, tenant_share_window_s=5.0, headroom={})
-    inner = FakeBackend(Step(tokens=["x"], first_delay=0.2))
-    limit = StreamLimit(inner, "silver", max_streams=4, expected_s=0.2, traffic=traffic)
-    a_calls = [asyncio.ensure_future(drain(limit.generate(classed("standard", 2.0, "a")))) for _ in range(4)]
-    await asyncio.sleep(0.01)
-    assert len(inner.calls) == 4  # nobody else called lately: no slot is held back
-    await asyncio.gather(*a_calls)
