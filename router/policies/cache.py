@@ -68,7 +68,7 @@ class IntentCache:
         if call.task != "intent":
             return self._inner.generate(call)  # not an intent: not in this call's path
         if call.bypass_cache:
-            metrics.CACHE.labels("intent", "bypass").inc()
+            metrics.series(metrics.CACHE, "intent", "bypass").inc()
             return self._inner.generate(call)
         return self._cached(call)
 
@@ -76,14 +76,14 @@ class IntentCache:
         key = cache_key(call)
         intent = self.lookup(key)
         if intent is not None:
-            metrics.CACHE.labels("intent", "hit").inc()
+            metrics.series(metrics.CACHE, "intent", "hit").inc()
             hit = mesh_pb2.GenerateResponse(
                 text=intent, tier=mesh_pb2.TIER_CACHE, finish_reason=mesh_pb2.FINISH_REASON_STOP
             )
             hit.usage.completion_tokens = 1
             yield hit
             return
-        metrics.CACHE.labels("intent", "miss").inc()
+        metrics.series(metrics.CACHE, "intent", "miss").inc()
         parts: list[str] = []
         tiers: set[int] = set()
         async for response in self._inner.generate(call):

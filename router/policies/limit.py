@@ -120,7 +120,7 @@ class StreamLimit:
         band = self._band(call)
         if self._free(band):
             self._taken += 1
-            metrics.QUEUE_WAIT.labels(self._tier, call.priority).observe(0.0)
+            metrics.series(metrics.QUEUE_WAIT, self._tier, call.priority).observe(0.0)
             return None
         # The gRPC deadline covers the whole stream: a slot is worth waiting for only
         # if the stream can still finish in time, and its first token meet the tier's
@@ -157,7 +157,7 @@ class StreamLimit:
             raise
         finally:
             self._depth()
-        metrics.QUEUE_WAIT.labels(self._tier, call.priority).observe(time.monotonic() - now)
+        metrics.series(metrics.QUEUE_WAIT, self._tier, call.priority).observe(time.monotonic() - now)
         return waiter
 
     def _make_room(self, tenant: str, band: int, priority: str) -> None:

@@ -30,13 +30,13 @@ class ResultCache:
     async def _cached(self, call: Call) -> AsyncIterator[mesh_pb2.GenerateResponse]:
         found = await self._lookup(call)
         if found is not None:
-            metrics.CACHE.labels("result", "hit").inc()
+            metrics.series(metrics.CACHE, "result", "hit").inc()
             hit = mesh_pb2.GenerateResponse(
                 text=found.text, tier=mesh_pb2.TIER_CACHE, finish_reason=mesh_pb2.FINISH_REASON_STOP
             )
             hit.usage.CopyFrom(found.usage)
             yield hit
             return
-        metrics.CACHE.labels("result", "miss").inc()
+        metrics.series(metrics.CACHE, "result", "miss").inc()
         async for response in self._inner.generate(call):
             yield response
