@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from ops.mesh import wait_serving
+from ops.mesh import proc_stat, wait_serving
 from tiermesh.v1 import mesh_pb2
 
 MESSAGES = 16
@@ -112,7 +112,7 @@ def rss_kb(pid: int) -> int:
 
 def cpu_s(pid: int) -> float:
     """CPU time the process has used, user and system, in seconds (/proc/<pid>/stat)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    fields = proc_stat(pid)
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 

@@ -294,15 +294,24 @@ def _alive(pid: int) -> bool:
     return not _zombie(pid)
 
 
+def proc_stat(pid: int) -> list[str]:
+    """/proc/<pid>/stat's fields after the command name (which may hold spaces): the
+    state first, then the parent, the process group… (proc(5), from field 3)."""
+    return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+
+
+# Process states of one that has exited and awaits its parent's reaping.
+EXITED = ("Z", "X")
+
+
 def _zombie(pid: int) -> bool:
     """Exited, and waiting for a parent to reap it: another shell's `tiermesh up
     --detach` has exited, and whoever inherits its children (init, a container's first
     process) may reap them late; kill(pid, 0) still finds them until then."""
     try:
-        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+        return proc_stat(pid)[0] in EXITED
     except (OSError, IndexError):
         return False
-    return state in ("Z", "X")
 
 
 def _signal(pid: int, sig: signal.Signals) -> None:
@@ -320,12 +329,12 @@ def _group_alive(pid: int) -> bool:
     except PermissionError:
         return True
     members = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
+    for process in Path("/proc").glob("[0-9]*"):
         with contextlib.suppress(OSError, IndexError, ValueError):
-            fields = stat.read_text().rpartition(")")[2].split()
+            fields = proc_stat(int(process.name))
             if int(fields[2]) == pid:  # the process group
                 members.append(fields[0])
-    return any(state not in ("Z", "X") for state in members) if members else True
+    return any(state not in EXITED for state in members) if members else True
 
 
 def _signal_group(pid: int, sig: signal.Signals) -> None:
