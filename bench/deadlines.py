@@ -62,6 +62,10 @@ class Outcome:
     text_before_error: bool = False  # DEADLINE_EXCEEDED after text: cut mid-answer
 
 
+# What a caller counts as an answer in time: whole, shaped to the deadline, or canned.
+ANSWERED = ("whole", "shaped", "canned")
+
+
 @dataclass
 class Cell:
     outcomes: list[Outcome] = field(default_factory=list)
@@ -77,11 +81,11 @@ class Cell:
 
     def answered(self) -> float:
         """Answered in time by any tier, whole, shaped or canned."""
-        hits = [o for o in self.outcomes if o.kind in ("whole", "shaped", "canned")]
+        hits = [o for o in self.outcomes if o.kind in ANSWERED]
         return len(hits) / max(1, len(self.outcomes))
 
     def seconds(self, q: float) -> float:
-        answered = sorted(o.seconds for o in self.outcomes if o.kind in ("whole", "shaped", "canned"))
+        answered = sorted(o.seconds for o in self.outcomes if o.kind in ANSWERED)
         if not answered:
             return float("nan")
         return nearest_rank(answered, q)
@@ -288,7 +292,7 @@ def report(
                     deadline_ms, concurrency, f"**{pct(r.best(best))}**", whole, pct(r.share("shaped")),
                     pct(r.share("canned")), pct(r.share("deadline_exceeded")) + (f" ({cut})" if cut else ""),
                     pct(r.share("failed")), f"{r.seconds(0.5) * 1000:.0f} / {r.seconds(0.95) * 1000:.0f}",
-                    pct(b.best(best)), pct(b.share("whole") + b.share("shaped")),
+                    pct(b.best(best)), pct(b.answered()),
                     pct(b.share("deadline_exceeded")),
                     f"{b.seconds(0.5) * 1000:.0f} / {b.seconds(0.95) * 1000:.0f}",
                 ])  # fmt: skip
@@ -297,7 +301,7 @@ def report(
                     for name, cell in (("router", r), ("baseline", b))
                 }
                 if canned:
-                    without_answer += sum(o.kind not in ("whole", "shaped", "canned") for o in r.outcomes)
+                    without_answer += sum(o.kind not in ANSWERED for o in r.outcomes)
                 if (
                     task in ("intent", "bark")
                     and deadline_ms >= 200
