@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -133,11 +134,16 @@ class Processes:
         self, name: str, command: list[str], env: Mapping[str, str] | None = None, cwd: Path | None = None
     ) -> None:
         environment = {**os.environ, **(env or {})}
-        with (self.work / f"{name.replace(' ', '_')}.log").open("ab") as log:
+        with self.file(name, "log").open("ab") as log:
             self.popen[name] = subprocess.Popen(
                 command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 env=environment, cwd=cwd, start_new_session=True,
             )  # fmt: skip
+
+    def file(self, name: str, suffix: str) -> Path:
+        """`<work>/<name>.<suffix>`: a label may hold any character ("HTTP/2 relay"); the
+        file's name keeps the safe ones."""
+        return self.work / f"{re.sub(r'[^A-Za-z0-9._-]+', '_', name)}.{suffix}"
 
     def backend(self, name: str, listen: str, pace_ms: float = 0.0) -> None:
         self.start(name, [sys.executable, "-m", "bench.stream_backend", "--listen", listen,
@@ -159,7 +165,7 @@ class Processes:
     ) -> None:
         """A router from this checkout, or from another one (bench/proxy_revisions.py):
         `python -m` there imports that checkout's code first."""
-        path = self.work / f"{name.replace(' ', '_')}.yaml"
+        path = self.file(name, "yaml")
         path.write_text(yaml.safe_dump(config))
         # The command line moved from tiermesh/cli.py to ops/cli.py with the floors (#25).
         cli = "ops.cli" if (checkout or Path()).joinpath("ops", "cli.py").exists() else "tiermesh.cli"
