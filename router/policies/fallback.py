@@ -120,10 +120,11 @@ class Fallback:
                         call, first_token_by=step.start_by, max_tokens=step.max_tokens
                     )
                 stream = self._tiers[step.tier].generate(attempt)
-                cutoff = Cutoff(step.start_by)
+                cutoff: Cutoff | None = None  # a race has its own timers (first_ready)
                 try:
                     started = self._clock()
                     if call.task in WHOLE:
+                        cutoff = Cutoff(step.start_by)
                         whole = await self._whole(call, step, stream, cutoff, started)
                         if isinstance(whole, StatusError):
                             failures.append(whole)
@@ -147,6 +148,7 @@ class Fallback:
                         async for response in self._commit(call, *won, running, cut_at):
                             yield response
                         return
+                    cutoff = Cutoff(step.start_by)
                     first = await self._first(call, step, stream, cutoff, started)
                     if isinstance(first, StatusError):
                         failures.append(first)
@@ -160,7 +162,8 @@ class Fallback:
                 finally:
                     # Whatever else ends this step (the caller leaving, the stream's end)
                     # ends the attempt: its tier call must not outlive it.
-                    cutoff.cancel()
+                    if cutoff is not None:
+                        cutoff.cancel()
                     if step.probe:
                         self._estimates[step.tier].task(call.task).end_probe()
                     if stream is not given_up and not any(r.attempt.stream is stream for r in running):
