@@ -36,7 +36,6 @@ import argparse
 import asyncio
 import multiprocessing
 import random
-import subprocess
 import sys
 import tempfile
 import time
@@ -47,8 +46,8 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-import yaml
 
+from bench.paths import running
 from bench.report import median, table, update_readme, write
 from ops.mesh import wait_serving
 from router.stats import nearest_rank
@@ -223,11 +222,6 @@ def tenant_ttft_p95(results: list[Result], tenant: str) -> float:
 
 def jain(values: Sequence[float]) -> float:
     return sum(values) ** 2 / (len(values) * sum(v * v for v in values)) if any(values) else float("nan")
-
-
-def start(argv: list[str], log: Path) -> subprocess.Popen[bytes]:
-    with log.open("wb") as out:
-        return subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
 
 
 def measure(seconds: float) -> dict[str, Any]:
@@ -436,23 +430,15 @@ def main() -> None:
         return
     args.seconds = args.seconds or 6.0
     work = Path(tempfile.mkdtemp(prefix="tiermesh-classes-"))
-    py = sys.executable
-    synth = [py, "-m", "bench.synthetic_tier", "--slots", str(SLOTS), "--tokens", str(MAX_TOKENS),
+    synth = [sys.executable, "-m", "bench.synthetic_tier", "--slots", str(SLOTS), "--tokens", str(MAX_TOKENS),
              "--ttft-ms", str(TTFT_MS), "--token-ms", str(TOKEN_MS)]  # fmt: skip
-    processes = [start([*synth, "--listen", a], work / f"silver{i}.log") for i, a in enumerate(SILVER)]
-    for i, (name, listen) in enumerate(ROUTERS.items()):
-        config = work / f"router{i}.yaml"
-        config.write_text(yaml.safe_dump(router_config(name, listen)))
-        processes.append(start([py, "-m", "ops.cli", "router", "--config", str(config)], work / f"r{i}.log"))
-    try:
-        for address in [*SILVER, *ROUTERS.values()]:
+    with running(work) as processes:
+        for i, address in enumerate(SILVER):
+            processes.start(f"silver{i}", [*synth, "--listen", address])
             wait_serving(address, address, 30)
+        for name, listen in ROUTERS.items():
+            processes.router(name, router_config(name, listen))
         data = measure(args.seconds)
-    finally:
-        for process in processes:
-            process.terminate()
-        for process in processes:
-            process.wait(10)
     markdown = report(data, args.seconds)
     data |= {"capacity_per_s": CAPACITY, "deadline_s": DEADLINE_S, "seconds": args.seconds}
     json_path, md_path = write("classes", data, markdown)
