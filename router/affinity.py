@@ -88,3 +88,10 @@ def bounded_owner(ring: HashRing, key: bytes, loads: Mapping[str, int], load_fac
         if member in loads and loads[member] + 1 <= limit:
             return member
     return min(loads, key=lambda member: loads[member])
+
+
+def least_loaded(ring: HashRing, key: bytes, loads: Mapping[str, int]) -> str:
+    """The candidate among `loads` with the fewest calls in flight; among equals, the
+    first on the key's walk, so that routers seeing the same loads agree."""
+    order = {member: i for i, member in enumerate(ring.walk(key))}
+    return min(loads, key=lambda member: (loads[member], order.get(member, len(order))))

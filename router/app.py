@@ -35,6 +35,7 @@ from router.policies.session import SessionContext
 from router.replicas import ReplicaSet
 from router.server import MeshServicer
 from router.settings import RouterConfig, TierSettings
+from router.state.placement import Placements, placement_store
 from router.state.quota import MemoryQuota, QuotaStore, quota_store
 from router.state.store import SessionStore
 from router.state.store import store as session_store
@@ -52,6 +53,7 @@ def build_pipeline(
     jobs: Jobs | None = None,
     sessions: SessionStore | None = None,
     quotas: QuotaStore | None = None,
+    placements: Placements | None = None,
 ) -> Backend:
     """The router's policies, composed from the lists below (outermost first)."""
     router = config.router
@@ -63,9 +65,8 @@ def build_pipeline(
     queue_wait: dict[TierName, Callable[[Call], float]] = {}
     for name, tier in router.tiers.items():
         layers = tier_layers(config, name, estimates[name], queue_wait)
-        tiers[name] = compose(
-            layers, Balancer(replicas[name], picker(tier.balancer, replicas[name], tier.affinity))
-        )
+        pick = picker(tier.balancer, replicas[name], tier.affinity, placements)
+        tiers[name] = compose(layers, Balancer(replicas[name], pick))
         log.info("%s tier: %s → balancer → replicas", name, describe(layers))
     planner = TierPlanner(
         {task: policy.tiers for task, policy in router.tasks.items()},
@@ -203,6 +204,7 @@ class Router:
     jobs: Jobs | None = None
     sessions: SessionStore | None = None
     quotas: QuotaStore | None = None
+    placements: Placements | None = None
 
     @property
     def port(self) -> int:
@@ -219,6 +221,8 @@ class Router:
             await self.sessions.close()
         if self.quotas is not None:
             await self.quotas.close()
+        if self.placements is not None:
+            await self.placements.close()
 
 
 async def start_router(config: RouterConfig) -> Router:
@@ -241,10 +245,11 @@ async def start_router(config: RouterConfig) -> Router:
     jobs = Jobs(config, bronze.endpoints[0]) if bronze is not None else None
     sessions = session_store(config.state)
     quotas = quota_store(config.state.backend, config.state.redis_url)
-    pipeline = build_pipeline(config, replicas, jobs, sessions, quotas)
+    placements = placement_store(config.state.backend, config.state.redis_url, config.state.ttl_s)
+    pipeline = build_pipeline(config, replicas, jobs, sessions, quotas, placements)
     servicer = MeshServicer(config, pipeline, sessions, jobs, coalesce=merging.servicer)
     serving, edge = await start_edge(config, servicer)
-    return Router(serving, edge, replicas, jobs, sessions, quotas)
+    return Router(serving, edge, replicas, jobs, sessions, quotas, placements)
 
 
 async def serve(config: RouterConfig, worker: int = 0) -> None:

@@ -134,6 +134,10 @@ class AffinitySettings(BaseModel):
     # (≈ 4 characters each): the persona, and the start of the turn.
     leading_tokens: int = Field(default=64, ge=1)
     virtual_nodes: int = Field(default=128, ge=1, le=4096)
+    # Remember each conversation's replica in the state store (router.state: shared
+    # through Redis by router replicas), placed by load on its first turn; false: the
+    # ring alone places every turn (no state, but few conversations spread unevenly).
+    remember: bool = True
 
 
 class TierSettings(BaseModel):

@@ -1,29 +1,43 @@
 """Load balancing within a tier, with passive health (breaker, latency outliers): p2c
 over peak-EWMA (the default), round-robin (the baseline), or prefix-affine (a
-conversation stays where its prefix is cached: router/affinity.py)."""
+conversation stays where its prefix is cached: router/affinity.py, with its placement
+remembered in router/state/placement.py)."""
 
 from __future__ import annotations
 
 import itertools
+import logging
 import random
 import statistics
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import grpc
+from redis.exceptions import RedisError
 
 from router import metrics
-from router.affinity import HashRing, affinity_key, bounded_owner
+from router.affinity import HashRing, affinity_key, bounded_owner, capacity, least_loaded
 from router.call import Call
 from router.replicas import Replica, ReplicaSet
 from router.settings import AffinitySettings, BreakerSettings
+from router.state.placement import Placements
 from tiermesh.errors import StatusError
 from tiermesh.v1 import mesh_pb2
+
+log = logging.getLogger(__name__)
+StoreDown = (RedisError, OSError)
 
 
 class Picker(Protocol):
     def pick(self, call: Call, candidates: Sequence[Replica]) -> Replica: ...
+
+
+@runtime_checkable
+class Recalling(Protocol):
+    """A picker whose choice may come from shared state (an await) before `pick`."""
+
+    async def recall(self, call: Call, candidates: Sequence[Replica]) -> Replica | None: ...
 
 
 class PowerOfTwoChoices:
@@ -54,32 +68,78 @@ class PrefixAffine:
     replica (router/affinity.py), under a bound on its load. Only candidates are picked
     (available, and not yet tried by this call when others are), so a retry or a hedge
     walks on to the next replica on the ring, and an ejected replica's keys go to their
-    next owner and come back when it does."""
+    next owner and come back when it does.
 
-    def __init__(self, settings: AffinitySettings, known: Callable[[], Iterable[Replica]]) -> None:
+    With `placements`, a conversation's first turn is placed by load instead and its
+    replica remembered (`recall`): the ring spreads many keys evenly, but a few
+    conversations unevenly, and its bound then moves the overflow turn by turn."""
+
+    def __init__(
+        self,
+        settings: AffinitySettings,
+        known: Callable[[], Iterable[Replica]],
+        tier: str = "",
+        placements: Placements | None = None,
+    ) -> None:
         self._settings = settings
         self._known = known
         self._ring = HashRing(())
+        self._tier = tier
+        self._placements = placements
 
-    def pick(self, call: Call, candidates: Sequence[Replica]) -> Replica:
-        if len(candidates) == 1:
-            return candidates[0]
+    def _current_ring(self) -> HashRing:
         # The ring holds every known replica, up or not: one that is down keeps its
         # place, so its keys return to it, and the others' keys never move.
         members = {r.address for r in self._known()}
         if members != self._ring.members:  # discovery added or removed replicas
             self._ring = HashRing(members, self._settings.virtual_nodes)
+        return self._ring
+
+    def pick(self, call: Call, candidates: Sequence[Replica]) -> Replica:
+        if len(candidates) == 1:
+            return candidates[0]
         key = affinity_key(call, self._settings.leading_tokens)
         loads = {r.address: r.outstanding for r in candidates}
-        owner = bounded_owner(self._ring, key, loads, self._settings.load_factor)
+        owner = bounded_owner(self._current_ring(), key, loads, self._settings.load_factor)
         return next(r for r in candidates if r.address == owner)
 
+    async def recall(self, call: Call, candidates: Sequence[Replica]) -> Replica | None:
+        """The conversation's replica: where it was placed, while that is a candidate
+        under the load bound; else the least loaded, remembered from now on. None, and
+        the ring decides, for a call without a session, a retry or hedge of this call
+        (the ring's next replica), a single candidate, or a store that cannot answer."""
+        if self._placements is None or not call.session_id.strip() or call.tried or len(candidates) < 2:
+            return None
+        key = affinity_key(call, self._settings.leading_tokens)
+        try:
+            placed = await self._placements.get(self._tier, key)
+        except StoreDown as e:
+            log.debug("placement store unavailable, the ring decides: %s", e)
+            metrics.SESSION_STORE_ERRORS.labels("placement").inc()
+            return None
+        loads = {r.address: r.outstanding for r in candidates}
+        if placed not in loads or loads[placed] + 1 > capacity(loads, self._settings.load_factor):
+            placed = least_loaded(self._current_ring(), key, loads)
+            try:
+                await self._placements.put(self._tier, key, placed)
+            except StoreDown as e:
+                log.debug("placement not remembered: %s", e)
+                metrics.SESSION_STORE_ERRORS.labels("placement").inc()
+        return next(r for r in candidates if r.address == placed)
 
-def picker(name: str, replicas: ReplicaSet, affinity: AffinitySettings | None = None) -> Picker:
+
+def picker(
+    name: str,
+    replicas: ReplicaSet,
+    affinity: AffinitySettings | None = None,
+    placements: Placements | None = None,
+) -> Picker:
     if name == "round_robin":
         return RoundRobin()
     if name == "prefix_affine":
-        return PrefixAffine(affinity or AffinitySettings(), lambda: replicas.replicas)
+        affinity = affinity or AffinitySettings()
+        remembered = placements if affinity.remember else None
+        return PrefixAffine(affinity, lambda: replicas.replicas, replicas.tier, remembered)
     return PowerOfTwoChoices()
 
 
@@ -95,6 +155,7 @@ class Balancer:
     def __init__(self, replicas: ReplicaSet, picker: Picker) -> None:
         self.replicas = replicas
         self._picker = picker
+        self._recall = picker.recall if isinstance(picker, Recalling) else None
         self._settings: BreakerSettings = replicas.breaker_settings
 
     def _candidates(self, call: Call) -> list[Replica]:
@@ -114,7 +175,9 @@ class Balancer:
                 f"no available {self.replicas.tier} replica "
                 f"({len(self.replicas.replicas)} known, all down or ejected)",
             )
-        replica = self._picker.pick(call, candidates)
+        replica = await self._recall(call, candidates) if self._recall is not None else None
+        if replica is None:
+            replica = self._picker.pick(call, candidates)
         replica.breaker.on_pick()
         call.tried.add(replica.address)
         replica.outstanding += 1

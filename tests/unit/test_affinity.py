@@ -19,6 +19,7 @@ from router.call import Call
 from router.policies.balancer import Balancer, PrefixAffine
 from router.replicas import ReplicaSet
 from router.settings import AffinitySettings, BreakerSettings, TierSettings
+from router.state.placement import MemoryPlacements, Placements
 from tests.fakes import FakeBackend, a_call, drain
 
 ADDRESSES = [f"10.0.0.{i}:50061" for i in range(1, 5)]
@@ -175,3 +176,93 @@ async def test_one_replica_behaves_as_today() -> None:
         for i in range(3):
             await drain(balancer.generate(dataclasses.replace(turn(f"s{i}", 0), session_id="")))
         assert len(backends[0].calls) == 3
+
+
+def ring_owner(replicas: ReplicaSet, call: Call) -> str:
+    return PrefixAffine(AffinitySettings(), lambda: replicas.replicas).pick(call, replicas.replicas).address
+
+
+class DownStore:
+    """A placement store that cannot answer (Redis unreachable)."""
+
+    async def get(self, tier: str, key: bytes) -> str | None:
+        raise OSError("connection refused")
+
+    async def put(self, tier: str, key: bytes, address: str) -> None:
+        raise OSError("connection refused")
+
+    async def close(self) -> None:
+        """Nothing to close."""
+
+
+def remembering(replicas: ReplicaSet, store: Placements, load_factor: float = 1.25) -> PrefixAffine:
+    settings = AffinitySettings(load_factor=load_factor)
+    return PrefixAffine(settings, lambda: replicas.replicas, "silver", store)
+
+
+async def test_remembered_conversations_are_placed_by_load_and_stay() -> None:
+    async for replicas, backends in replica_set(2):
+        # Two routers sharing one store, as two router replicas share Redis.
+        store = MemoryPlacements(ttl_s=3600)
+        routers = [Balancer(replicas, remembering(replicas, store)) for _ in range(2)]
+        # Eight conversations begin at once: each first turn is in flight when the next
+        # is placed (on the ring alone, few keys can land seven to one).
+        opened = [routers[0].generate(turn(f"s{i}", 0)) for i in range(8)]
+        for stream in opened:
+            await anext(stream)
+        assert [len(b.calls) for b in backends] == [4, 4]
+        for stream in opened:
+            await drain(stream)
+        first = {call.session_id: i for i, b in enumerate(backends) for call in b.calls}
+        for n in range(1, 4):  # later turns, one at a time, alternating routers
+            for i in range(8):
+                await drain(routers[(n + i) % 2].generate(turn(f"s{i}", n)))
+        for i, backend in enumerate(backends):
+            assert all(first[call.session_id] == i for call in backend.calls), "a conversation moved"
+
+
+async def test_a_remembered_replica_over_the_bound_passes_the_conversation_on() -> None:
+    async for replicas, _ in replica_set(2):
+        store = MemoryPlacements(ttl_s=3600)
+        picker = remembering(replicas, store)
+        call = turn("s1", 0)
+        placed = await picker.recall(call, replicas.replicas)
+        assert placed is not None
+        placed.outstanding = 5  # it fills up with other calls
+        moved = await picker.recall(turn("s1", 1), replicas.replicas)
+        assert moved is not None
+        assert moved is not placed
+        placed.outstanding = 0
+        # It stays where it moved: its prefix is cached there now.
+        assert await picker.recall(turn("s1", 2), replicas.replicas) is moved
+
+
+async def test_without_a_store_answer_or_on_a_retry_the_ring_decides() -> None:
+    async for replicas, _ in replica_set(2):
+        call = turn("s1", 0)
+        assert await remembering(replicas, DownStore()).recall(call, replicas.replicas) is None
+        store = MemoryPlacements(ttl_s=3600)
+        picker = remembering(replicas, store)
+        assert await picker.recall(a_call(prompt="no session"), replicas.replicas) is None
+        placed = await picker.recall(call, replicas.replicas)
+        assert placed is not None
+        retry = turn("s1", 0)
+        retry.tried.add(placed.address)
+        assert await picker.recall(retry, replicas.replicas) is None  # the ring's next
+        # Through the balancer, a store that is down costs the call nothing: the ring's
+        # owner answers it.
+        balancer = Balancer(replicas, remembering(replicas, DownStore()))
+        later = turn("s1", 1)
+        await drain(balancer.generate(later))
+        assert later.tried == {ring_owner(replicas, later)}
+
+
+async def test_memory_placements_expire_and_stay_bounded() -> None:
+    now = [0.0]
+    store = MemoryPlacements(ttl_s=10, max_entries=3, clock=lambda: now[0])
+    for i in range(5):
+        await store.put("silver", f"k{i}".encode(), f"r{i}")
+    assert [await store.get("silver", f"k{i}".encode()) for i in range(5)] == [None, None, "r2", "r3", "r4"]
+    assert await store.get("gold", b"k4") is None  # per tier
+    now[0] = 10.0
+    assert await store.get("silver", b"k4") is None
