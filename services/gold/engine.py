@@ -43,6 +43,13 @@ class PromptTokens:
     count: int
 
 
+# What a work item emits once its caller's answer is whole, before the instance's own
+# work after it (llama.cpp saves the evaluated prefix into its cache after the last
+# token): the stream ends for the caller there, and the instance returns to the pool
+# when its thread is done.
+ANSWERED = object()
+
+
 @dataclass
 class Worker:
     llm: Any  # llama_cpp.Llama
@@ -108,7 +115,7 @@ class LlamaPool:
         try:
             while True:
                 kind, value = await queue.get()
-                if kind == "end":
+                if kind == "end" or value is ANSWERED:
                     return
                 if kind == "error":
                     raise value
@@ -146,7 +153,10 @@ class LlamaPool:
             for chunk in pieces:
                 if stopped.is_set() or (end_by is not None and time.time() > end_by):
                     break
-                emit(chunk["choices"][0]["text"])
+                choice = chunk["choices"][0]
+                emit(choice["text"])
+                if choice["finish_reason"] is not None:
+                    emit(ANSWERED)  # the prefix cache's save comes after (see ANSWERED)
 
         async for piece in self._run(work, give_up.start_by if give_up is not None else None):
             yield piece
