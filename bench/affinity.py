@@ -286,7 +286,9 @@ def measure(levels: Sequence[int], turns: int) -> dict[str, Any]:
         for balancer in BALANCERS:
             run = Run(balancer, level)
             with mesh(work, balancer, personas, settings.silver.model):
-                asyncio.run(drive(run, turns, f"{balancer.replace(', ', '-')}-{level}", None))
+                # The tag begins each session id: letters, digits and '-' only.
+                tag = re.sub(r"[^A-Za-z0-9]+", "-", balancer)
+                asyncio.run(drive(run, turns, f"{tag}-{level}", None))
             data["runs"][f"{balancer}/{level}"] = run.summary()
             print(balancer, level, data["runs"][f"{balancer}/{level}"], flush=True)
     level = max(levels)

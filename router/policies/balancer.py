@@ -10,6 +10,7 @@ import logging
 import random
 import statistics
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from typing import Protocol, runtime_checkable
 
@@ -86,6 +87,7 @@ class PrefixAffine:
         self._ring = HashRing(())
         self._tier = tier
         self._placements = placements
+        self._placing: Counter[str] = Counter()  # per replica: calls whose placement is being written
 
     def _current_ring(self) -> HashRing:
         # The ring holds every known replica, up or not: one that is down keeps its
@@ -117,14 +119,20 @@ class PrefixAffine:
             log.debug("placement store unavailable, the ring decides: %s", e)
             metrics.SESSION_STORE_ERRORS.labels("placement").inc()
             return None
-        loads = {r.address: r.outstanding for r in candidates}
+        # Calls being placed count as load: while one waits for its write, the others
+        # must not all see the loads from before it and pick the same replica.
+        loads = {r.address: r.outstanding + self._placing[r.address] for r in candidates}
         if placed not in loads or loads[placed] + 1 > capacity(loads, self._settings.load_factor):
             placed = least_loaded(self._current_ring(), key, loads)
+            self._placing[placed] += 1
             try:
                 await self._placements.put(self._tier, key, placed)
             except StoreDown as e:
                 log.debug("placement not remembered: %s", e)
                 metrics.SESSION_STORE_ERRORS.labels("placement").inc()
+            finally:
+                # The balancer counts the call as in flight before anything else runs.
+                self._placing[placed] -= 1
         return next(r for r in candidates if r.address == placed)
 
 

@@ -4,6 +4,8 @@ later turns to the same replica."""
 
 from __future__ import annotations
 
+import asyncio
+
 from redis.asyncio import Redis
 
 from router.policies.balancer import Balancer
@@ -17,9 +19,10 @@ async def test_two_routers_keep_a_conversation_on_one_replica_through_redis(redi
     stores = [RedisPlacements(redis_server, ttl_s=60) for _ in range(2)]
     async for replicas, backends in replica_set(2):
         first, second = (Balancer(replicas, remembering(replicas, store)) for store in stores)
+        # Eight first turns at once: each awaits the store, and none may place itself
+        # on loads that do not count the others being placed.
         opened = [first.generate(turn(f"s{i}", 0)) for i in range(8)]
-        for stream in opened:
-            await anext(stream)
+        await asyncio.gather(*(anext(stream) for stream in opened))
         for stream in opened:
             await drain(stream)
         placed = {call.session_id: i for i, b in enumerate(backends) for call in b.calls}
