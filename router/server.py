@@ -23,9 +23,8 @@ from router.call import Call
 from router.coalesce import coalesced
 from router.jobs import Jobs
 from router.pipeline import Backend
-from router.policies.session import StoreDown
 from router.settings import RouterConfig
-from router.state.store import SessionStore
+from router.state.store import SessionStore, StoreDown
 from router.streams import close
 from router.validation import TASK_NAMES, check_session_ids, check_session_update, resolve
 from tiermesh import tracing

@@ -15,7 +15,6 @@ from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from typing import Protocol, runtime_checkable
 
 import grpc
-from redis.exceptions import RedisError
 
 from router import metrics
 from router.affinity import HashRing, affinity_key, bounded_owner, capacity, least_loaded
@@ -23,11 +22,11 @@ from router.call import Call
 from router.replicas import Replica, ReplicaSet
 from router.settings import AffinitySettings, BreakerSettings
 from router.state.placement import Placements
+from router.state.store import StoreDown
 from tiermesh.errors import StatusError
 from tiermesh.v1 import mesh_pb2
 
 log = logging.getLogger(__name__)
-StoreDown = (RedisError, OSError)
 
 
 class Picker(Protocol):

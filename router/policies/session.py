@@ -13,19 +13,16 @@ import dataclasses
 import logging
 from collections.abc import AsyncIterator, Mapping
 
-from redis.exceptions import RedisError
-
 from router import metrics
 from router.call import Call
 from router.pipeline import Backend
-from router.state.store import SessionStore
+from router.state.store import SessionStore, StoreDown
 from tiermesh.chat import Message
 from tiermesh.config import TaskName
 from tiermesh.errors import StatusError
 from tiermesh.v1 import mesh_pb2
 
 log = logging.getLogger(__name__)
-StoreDown = (RedisError, OSError)
 
 
 def approx_tokens(text: str) -> int:

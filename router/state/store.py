@@ -19,7 +19,7 @@ from typing import Protocol
 import grpc
 from google.protobuf.message import DecodeError
 from redis.asyncio import Redis
-from redis.exceptions import WatchError
+from redis.exceptions import RedisError, WatchError
 
 from router.settings import StateSettings
 from tiermesh.errors import StatusError
@@ -27,6 +27,8 @@ from tiermesh.v1 import mesh_pb2
 
 log = logging.getLogger(__name__)
 Change = Callable[[mesh_pb2.Session], None]
+# What a shared-state store that cannot answer raises (Redis down, a socket timeout).
+StoreDown = (RedisError, OSError)
 
 
 class SessionStore(Protocol):
