@@ -138,6 +138,11 @@ class AffinitySettings(BaseModel):
     # through Redis by router replicas), placed by load on its first turn; false: the
     # ring alone places every turn (no state, but few conversations spread unevenly).
     remember: bool = True
+    # A remembered conversation moves only when its replica holds more than this × the
+    # mean load in flight (or is no longer a candidate). Looser than `load_factor`: each
+    # router sees only its own calls, so with a few in flight its view of two replicas'
+    # loads is lopsided half the time, and every move is a cold prefix.
+    move_factor: float = Field(default=2.0, ge=1.0)
 
 
 class TierSettings(BaseModel):

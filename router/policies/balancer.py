@@ -106,9 +106,10 @@ class PrefixAffine:
 
     async def recall(self, call: Call, candidates: Sequence[Replica]) -> Replica | None:
         """The conversation's replica: where it was placed, while that is a candidate
-        under the load bound; else the least loaded, remembered from now on. None, and
-        the ring decides, for a call without a session, a retry or hedge of this call
-        (the ring's next replica), a single candidate, or a store that cannot answer."""
+        within `move_factor` × the mean load; else the least loaded, remembered from now
+        on. None, and the ring decides, for a call without a session, a retry or hedge of
+        this call (the ring's next replica), a single candidate, or a store that cannot
+        answer."""
         if self._placements is None or not call.session_id.strip() or call.tried or len(candidates) < 2:
             return None
         key = affinity_key(call, self._settings.leading_tokens)
@@ -121,7 +122,7 @@ class PrefixAffine:
         # Calls being placed count as load: while one waits for its write, the others
         # must not all see the loads from before it and pick the same replica.
         loads = {r.address: r.outstanding + self._placing[r.address] for r in candidates}
-        if placed not in loads or loads[placed] + 1 > capacity(loads, self._settings.load_factor):
+        if placed not in loads or loads[placed] + 1 > capacity(loads, self._settings.move_factor):
             placed = least_loaded(self._current_ring(), key, loads)
             self._placing[placed] += 1
             try:

@@ -222,19 +222,21 @@ async def test_remembered_conversations_are_placed_by_load_and_stay() -> None:
 
 
 async def test_a_remembered_replica_over_the_bound_passes_the_conversation_on() -> None:
-    async for replicas, _ in replica_set(2):
-        store = MemoryPlacements(ttl_s=3600)
-        picker = remembering(replicas, store)
-        call = turn("s1", 0)
-        placed = await picker.recall(call, replicas.replicas)
+    async for replicas, _ in replica_set(3):
+        picker = remembering(replicas, MemoryPlacements(ttl_s=3600))
+        placed = await picker.recall(turn("s1", 0), replicas.replicas)
         assert placed is not None
-        placed.outstanding = 5  # it fills up with other calls
-        moved = await picker.recall(turn("s1", 1), replicas.replicas)
+        # Busier than the others, within move_factor (2) × the mean: ⌈2 × 2/3⌉ = 2. The
+        # ring's bound (1.25: ⌈1.25 × 2/3⌉ = 1) would have moved it.
+        placed.outstanding = 1
+        assert await picker.recall(turn("s1", 1), replicas.replicas) is placed
+        placed.outstanding = 5  # it fills up with other calls: ⌈2 × 6/3⌉ = 4
+        moved = await picker.recall(turn("s1", 2), replicas.replicas)
         assert moved is not None
         assert moved is not placed
         placed.outstanding = 0
         # It stays where it moved: its prefix is cached there now.
-        assert await picker.recall(turn("s1", 2), replicas.replicas) is moved
+        assert await picker.recall(turn("s1", 3), replicas.replicas) is moved
 
 
 async def test_without_a_store_answer_or_on_a_retry_the_ring_decides() -> None:
