@@ -178,6 +178,12 @@ SESSION_STORE_ERRORS = Counter(
     "Session reads or writes that failed (the turn was served without memory)",
     ["operation"],
 )
+PLACEMENTS = Counter(
+    "tiermesh_router_placements",
+    "Conversation turns by where prefix affinity sent them: kept (on the remembered "
+    "replica), placed (a first turn) or moved (its replica full or gone: a cold prefix)",
+    ["tier", "outcome"],
+)
 
 
 class ReplicaCollector(Collector):
@@ -248,6 +254,9 @@ def initialise(router: RouterSettings) -> None:
         RESUMES.labels(tier)
         for outcome in ("started", "hedge_won", "primary_won"):
             HEDGES.labels(tier, outcome)
+        if router.tiers[tier].balancer == "prefix_affine":
+            for outcome in ("kept", "placed", "moved"):
+                PLACEMENTS.labels(tier, outcome)
         for reason in ("failures", "latency"):
             EJECTIONS.labels(tier, reason)
     for reason in (

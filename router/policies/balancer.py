@@ -122,7 +122,10 @@ class PrefixAffine:
         # Calls being placed count as load: while one waits for its write, the others
         # must not all see the loads from before it and pick the same replica.
         loads = {r.address: r.outstanding + self._placing[r.address] for r in candidates}
-        if placed not in loads or loads[placed] + 1 > capacity(loads, self._settings.move_factor):
+        if placed in loads and loads[placed] + 1 <= capacity(loads, self._settings.move_factor):
+            metrics.series(metrics.PLACEMENTS, self._tier, "kept").inc()
+        else:
+            metrics.series(metrics.PLACEMENTS, self._tier, "placed" if placed is None else "moved").inc()
             placed = least_loaded(self._current_ring(), key, loads)
             self._placing[placed] += 1
             try:

@@ -13,6 +13,7 @@ from collections import Counter
 from collections.abc import AsyncIterator
 
 import pytest
+from prometheus_client import REGISTRY
 
 from router.affinity import HashRing, affinity_key, bounded_owner, capacity
 from router.call import Call
@@ -178,6 +179,16 @@ async def test_one_replica_behaves_as_today() -> None:
         assert len(backends[0].calls) == 3
 
 
+def placement_counts() -> dict[str, float]:
+    """tiermesh_router_placements_total for silver, by outcome."""
+    labels = {"tier": "silver"}
+    return {
+        outcome: REGISTRY.get_sample_value("tiermesh_router_placements_total", labels | {"outcome": outcome})
+        or 0.0
+        for outcome in ("placed", "kept", "moved")
+    }
+
+
 def ring_owner(replicas: ReplicaSet, call: Call) -> str:
     return PrefixAffine(AffinitySettings(), lambda: replicas.replicas).pick(call, replicas.replicas).address
 
@@ -222,6 +233,7 @@ async def test_remembered_conversations_are_placed_by_load_and_stay() -> None:
 
 
 async def test_a_remembered_replica_over_the_bound_passes_the_conversation_on() -> None:
+    before = placement_counts()
     async for replicas, _ in replica_set(3):
         picker = remembering(replicas, MemoryPlacements(ttl_s=3600))
         placed = await picker.recall(turn("s1", 0), replicas.replicas)
@@ -237,6 +249,9 @@ async def test_a_remembered_replica_over_the_bound_passes_the_conversation_on() 
         placed.outstanding = 0
         # It stays where it moved: its prefix is cached there now.
         assert await picker.recall(turn("s1", 3), replicas.replicas) is moved
+        # Each turn counted by outcome, as operators see it.
+        after = placement_counts()
+        assert {o: after[o] - before[o] for o in after} == {"placed": 1, "kept": 2, "moved": 1}
 
 
 async def test_without_a_store_answer_or_on_a_retry_the_ring_decides() -> None:
