@@ -221,14 +221,13 @@ class Fallback:
             entry = next(r for r in running if r.attempt is ready)
             error = ready.first.exception()
             if error is None:
-                estimate = self._estimates[entry.step.tier].task(call.task)
-                estimate.observe_first(self._clock() - entry.started)
+                self._observe_first(call, entry.step, entry.started)
                 held = (entry, ready.first.result())
                 continue
             running.remove(entry)
             await ready.cancel()
             if isinstance(error, StopAsyncIteration):
-                failures.append(StatusError(grpc.StatusCode.UNAVAILABLE, f"{entry.step.tier} sent nothing"))
+                failures.append(self._sent_nothing(entry.step))
             elif not isinstance(error, StatusError):
                 raise error
             elif entry is current:
@@ -314,10 +313,10 @@ class Fallback:
         except Cut:
             return self._slow(call, step, started)
         except StopAsyncIteration:
-            return StatusError(grpc.StatusCode.UNAVAILABLE, f"{step.tier} sent nothing")
+            return self._sent_nothing(step)
         except StatusError as error:
             return self._failed(call, step, error, started)
-        self._estimates[step.tier].task(call.task).observe_first(self._clock() - started)
+        self._observe_first(call, step, started)
         return first
 
     async def _whole(
@@ -349,7 +348,7 @@ class Fallback:
             return StatusError(
                 grpc.StatusCode.UNAVAILABLE, f"{step.tier} answered {label[:40]!r}, not one of the intents"
             )
-        self._estimates[step.tier].task(call.task).observe_first(self._clock() - started)
+        self._observe_first(call, step, started)
         answer = mesh_pb2.GenerateResponse(
             text=label, tier=last.tier, finish_reason=mesh_pb2.FINISH_REASON_STOP
         )
@@ -385,6 +384,14 @@ class Fallback:
                 tokens = response.usage.completion_tokens or tokens
             yield response
         estimate.observe_rest(tokens, self._clock() - first_at)
+
+    def _observe_first(self, call: Call, step: Step, started: float) -> None:
+        """The tier's time to its first message (an intent's: its whole label), for the plans."""
+        self._estimates[step.tier].task(call.task).observe_first(self._clock() - started)
+
+    @staticmethod
+    def _sent_nothing(step: Step) -> StatusError:
+        return StatusError(grpc.StatusCode.UNAVAILABLE, f"{step.tier} sent nothing")
 
     def _failed(self, call: Call, step: Step, error: StatusError, started: float) -> StatusError:
         if error.code in CALLER_FAULTS:
