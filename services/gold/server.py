@@ -146,7 +146,9 @@ def serve(settings: GoldSettings, tls: TlsSettings | None = None) -> None:
     pool = LlamaPool(settings)
     pool.load()
     encoder = (
-        IntentEncoder(settings.intent_encoder, settings.encoder_threads) if settings.intent_encoder else None
+        IntentEncoder(settings.intent_encoder, settings.encoder_threads, settings.encoder_precision)
+        if settings.intent_encoder
+        else None
     )
     if encoder is not None:
         encoder.encode(["warm up"])  # the first run allocates; no caller should pay for it

@@ -83,9 +83,10 @@ async def test_the_intent_encoder_is_served_beside_the_ensemble(mesh: Mesh) -> N
         await client.close()
 
 
-# Measured 72.7% (56/77) when the floor was set; the encoder and the guides are
-# deterministic, so a drop below this is a regression of the model, the guides or the path.
-HELD_OUT_FLOOR = 0.70
+# Measured 79.2% (61/77) with the tuned 4-layer int8 encoder when the floor was set. Tuning is
+# seeded and the guides fixed; a machine that sums floats in another order may move a
+# situation or two, and more than that is a regression of the model, guides or path.
+HELD_OUT_FLOOR = 0.75
 
 
 async def test_held_out_intents_stay_above_the_accuracy_floor(mesh_stub: MeshAsyncStub) -> None:
