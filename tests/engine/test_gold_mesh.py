@@ -83,10 +83,10 @@ async def test_the_intent_encoder_is_served_beside_the_ensemble(mesh: Mesh) -> N
         await client.close()
 
 
-# Measured 79.2% (61/77) with the tuned 4-layer int8 encoder when the floor was set. Tuning is
+# Measured 83.1% (64/77) with the tuned 4-layer int8 encoder when the floor was set. Tuning is
 # seeded and the guides fixed; a machine that sums floats in another order may move a
 # situation or two, and more than that is a regression of the model, guides or path.
-HELD_OUT_FLOOR = 0.75
+HELD_OUT_FLOOR = 0.80
 
 
 async def test_held_out_intents_stay_above_the_accuracy_floor(mesh_stub: MeshAsyncStub) -> None:

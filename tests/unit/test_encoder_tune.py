@@ -14,6 +14,12 @@ CONFIG = Path("config/mesh.yaml")
 LABELLED = Path("eval/intents.yaml")
 
 
+def test_no_situation_is_in_two_splits() -> None:
+    situations = yaml.safe_load(LABELLED.read_text())["situations"]
+    texts = [s["text"] for s in situations]
+    assert len(set(texts)) == len(texts), sorted(t for t in set(texts) if texts.count(t) > 1)
+
+
 def test_only_the_dev_split_and_the_guides_are_trained_on() -> None:
     data = tuning_set(CONFIG, LABELLED)
     situations = yaml.safe_load(LABELLED.read_text())["situations"]
