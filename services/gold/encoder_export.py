@@ -82,7 +82,7 @@ def export(out: Path, tuning: TuningSet | None, layers: int = LAYERS) -> None:
 
 
 def quantize(fp32: Path, int8: Path) -> None:
-    """Weights to int8, activations quantised per batch as it runs: no calibration set."""
+    """Weights to int8; activations are quantised as each run goes, so no calibration set."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     quantize_dynamic(str(fp32), str(int8), weight_type=QuantType.QInt8)
