@@ -299,8 +299,8 @@ def report(results: dict[str, Any], methods: dict[str, Any], encoders: dict[str,
         "# Gold: intents and barks (CPU stand-in)\n\n"
         "`python -m bench.gold` on the local mesh: Triton 2.51 (PyTriton) serving llama.cpp "
         "(SmolLM2-135M Q4_1, 2 instances × 1 thread) and the intent encoder (all-MiniLM-L6-v2 tuned "
-        f"to the intents, 4 layers, int8, ONNX Runtime, {results['encoder_threads']} thread(s), dynamic "
-        "batching), on 2 shared vCPUs. "
+        "to the intents, 4 layers, int8, ONNX Runtime, the situations of a batch "
+        f"{results['encoder_threads']} at a time on a thread each, dynamic batching), on 2 shared vCPUs. "
         "Situations: the held-out part of "
         f"eval/intents.yaml ({len(HELD_OUT)} situations, 5 personas, never used to tune), cache "
         "bypassed except for hits. Accuracy in the latency rows is over the calls of that row "
@@ -322,8 +322,9 @@ def report(results: dict[str, Any], methods: dict[str, Any], encoders: dict[str,
         + "\n\nAn encoder miss is one ~20-token forward pass of a 4-layer MiniLM encoder plus a dot "
         "product in the router; an LLM miss evaluates the persona and situation (~60 tokens) on a "
         "135M-parameter model, which scores its labels by their first tokens and mostly picks GREET. "
-        "With 16 callers, encoder calls that queue together share a forward pass (Triton's dynamic "
-        "batcher); LLM calls queue for one of two instances.\n"
+        "With 16 callers, encoder calls that queue together share one Triton execution (the dynamic "
+        "batcher), in which each situation runs its own forward pass, two at a time; LLM calls queue "
+        "for one of two instances.\n"
     )
 
 

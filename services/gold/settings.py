@@ -35,7 +35,9 @@ class GoldSettings(BaseModel):
     # The intent encoder's folder (make model exports it); Triton serves it as the model
     # `intent_encoder` beside the ensemble. Empty: none.
     intent_encoder: str = ".models/intent-encoder"
-    encoder_threads: int = Field(default=1, ge=1)
+    # Situations of one batch encoded at once, one thread each (the cores are shared with
+    # llama.cpp, which is idle while intents are labelled).
+    encoder_threads: int = Field(default=2, ge=1)
     # int8 weights (ONNX Runtime's dynamic quantisation) or the fp32 graph production
     # gives TensorRT; on this CPU int8 takes about half the time and chose alike on `val`.
     encoder_precision: Literal["int8", "fp32"] = "int8"

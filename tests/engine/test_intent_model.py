@@ -14,11 +14,12 @@ FOLDER = Path(".models/intent-encoder")
 pytestmark = pytest.mark.engine
 
 
-@pytest.mark.parametrize("precision", ["int8", "fp32"])
-def test_a_situations_embedding_does_not_depend_on_its_batch(precision: str) -> None:
+@pytest.mark.parametrize(("precision", "threads"), [("int8", 1), ("fp32", 1), ("int8", 2)])
+def test_a_situations_embedding_does_not_depend_on_its_batch(precision: str, threads: int) -> None:
     """Triton's dynamic batcher puts concurrent callers' situations in one batch; the int8
-    graph's activation scales would otherwise be shared by the whole batch."""
-    encoder = IntentEncoder(FOLDER, 1, precision)  # type: ignore[arg-type]
+    graph's activation scales would otherwise be shared by the whole batch. With threads,
+    rows still come back in their texts' order."""
+    encoder = IntentEncoder(FOLDER, threads, precision)  # type: ignore[arg-type]
     situation = "An armed stranger charges at the gate, shouting."
     alone = encoder.encode([situation])
     batched = encoder.encode(["Hi!", situation, "A very long " + "and winding " * 40 + "story."])
