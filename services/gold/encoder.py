@@ -43,8 +43,7 @@ class IntentEncoder:
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self._session = onnxruntime.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
         # The texts of a batch run on up to `threads` threads at once (a session may run
-        # concurrently; ONNX Runtime releases the GIL): 16 concurrent callers' situations
-        # come back in about half the time on two cores.
+        # concurrently; ONNX Runtime releases the GIL), so a batch uses every core given.
         self._rows = ThreadPoolExecutor(threads, "intent-encoder") if threads > 1 else None
 
     def encode(self, texts: list[str]) -> np.ndarray[Any, np.dtype[np.float32]]:
@@ -52,8 +51,8 @@ class IntentEncoder:
 
         Each text runs on its own. The int8 graph quantises its activations with one scale
         per run, so in a batch a situation's embedding (and sometimes its intent) would
-        depend on what it queued with; and on this CPU a batch of 16 took as long as 16
-        runs, its padding eating what batching saves (docs/history.md)."""
+        depend on what it queued with; and on CPU, padding ate what a batch saved
+        (docs/history.md)."""
         encoded = self._tokenizer.encode_batch(texts)
         if self._rows is not None and len(encoded) > 1:
             rows = list(self._rows.map(self._run, encoded))
