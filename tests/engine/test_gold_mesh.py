@@ -84,9 +84,11 @@ async def test_the_intent_encoder_is_served_beside_the_ensemble(mesh: Mesh) -> N
 
 
 # Measured 83.1% (64/77) with the tuned 4-layer int8 encoder when the floor was set. Tuning is
-# seeded and the guides fixed; a machine that sums floats in another order may move a
-# situation or two, and more than that is a regression of the model, guides or path.
-HELD_OUT_FLOOR = 0.80
+# seeded and the guides fixed, but `make model` tunes on the machine that runs the tests, and
+# one whose CPU sums floats in another order tunes a slightly different model: the variants
+# measured side by side ranged 81.8–84.4%. Below this floor (the published encoder scores
+# 72.7%) the tuning, the guides or the path has regressed.
+HELD_OUT_FLOOR = 0.78
 
 
 async def test_held_out_intents_stay_above_the_accuracy_floor(mesh_stub: MeshAsyncStub) -> None:
