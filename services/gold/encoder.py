@@ -6,9 +6,11 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
+
+from services.gold.settings import Precision
 
 ENCODER_FILE = "model.onnx"
 INT8_FILE = "model-int8.onnx"  # the same with int8 weights, for CPUs
@@ -17,8 +19,6 @@ TOKENIZER_FILE = "tokenizer.json"
 MAX_TOKENS = 128
 DIMENSIONS = 384
 
-
-Precision = Literal["int8", "fp32"]
 FILES: dict[Precision, str] = {"int8": INT8_FILE, "fp32": ENCODER_FILE}
 
 
@@ -58,7 +58,8 @@ class IntentEncoder:
             rows = list(self._rows.map(self._run, encoded))
         else:
             rows = [self._run(e) for e in encoded]
-        return np.asarray(np.concatenate([np.zeros((0, DIMENSIONS)), *rows]), dtype=np.float32)
+        # A row of each, in order; an empty batch is (0, DIMENSIONS).
+        return np.concatenate([np.zeros((0, DIMENSIONS), dtype=np.float32), *rows])
 
     def _run(self, encoded: Any) -> np.ndarray[Any, np.dtype[np.float32]]:
         ids = np.array([encoded.ids], dtype=np.int64)

@@ -7,6 +7,9 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
+# The intent encoder's file Gold serves: int8 weights, or the fp32 graph production uses.
+Precision = Literal["int8", "fp32"]
+
 
 class GoldSettings(BaseModel):
     """The local Gold: a real Triton (PyTriton) hosting llama.cpp on CPU with the
@@ -40,7 +43,7 @@ class GoldSettings(BaseModel):
     encoder_threads: int = Field(default=2, ge=1)
     # int8 weights (ONNX Runtime's dynamic quantisation) or the fp32 graph production
     # gives TensorRT; on this CPU int8 takes about half the time and chose alike on `val`.
-    encoder_precision: Literal["int8", "fp32"] = "int8"
+    encoder_precision: Precision = "int8"
     # Gold answers short: longer requests are refused here (the router sends them
     # to the next tier of their chain instead).
     max_tokens_limit: int = Field(default=32, gt=0)
