@@ -13,7 +13,6 @@ from collections import Counter
 from collections.abc import AsyncIterator
 
 import pytest
-from prometheus_client import REGISTRY
 
 from router.affinity import HashRing, affinity_key, bounded_owner, capacity
 from router.call import Call
@@ -22,6 +21,7 @@ from router.replicas import ReplicaSet
 from router.settings import AffinitySettings, BreakerSettings, TierSettings
 from router.state.placement import MemoryPlacements, Placements
 from tests.fakes import FakeBackend, a_call, drain
+from tests.router.test_faults import metric
 
 ADDRESSES = [f"10.0.0.{i}:50061" for i in range(1, 5)]
 LEADING = AffinitySettings().leading_tokens
@@ -181,10 +181,8 @@ async def test_one_replica_behaves_as_today() -> None:
 
 def placement_counts() -> dict[str, float]:
     """tiermesh_router_placements_total for silver, by outcome."""
-    labels = {"tier": "silver"}
     return {
-        outcome: REGISTRY.get_sample_value("tiermesh_router_placements_total", labels | {"outcome": outcome})
-        or 0.0
+        outcome: metric("tiermesh_router_placements_total", tier="silver", outcome=outcome)
         for outcome in ("placed", "kept", "moved")
     }
 
