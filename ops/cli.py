@@ -15,6 +15,7 @@ from rich.console import Console
 from ops.settings import Settings, load_settings
 from tiermesh.config import config_path
 from tiermesh.logs import setup_logging
+from tiermesh.process_exit import skip_exit_collection
 
 if TYPE_CHECKING:
     from tiermesh.v1.mesh_pb2_grpc import MeshAsyncStub
@@ -57,6 +58,7 @@ def silver(config: ConfigOption = None) -> None:
     settings = _settings(config)
     setup_logging()
     asyncio.run(serve(settings.silver, settings.security.mesh_tls, settings.tracing))
+    skip_exit_collection()
 
 
 @app.command()

@@ -27,6 +27,7 @@ from services.gold.engine import GaveUp, GiveUp, LlamaPool, PromptTokens
 from services.gold.settings import GoldSettings
 from tiermesh.config import load_section
 from tiermesh.logs import setup_logging
+from tiermesh.process_exit import skip_exit_collection
 from tiermesh.tls import TlsSettings
 
 log = logging.getLogger("tiermesh.gold")
@@ -229,6 +230,7 @@ def main() -> None:
         load_section(GoldSettings, "gold", path=args.config),
         load_section(TlsSettings, "security", "mesh_tls", path=args.config),
     )
+    skip_exit_collection()
 
 
 if __name__ == "__main__":
