@@ -16,13 +16,16 @@ import argparse
 import asyncio
 import json
 import subprocess
+import tempfile
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import grpc
 import numpy as np
 
+from bench.paths import running
 from bench.report import median, table, update_readme, write
 from bench.silver import mesh_running
 from ops.evaluate import Situation, load_set
@@ -98,7 +101,9 @@ class Scored:
         return round(self.right / max(1, self.asked), 4)
 
 
-async def measure(settings: Settings, calls: int) -> dict[str, Any]:
+async def measure(settings: Settings, calls: int, shared_slots: str) -> dict[str, Any]:
+    """`shared_slots`: a router like the mesh's but with intents in the LLM's stream slots
+    (no max_streams_by_task), measured beside it."""
     config = settings.router_config()
     address = settings.router.tiers["gold"].endpoints[0]
     llm = TritonTier("gold", address, "ensemble")
@@ -116,11 +121,17 @@ async def measure(settings: Settings, calls: int) -> dict[str, Any]:
         return text.strip(), score
 
     results: dict[str, Any] = {}
-    async with grpc.aio.insecure_channel(settings.router.listen) as channel:
+    async with (
+        grpc.aio.insecure_channel(settings.router.listen) as channel,
+        grpc.aio.insecure_channel(shared_slots) as shared_channel,
+    ):
         router = mesh_pb2_grpc.MeshStub(channel)
+        shared_router = mesh_pb2_grpc.MeshStub(shared_channel)
 
-        def via_router(bypass: bool) -> Callable[[Situation], Awaitable[tuple[str, float | None]]]:
-            return lambda s: label_of(router.Generate(intent_request(s, bypass), timeout=30))
+        def via_router(
+            bypass: bool, stub: mesh_pb2_grpc.MeshStub = router
+        ) -> Callable[[Situation], Awaitable[tuple[str, float | None]]]:
+            return lambda s: label_of(stub.Generate(intent_request(s, bypass), timeout=30))
 
         def direct(tier: TritonTier) -> Callable[[Situation], Awaitable[tuple[str, float | None]]]:
             return lambda s: label_of(tier.generate(resolve(intent_request(s, True), config, 30.0)))
@@ -129,11 +140,12 @@ async def measure(settings: Settings, calls: int) -> dict[str, Any]:
         # llama.cpp's prefix caches.
         await encoder.warm()
         for situation in HELD_OUT[:4]:
-            for warm in (via_router(True), direct(encoder), direct(llm)):
+            for warm in (via_router(True), via_router(True, shared_router), direct(encoder), direct(llm)):
                 await warm(situation)
         for concurrency in (1, 16):
             paths: dict[str, Scored] = {
                 "router_encoder": Scored(via_router(True)),
+                "router_encoder_shared_slots": Scored(via_router(True, shared_router)),
                 "direct_encoder": Scored(direct(encoder)),
                 "direct_llm_trie": Scored(direct(llm)),
             }
@@ -269,8 +281,21 @@ def encoder_variants(settings: Settings) -> dict[str, Any]:
     return results
 
 
+SHARED_SLOTS_LISTEN = "127.0.0.1:50151"
+
+
+def shared_slots_config(settings: Settings) -> dict[str, Any]:
+    """The mesh's router settings, but Gold's intents count against the LLM's stream
+    slots (max_streams), as before they had their own: the comparison for #23."""
+    config = settings.model_dump(mode="json")
+    config["router"] |= {"listen": SHARED_SLOTS_LISTEN, "metrics_port": 0}
+    config["router"]["tiers"]["gold"]["max_streams_by_task"] = {}
+    return config
+
+
 PATHS = (
     ("router_encoder", "encoder, through the router"),
+    ("router_encoder_shared_slots", "encoder, through a router with intents in the LLM's slots"),
     ("direct_encoder", "encoder, direct Triton"),
     ("direct_llm_trie", "LLM trie (guided decoding), direct Triton"),
     ("router_hit", "router, exact cache hit"),
@@ -334,8 +359,10 @@ def main() -> None:
     parser.add_argument("--config", default=None)
     args = parser.parse_args()
     settings = load_settings(args.config)
-    with mesh_running(settings, args.config):
-        results = asyncio.run(measure(settings, args.calls))
+    work = Path(tempfile.mkdtemp(prefix="tiermesh-gold-"))
+    with mesh_running(settings, args.config), running(work) as processes:
+        processes.router("router, intents in the LLM's slots", shared_slots_config(settings))
+        results = asyncio.run(measure(settings, args.calls, SHARED_SLOTS_LISTEN))
     results["encoder_threads"] = settings.gold.encoder_threads
     methods = intent_methods(settings)
     encoders = encoder_variants(settings)

@@ -25,7 +25,7 @@ from router.policies.cache import IntentCache
 from router.policies.canned import CannedAnswers
 from router.policies.fallback import Fallback
 from router.policies.hedge import Hedge
-from router.policies.limit import StreamLimit
+from router.policies.limit import StreamLimit, StreamLimits
 from router.policies.planner import TierPlanner
 from router.policies.quota import TokenQuota
 from router.policies.result_cache import ResultCache
@@ -153,7 +153,18 @@ def tier_layers(
     midstream = {task: policy.on_midstream_failure for task, policy in router.tasks.items()}
 
     def limited(inner: Backend) -> Backend:
-        limit = StreamLimit(inner, name, tier.max_streams, tier.expected_ttft_s, router.traffic)
+        shared = (
+            StreamLimit(inner, name, tier.max_streams, tier.expected_ttft_s, router.traffic)
+            if tier.max_streams
+            else None
+        )
+        hold = tier.expected_ttft_by_task
+        own = {
+            task: StreamLimit(inner, name, streams, hold.get(task, tier.expected_ttft_s), router.traffic)
+            for task, streams in tier.max_streams_by_task.items()
+        }
+        limit = StreamLimits(inner, shared, own) if own else shared
+        assert limit is not None  # the layer is built only with a limit
         queue_wait[name] = limit.wait_estimate  # the planner adds it to the tier's time
         return limit
 
@@ -162,7 +173,7 @@ def tier_layers(
             "stream limit",
             "outermost: a call waits for a slot once, whatever resumes, hedges and retries do "
             "below; its queue orders calls by class and tenant, and sheds the lowest first",
-            limited if tier.max_streams else None,
+            limited if tier.max_streams or tier.max_streams_by_task else None,
         ),
         Layer(
             "resume",

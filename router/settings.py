@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic import BaseModel, Field, PositiveInt, field_validator, model_validator
 
 from tiermesh.config import PriorityName, TaskName, TierName
 from tiermesh.ids import is_valid_id
@@ -169,6 +169,9 @@ class TierSettings(BaseModel):
     # Streams in flight across the tier's replicas (0: unlimited); more wait in a
     # queue, or are shed at once when the wait would not fit the deadline.
     max_streams: int = Field(default=0, ge=0)
+    # Tasks served from capacity of their own (Gold's intent encoder beside its LLM):
+    # their streams are limited and queued apart, and do not count against max_streams.
+    max_streams_by_task: dict[TaskName, PositiveInt] = Field(default_factory=dict)
     # Attempts per call before the first token (1: no retries).
     max_attempts: int = Field(default=3, ge=1)
     # Start a second attempt on another replica when the first token is later than

@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 
 import grpc
 
@@ -28,7 +28,7 @@ from router.pipeline import Backend
 from router.scheduling import FairQueue, Waiter
 from router.settings import TrafficSettings
 from router.stats import PeakEwma
-from tiermesh.config import PRIORITIES
+from tiermesh.config import PRIORITIES, TaskName
 from tiermesh.errors import StatusError
 from tiermesh.v1 import mesh_pb2
 
@@ -63,6 +63,7 @@ class StreamLimit:
             lambda tenant: traffic.tenant(tenant).weight,
         )
         self._taken = 0  # slots held, including ones just handed to a waiter
+        self._depth_reported = 0  # this queue's share of the tier's depth gauge
         self._started: dict[int, float] = {}  # running streams' start times
         # How long a stream holds its slot (peak-EWMA: pessimistic under change).
         self._hold = PeakEwma(expected_s)
@@ -199,7 +200,10 @@ class StreamLimit:
                 waiter.granted.set_result(None)
 
     def _depth(self) -> None:
-        metrics.QUEUE_DEPTH.labels(self._tier).set(len(self._queue))
+        # Added, not set: a tier may have several queues (StreamLimits).
+        depth = len(self._queue)
+        metrics.QUEUE_DEPTH.labels(self._tier).inc(depth - self._depth_reported)
+        self._depth_reported = depth
 
     def _shed(self, priority: str, reason: str, message: str) -> None:
         raise self._shed_error(priority, reason, message)
@@ -208,3 +212,32 @@ class StreamLimit:
         metrics.SHED.labels(self._tier).inc()
         metrics.CLASS_SHED.labels(self._tier, priority, reason).inc()
         return StatusError(grpc.StatusCode.RESOURCE_EXHAUSTED, message, retry_after_s=self._hold.value)
+
+
+class StreamLimits:
+    """A tier's stream limits when some tasks have slots of their own.
+
+    A task whose answers come from capacity of its own gets its own limit and queue: Gold
+    labels intents with an encoder model beside its LLM, so an intent waiting behind
+    barks for one of the LLM's slots waits for work it would not share. The other tasks
+    share the tier's limit (none: they pass unlimited).
+    """
+
+    def __init__(
+        self, inner: Backend, shared: StreamLimit | None, own: Mapping[TaskName, StreamLimit]
+    ) -> None:
+        self._inner = inner
+        self._shared = shared
+        self._own = own
+
+    def _limit(self, call: Call) -> StreamLimit | None:
+        return self._own.get(call.task, self._shared)
+
+    def wait_estimate(self, call: Call) -> float:
+        limit = self._limit(call)
+        return limit.wait_estimate(call) if limit is not None else 0.0
+
+    async def generate(self, call: Call) -> AsyncIterator[mesh_pb2.GenerateResponse]:
+        limit = self._limit(call)
+        async for response in (limit or self._inner).generate(call):
+            yield response

@@ -179,6 +179,23 @@ def retry_delay(error: grpc.aio.AioRpcError) -> float:
     return float(info.retry_delay.ToNanoseconds() / 1e9)
 
 
+async def test_a_task_with_slots_of_its_own_is_not_queued_behind_a_full_tier(make_fleet: object) -> None:
+    # Barks here stand for Gold's intents: answered from capacity the other tasks do not use.
+    fleet: Fleet = await make_fleet(  # type: ignore[operator]
+        silver=1, silver_tier={"max_streams": 1, "max_streams_by_task": {"bark": 2}}
+    )
+    fleet.silver[0].tier.reset(Script(tokens=["tok"] * 20, delay=0.02))  # 0.4 s streams
+    assert (await call(fleet.stub, ask(mesh_pb2.TASK_DIALOGUE))).code == grpc.StatusCode.OK  # learns 0.4 s
+    busy = asyncio.ensure_future(call(fleet.stub, ask(mesh_pb2.TASK_DIALOGUE), deadline_s=5.0))
+    await fleet.silver[0].tier.wait_for_streams(2)
+    bark = asyncio.ensure_future(call(fleet.stub, ask(mesh_pb2.TASK_BARK), deadline_s=2.0))
+    await fleet.silver[0].tier.wait_for_streams(3)
+    assert not busy.done()  # the bark started beside the dialogue, not after it
+    assert (await bark).code == grpc.StatusCode.OK
+    assert bark.result().tiers == {mesh_pb2.TIER_SILVER}
+    assert (await busy).code == grpc.StatusCode.OK
+
+
 async def test_replica_killed_mid_load_loses_no_stream(make_fleet: object) -> None:
     fleet: Fleet = await make_fleet()  # type: ignore[operator]
     for replica in fleet.silver:

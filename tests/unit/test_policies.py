@@ -21,7 +21,7 @@ from router.policies.cache import IntentCache
 from router.policies.canned import CannedAnswers
 from router.policies.fallback import Fallback
 from router.policies.hedge import Hedge
-from router.policies.limit import StreamLimit
+from router.policies.limit import StreamLimit, StreamLimits
 from router.policies.planner import RESERVE_FLOOR_S, RESERVE_SLACK, TierPlanner
 from router.policies.result_cache import ResultCache
 from router.policies.resume import Resume
@@ -177,6 +177,40 @@ async def test_full_tier_queues_when_the_wait_fits() -> None:
     limit = StreamLimit(inner, "silver", max_streams=1, expected_s=0.05)
     results = await asyncio.gather(*(drain(limit.generate(a_call(deadline_s=2.0))) for _ in range(3)))
     assert [texts(r) for r in results] == ["x", "x", "x"]
+
+
+async def test_a_task_with_slots_of_its_own_does_not_wait_behind_the_others() -> None:
+    # Gold: intents are labelled by an encoder beside the LLM that writes barks. One bark
+    # holds the LLM's only slot; an intent must not queue behind it.
+    inner = FakeBackend(Step(tokens=["bark"], first_delay=0.3), Step(tokens=["GREET"]))
+    shared = StreamLimit(inner, "gold", max_streams=1, expected_s=0.3)
+    intents = StreamLimit(inner, "gold", max_streams=4, expected_s=0.03)
+    limits = StreamLimits(inner, shared, {"intent": intents})
+    bark = asyncio.ensure_future(drain(limits.generate(a_call(mesh_pb2.TASK_BARK))))
+    await asyncio.sleep(0.01)
+    assert limits.wait_estimate(a_call(mesh_pb2.TASK_BARK)) > 0  # the planner sees the queue
+    intent = a_call(mesh_pb2.TASK_INTENT, npc_id="guard-1")
+    assert limits.wait_estimate(intent) == 0.0
+    assert texts(await drain(limits.generate(intent))) == "GREET"
+    assert not bark.done()  # answered in its own slot, while the bark holds the other
+    assert texts(await bark) == "bark"
+
+
+async def test_a_tiers_queues_add_up_in_its_depth() -> None:
+    def depth() -> float:
+        return REGISTRY.get_sample_value("tiermesh_router_queue_depth", {"tier": "gold"}) or 0.0
+
+    inner = FakeBackend(Step(tokens=["x"], first_delay=0.2))
+    shared = StreamLimit(inner, "gold", max_streams=1, expected_s=0.2)
+    intents = StreamLimit(inner, "gold", max_streams=1, expected_s=0.2)
+    limits = StreamLimits(inner, shared, {"intent": intents})
+    before = depth()
+    calls = [a_call(mesh_pb2.TASK_BARK), a_call(mesh_pb2.TASK_INTENT, npc_id="guard-1")] * 2
+    running = asyncio.gather(*(drain(limits.generate(call)) for call in calls))
+    await asyncio.sleep(0.05)
+    assert depth() - before == 2  # one waiting in each queue
+    await running
+    assert depth() == before
 
 
 # --- admission ---------------------------------------------------------------------
