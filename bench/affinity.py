@@ -38,6 +38,7 @@ from bench.report import table, update_readme, write
 from ops.mesh import wait_serving
 from ops.settings import load_settings
 from router.stats import nearest_rank
+from tiermesh.tier.v1 import tier_pb2, tier_pb2_grpc
 from tiermesh.v1 import mesh_pb2, mesh_pb2_grpc
 
 SILVER = (("127.0.0.1:50161", 9561, "0"), ("127.0.0.1:50162", 9562, "1"))
@@ -116,6 +117,7 @@ class Run:
             "ttft_p95_ms": round(1000 * nearest_rank(ttfts, 0.95), 1) if ttfts else None,
             "answer_p50_ms": round(1000 * nearest_rank(answers, 0.5), 1) if answers else None,
             "hit_rate": round(self.hits / self.queries, 3) if self.queries else None,
+            "hit_tokens": self.hits,
             "prefix_queries_per_replica": self.per_replica_queries,
             "imbalance": round(statistics.mean(self.imbalance), 3) if self.imbalance else None,
             "seconds": round(self.seconds, 1),
@@ -276,6 +278,47 @@ async def drive(run: Run, turns: int, tag: str, processes: Processes | None) -> 
         await channel.close()
 
 
+async def prefill_s_per_token(rounds: int = 3) -> float:
+    """What one prompt token costs to prefill on a Silver replica left idle: a new prompt's
+    time to first token less the same prompt's once cached, over the tokens it did not
+    find cached (vLLM's own prefix-cache counters), the median of `rounds` prompts. Asked
+    of replica 0's TierService directly, so no balancer chooses where the repeat goes."""
+    listen, port, _ = SILVER[0]
+    rates = []
+    async with grpc.aio.insecure_channel(listen) as channel:
+        stub = tier_pb2_grpc.TierServiceStub(channel)
+        for i in range(rounds):
+            # Its first words are new to the cache: nothing of it is cached until repeated.
+            text = f"Calibration {i} at {time.time():.6f}. " + " ".join(LINES)
+            timings = []
+            for attempt in ("cold", "warm"):
+                request = tier_pb2.GenerateRequest(
+                    request_id=f"prefill-{i}-{attempt}",
+                    messages=[tier_pb2.ChatMessage(role=tier_pb2.ROLE_USER, content=text)],
+                    max_tokens=1,
+                    task=mesh_pb2.TASK_DIALOGUE,
+                )
+                page = await asyncio.to_thread(scrape, port)
+                hits, queries = (
+                    metric(page, "vllm:prefix_cache_hits_total"),
+                    metric(page, "vllm:prefix_cache_queries_total"),
+                )
+                started = time.perf_counter()
+                async for _ in stub.Generate(request, timeout=CALL_TIMEOUT_S):
+                    break
+                took = time.perf_counter() - started
+                await asyncio.sleep(0.2)  # the counters are updated as the request ends
+                page = await asyncio.to_thread(scrape, port)
+                uncached = (metric(page, "vllm:prefix_cache_queries_total") - queries) - (
+                    metric(page, "vllm:prefix_cache_hits_total") - hits
+                )
+                timings.append((took, uncached))
+            (cold_s, cold_tokens), (warm_s, warm_tokens) = timings
+            if cold_tokens > warm_tokens:
+                rates.append((cold_s - warm_s) / (cold_tokens - warm_tokens))
+    return statistics.median(rates)
+
+
 def measure(levels: Sequence[int], turns: int) -> dict[str, Any]:
     settings = load_settings(None)
     personas = {npc: settings.personas[npc].model_dump() for npc in NPCS}
@@ -289,6 +332,8 @@ def measure(levels: Sequence[int], turns: int) -> dict[str, Any]:
                 # The tag begins each session id: letters, digits and '-' only.
                 tag = re.sub(r"[^A-Za-z0-9]+", "-", balancer)
                 asyncio.run(drive(run, turns, f"{tag}-{level}", None))
+                if "prefill_ms_per_token" not in data:  # once, after a run: it changes none
+                    data["prefill_ms_per_token"] = round(1000 * asyncio.run(prefill_s_per_token()), 3)
             data["runs"][f"{balancer}/{level}"] = run.summary()
             print(balancer, level, data["runs"][f"{balancer}/{level}"], flush=True)
     level = max(levels)
@@ -308,12 +353,18 @@ def verdict(data: dict[str, Any], levels: Sequence[int]) -> str:
         runs = data["runs"]
         affine, p2c = runs[f"prefix_affine/{level}"], runs[f"p2c/{level}"]
         hit_ok = (affine["hit_rate"] or 0) > (p2c["hit_rate"] or 0) + 0.1
-        faster = (affine["ttft_p50_ms"] or 1e9) < (p2c["ttft_p50_ms"] or 0)
+        # The prefill a turn saves: the tokens more it found cached, at the idle prefill rate.
+        saved_tokens = (affine["hit_tokens"] - p2c["hit_tokens"]) / max(1, affine["ok"])
+        saved_ms = saved_tokens * data["prefill_ms_per_token"]
+        gain_ms = (p2c["ttft_p50_ms"] or 0) - (affine["ttft_p50_ms"] or 1e9)
+        faster = gain_ms >= saved_ms
         even = (affine["imbalance"] or 0) <= 1.25 * (p2c["imbalance"] or 0)
         lines.append(
             f"- {level} conversations: hit rate {affine['hit_rate']:.0%} vs p2c {p2c['hit_rate']:.0%} "
-            f"{'✔' if hit_ok else '✘'}; TTFT p50 {affine['ttft_p50_ms']:.0f} vs {p2c['ttft_p50_ms']:.0f} ms "
-            f"{'✔' if faster else '✘'}; imbalance {affine['imbalance']:.2f} vs p2c {p2c['imbalance']:.2f} "
+            f"{'✔' if hit_ok else '✘'}; TTFT p50 {affine['ttft_p50_ms']:.0f} vs {p2c['ttft_p50_ms']:.0f} ms, "
+            f"{gain_ms:.0f} ms lower against {saved_ms:.0f} ms of prefill saved ({saved_tokens:.0f} tokens a "
+            f"turn × {data['prefill_ms_per_token']:.2f} ms) {'✔' if faster else '✘'}; "
+            f"imbalance {affine['imbalance']:.2f} vs p2c {p2c['imbalance']:.2f} "
             f"(≤ 1.25×: {'✔' if even else '✘'})"
         )
     killed = data["killed"]
@@ -383,7 +434,10 @@ stream's end) times as the client sees them; "seconds": the whole run, every tur
 Hit rate: vLLM's prefix-cache hits / queries (tokens) over the run. Imbalance: the mean over
 0.2 s samples of stddev/mean of the replicas' running requests. Last row: prefix-affine with
 replica 2 SIGKILLed after half the turns (its keys move to replica 1; the hit rate is the
-survivor's over the whole run).
+survivor's over the whole run). Prefill saved: the prefix-cache hits (tokens) a turn gained
+over p2c, at the prefill cost of a token measured on an idle replica after the first run (a
+new prompt's time to first token less its repeat's, over the tokens not found cached:
+{data["prefill_ms_per_token"]:.2f} ms).
 
 {verdict(data, levels)}
 
