@@ -5,9 +5,11 @@ concurrent callers; cache hits; bark tokens/s.
 
 Uses the local mesh (started here unless already up) and the held-out part of
 eval/intents.yaml (never used to tune). Methods: the intent encoder through the router
-(the shipped path) and direct (the router's own Triton adapter in-process: no router hop,
-no policies); the LLM's guided decoding direct (Gold's `intent_method`, trie); and, in the
-Gold venv on one llama.cpp instance, the trie and grammar methods (bench/gold_intents.py).
+(the shipped path), through a second router whose intents count against the LLM's stream
+slots (no `max_streams_by_task`: what the per-task slots change), and direct (the router's
+own Triton adapter in-process: no router hop, no policies); the LLM's guided decoding
+direct (Gold's `intent_method`, trie); and, in the Gold venv on one llama.cpp instance, the
+trie and grammar methods (bench/gold_intents.py).
 """
 
 from __future__ import annotations
