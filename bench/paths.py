@@ -12,13 +12,13 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from ops.mesh import proc_stat, wait_serving
+from ops.mesh import group_alive, group_members, proc_stat, wait_serving
 from tiermesh.v1 import mesh_pb2
 
 MESSAGES = 16
@@ -117,6 +117,23 @@ def cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def shared_memory(pids: Iterable[int]) -> set[Path]:
+    """The /dev/shm files these processes have mapped or open."""
+    found: set[Path] = set()
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            for line in Path(f"/proc/{pid}/maps").read_text().splitlines():
+                if " /dev/shm/" in line:
+                    found.add(Path(line[line.index("/dev/shm/") :].removesuffix(" (deleted)")))
+        with contextlib.suppress(OSError):
+            for fd in Path(f"/proc/{pid}/fd").iterdir():
+                with contextlib.suppress(OSError):
+                    target = os.readlink(fd)
+                    if target.startswith("/dev/shm/"):
+                        found.add(Path(target.removesuffix(" (deleted)")))
+    return found
+
+
 def children(pid: int) -> list[int]:
     return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
 
@@ -198,14 +215,24 @@ class Processes:
         return children(pid)[0] if name == "nginx" else pid
 
     def kill(self, name: str) -> None:
-        """SIGKILL, the whole group: a replica that dies at once, as a crash would."""
+        """SIGKILL, the whole group: a replica that dies at once, as a crash would.
+
+        A crashed container's /dev/shm goes with it; on this host the segments the group
+        had mapped would stay (vLLM's engine buffers, ~160 MiB each, unlinked by nobody:
+        its resource tracker dies with it), so they are removed, as its pod's would be."""
+        pid = self.popen[name].pid
+        segments = shared_memory(group_members(pid))
         with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.popen[name].pid, signal.SIGKILL)
+            os.killpg(pid, signal.SIGKILL)
         self.popen[name].wait()
+        for segment in segments:
+            segment.unlink(missing_ok=True)
 
     def stop(self, timeout: float = 20.0) -> None:
         """SIGTERM each leader (it stops its own workers), then SIGKILL whatever of each
-        group is left after `timeout`."""
+        group is left after `timeout`, or a second after its leader left: what a leader
+        leaves behind for a moment (Python's resource tracker, unlinking its shared
+        memory) gets that second, as `tiermesh down` gives it."""
         for process in self.popen.values():
             with contextlib.suppress(ProcessLookupError):
                 os.kill(process.pid, signal.SIGTERM)
@@ -213,6 +240,9 @@ class Processes:
         for process in self.popen.values():
             with contextlib.suppress(subprocess.TimeoutExpired):
                 process.wait(max(0.1, deadline - time.monotonic()))
+        followers_by = min(deadline, time.monotonic() + 1.0)
+        while time.monotonic() < followers_by and any(group_alive(p.pid) for p in self.popen.values()):
+            time.sleep(0.05)
         for process in self.popen.values():
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(process.pid, signal.SIGKILL)

@@ -218,11 +218,11 @@ class LocalMesh:
                 # The leaders are out; their workers get a second to follow before they
                 # count as left behind.
                 last = began + max(exited.values())
-                if not any(_group_alive(pids[n]) for n in order) or time.monotonic() > last + 1.0:
+                if not any(group_alive(pids[n]) for n in order) or time.monotonic() > last + 1.0:
                     break
             time.sleep(0.05)
         stopped = [
-            Stopped(name, exited.get(name, timeout), name not in exited or _group_alive(pids[name]))
+            Stopped(name, exited.get(name, timeout), name not in exited or group_alive(pids[name]))
             for name in order
         ]
         for name in order:
@@ -319,7 +319,18 @@ def _signal(pid: int, sig: signal.Signals) -> None:
         os.kill(pid, sig)
 
 
-def _group_alive(pid: int) -> bool:
+def group_members(pid: int) -> dict[int, str]:
+    """The processes of the group `pid` leads, each with its state (proc(5))."""
+    members = {}
+    for process in Path("/proc").glob("[0-9]*"):
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            fields = proc_stat(int(process.name))
+            if int(fields[2]) == pid:  # the process group
+                members[int(process.name)] = fields[0]
+    return members
+
+
+def group_alive(pid: int) -> bool:
     """Whether any process of the group `pid` leads is left running (zombies waiting
     to be reaped do not count)."""
     try:
@@ -328,13 +339,8 @@ def _group_alive(pid: int) -> bool:
         return False
     except PermissionError:
         return True
-    members = []
-    for process in Path("/proc").glob("[0-9]*"):
-        with contextlib.suppress(OSError, IndexError, ValueError):
-            fields = proc_stat(int(process.name))
-            if int(fields[2]) == pid:  # the process group
-                members.append(fields[0])
-    return any(state not in EXITED for state in members) if members else True
+    members = group_members(pid)
+    return any(state not in EXITED for state in members.values()) if members else True
 
 
 def _signal_group(pid: int, sig: signal.Signals) -> None:
