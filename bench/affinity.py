@@ -283,7 +283,7 @@ async def prefill_s_per_token(rounds: int = 3) -> float:
     time to first token less the same prompt's once cached, over the tokens it did not
     find cached (vLLM's own prefix-cache counters), the median of `rounds` prompts. Asked
     of replica 0's TierService directly, so no balancer chooses where the repeat goes."""
-    listen, port, _ = SILVER[0]
+    listen, _, _ = SILVER[0]
     rates = []
     async with grpc.aio.insecure_channel(listen) as channel:
         stub = tier_pb2_grpc.TierServiceStub(channel)
@@ -298,21 +298,14 @@ async def prefill_s_per_token(rounds: int = 3) -> float:
                     max_tokens=1,
                     task=mesh_pb2.TASK_DIALOGUE,
                 )
-                page = await asyncio.to_thread(scrape, port)
-                hits, queries = (
-                    metric(page, "vllm:prefix_cache_hits_total"),
-                    metric(page, "vllm:prefix_cache_queries_total"),
-                )
+                hits, queries = (await asyncio.to_thread(prefix_counters))[0]
                 started = time.perf_counter()
                 async for _ in stub.Generate(request, timeout=CALL_TIMEOUT_S):
                     break
                 took = time.perf_counter() - started
                 await asyncio.sleep(0.2)  # the counters are updated as the request ends
-                page = await asyncio.to_thread(scrape, port)
-                uncached = (metric(page, "vllm:prefix_cache_queries_total") - queries) - (
-                    metric(page, "vllm:prefix_cache_hits_total") - hits
-                )
-                timings.append((took, uncached))
+                hits_after, queries_after = (await asyncio.to_thread(prefix_counters))[0]
+                timings.append((took, (queries_after - queries) - (hits_after - hits)))
             (cold_s, cold_tokens), (warm_s, warm_tokens) = timings
             if cold_tokens > warm_tokens:
                 rates.append((cold_s - warm_s) / (cold_tokens - warm_tokens))
