@@ -166,11 +166,14 @@ class MeshServicer(mesh_pb2_grpc.MeshServicer):
         request: mesh_pb2.GenerateRequest,
         metadata: tracing.Metadata | None,
         time_remaining: float | None,
+        received: float | None = None,
     ) -> AsyncGenerator[mesh_pb2.GenerateResponse]:
         """Generate's answer, whichever server carries the call (grpc.aio's above, the
-        native edge's in router/edge/native.py). Failures the caller should see are
-        `StatusError`s; the stream's metrics and span are recorded at its end."""
-        received = time.monotonic()
+        native edge's in router/edge/native.py). `time_remaining` counts from `received`
+        (a time.monotonic(); now if None): an edge that saw the request whole earlier says
+        when. Failures the caller should see are `StatusError`s; the stream's metrics and
+        span are recorded at its end."""
+        received = time.monotonic() if received is None else received
         task = TASK_NAMES.get(request.task, "unknown")
         tier = "none"
         code = grpc.StatusCode.OK

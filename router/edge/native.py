@@ -88,8 +88,11 @@ class NativeEdge(H2Edge):
         if isinstance(self.internal, str):  # the private socket's folder goes with it
             shutil.rmtree(Path(self.internal).parent, ignore_errors=True)
 
-    async def answer(self, connection: CallerConnection, sid: int, block: bytes, body: bytes | None) -> None:
-        """One Generate call, from its whole request to its trailers."""
+    async def answer(
+        self, connection: CallerConnection, sid: int, block: bytes, body: bytes | None, arrived: float
+    ) -> None:
+        """One Generate call, from its whole request to its trailers; its deadline counts
+        from `arrived`, when the request was whole."""
         deadline: asyncio.TimerHandle | None = None
         try:
             try:
@@ -117,8 +120,8 @@ class NativeEdge(H2Edge):
                 # One timer that cancels the stream's task (asyncio.timeout is an object,
                 # two running-loop lookups and a cancel count more, per call).
                 loop = self.loop or asyncio.get_running_loop()
-                deadline = loop.call_at(loop.time() + timeout, connection.expire, sid)
-            responses = self.servicer.respond(request, metadata, timeout)
+                deadline = loop.call_at(arrived + timeout, connection.expire, sid)
+            responses = self.servicer.respond(request, metadata, timeout, arrived)
             try:
                 async for response in responses:
                     if connection.send(sid, wire.frame(response.SerializeToString())):

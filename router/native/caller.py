@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, cast
@@ -127,9 +128,11 @@ class H2Edge:
         else:
             await loop.create_connection(protocol, *self.internal)
 
-    async def answer(self, connection: CallerConnection, sid: int, block: bytes, body: bytes | None) -> None:
-        """A stream of the native path, from its whole request to its trailers: a host
-        overrides this."""
+    async def answer(
+        self, connection: CallerConnection, sid: int, block: bytes, body: bytes | None, arrived: float
+    ) -> None:
+        """A stream of the native path, from its whole request (whole at `arrived`, a
+        time.monotonic()) to its trailers: a host overrides this."""
         connection.finish(sid, wire.trailers(grpc.StatusCode.UNIMPLEMENTED, "no method is answered here"))
 
     async def close(self, grace: float | None) -> None:
@@ -321,7 +324,11 @@ class CallerConnection(asyncio.Protocol):
             return
         headers = ffi.buffer(block, self._size[0])[:]
         body = None if self._body[0] == ffi.NULL else ffi.buffer(self._body[0], self._bodylen[0])[:]
-        self.streams[sid] = self.edge.spawn(self.edge.answer(self, sid, headers, body))
+        # The call's clock starts now, not when its task first runs: requests that come in
+        # one read start one after another, and on a busy host a task can wait several
+        # scheduler slices for its turn, time the caller's deadline has already spent.
+        arrived = time.monotonic()
+        self.streams[sid] = self.edge.spawn(self.edge.answer(self, sid, headers, body, arrived))
 
     def send(self, sid: int, data: bytes) -> bool:
         """Queue response bytes; True when the caller is that far behind that the stream

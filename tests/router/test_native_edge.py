@@ -188,6 +188,51 @@ async def test_the_edge_ends_a_stream_at_its_deadline_and_only_then() -> None:
         await edge.close(None)
 
 
+class Busy:
+    """A servicer stand-in whose first call holds the event loop (a host busy with other
+    work): what it records is when each call's clock started and when it first ran."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[float, float]] = []  # (received, first ran)
+
+    async def respond(
+        self, request: object, metadata: object, time_remaining: float | None, received: float | None = None
+    ) -> AsyncIterator[mesh_pb2.GenerateResponse]:
+        self.calls.append((received if received is not None else time.monotonic(), time.monotonic()))
+        if len(self.calls) == 1:
+            time.sleep(0.1)  # noqa: ASYNC251 - holding the loop is the point
+        yield mesh_pb2.GenerateResponse(text="ok", finish_reason=mesh_pb2.FINISH_REASON_STOP)
+
+
+async def test_a_calls_deadline_counts_from_its_arrival_not_its_first_turn() -> None:
+    """Calls that arrive together start one after another; one that waits for its turn
+    behind a busy loop has spent that wait of its caller's deadline already."""
+    servicer = Busy()
+    edge = NativeEdge(cast(MeshServicer, servicer), "/nonexistent/grpc.sock", 1 << 20, limits=CallerLimits())
+    port = await edge.start("127.0.0.1:0")
+    loop = asyncio.get_running_loop()
+    _, caller = await loop.create_connection(TierConnection, "127.0.0.1", port)
+    fields = wire.flat(
+        [(":method", "POST"), (":scheme", "http"), (":path", "/tiermesh.v1.Mesh/Generate"),
+         (":authority", f"127.0.0.1:{port}"), ("te", "trailers"), ("content-type", "application/grpc"),
+         ("grpc-timeout", "2S")]
+    )  # fmt: skip
+    body = wire.frame(request().SerializeToString())
+    try:
+        # Written in one turn of the loop, so the edge reads both requests at once.
+        streams = [caller.request(fields, body, loop.time() + 30) for _ in range(2)]
+        for stream in streams:
+            assert stream is not None
+            while await stream.next() is not None:
+                pass
+            assert stream.status()[0] == grpc.StatusCode.OK
+        (_, first_ran), (received, second_ran) = servicer.calls
+        assert received <= first_ran < second_ran - 0.09  # its clock started before the wait
+    finally:
+        caller.close()
+        await edge.close(None)
+
+
 class Blackhole:
     """A TCP relay that can go silent: bytes stop both ways, no reset is sent (a host
     gone from the network, as a replica's vanished VM looks to the router)."""
