@@ -12,8 +12,9 @@ the time left then (a tier that failed fast leaves the next one more):
    handed time.
 2. The best tier that can answer is tried. It is given up on (no first token, or for an
    intent no whole label) early enough that the next tier that can answer still finishes
-   by its p95 (with some slack), but only when the best tier's own p95 fits in what is
-   then left: the best tier is never skipped, nor cut short, to keep time for a worse one.
+   by its p95 (with some slack), but only when the best tier's own p95, with the same
+   slack, fits in what is then left: the best tier is never skipped, nor cut short, to
+   keep time for a worse one.
    Without a canned answer, a streamed answer given up on this way keeps running beside
    the next tier's (fallback.py), and answers if it starts while the next one still could.
 3. A streamed task's max_tokens is lowered to what the tier's token rate fits before the
@@ -42,7 +43,9 @@ from tiermesh.config import TaskName, TierName
 # Tasks whose answer must arrive whole: an intent is a label, never part of one.
 WHOLE = frozenset({"intent"})
 # Time kept for the next tier is its p95 need, a quarter more and 5 ms: a timer fires
-# late, and the next attempt takes its own time to start.
+# late, and the next attempt takes its own time to start. The best tier is given up on
+# no sooner than its own p95 with the same slack: a tier whose answers all take about as
+# long (a Bronze job) would otherwise be given up on just before half of them land.
 RESERVE_SLACK, RESERVE_FLOOR_S = 1.25, 0.005
 
 
@@ -151,9 +154,9 @@ class TierPlanner:
         need = needs[best]
         # Time kept for the next tier that can still answer, if the best fits beside it.
         reserve = next((reserve_for(needs[t]) for t in later if reserve_for(needs[t]) <= left), 0.0)
-        # Kept only when the best tier's p95 fits beside it: given its median alone, the
-        # best tier would be given up on half the time, for a worse one.
-        keeps_reserve = reserve > 0 and need.p95 <= left - reserve
+        # Kept only when the best tier's p95 (with slack) fits beside it: given its median
+        # alone, the best tier would be given up on half the time, for a worse one.
+        keeps_reserve = reserve > 0 and reserve_for(need) <= left - reserve
         start_by = cut_at - reserve if keeps_reserve else cut_at
         max_tokens = call.max_tokens
         if call.task not in WHOLE:

@@ -308,6 +308,32 @@ def test_long_form_goes_to_bronze_which_finishes_in_time() -> None:
     assert step.max_tokens == 256  # 256 tokens at 7 ms fit
 
 
+def test_the_best_tier_is_given_up_on_no_sooner_than_its_p95_with_slack() -> None:
+    # Bronze makes every long-form answer in ~3.3 s. At 5 s, Silver's reserve (p95 1.05 s,
+    # with slack 1.32) left Bronze 3.63 s, just past its p95: given up on there, and slowed
+    # by Silver's work beside it on shared cores, Bronze answered 1 call of 3 on the local
+    # mesh, where a static fallback list, waiting for it, answered all 3.
+    clock = FakeClock()
+    slow = planner(
+        {"longform": ["bronze", "silver"]}, estimates(clock, bronze=(3.3, 0.001), silver=(0.15, 0.06)), clock
+    )
+    call = timed_call(clock, mesh_pb2.TASK_LONGFORM, 5.0, max_tokens=256)
+    step, _ = slow.next_step(call, [], clock.now + 4.95)
+    assert step is not None
+    assert (step.tier, step.keeps_reserve) == ("bronze", False)
+    assert step.start_by == pytest.approx(clock.now + 4.95 - 15 * 0.001)  # the whole time
+    # A Bronze that fits beside Silver's reserve with slack still keeps it.
+    quick = planner(
+        {"longform": ["bronze", "silver"]}, estimates(clock, bronze=(2.5, 0.001), silver=(0.15, 0.06)), clock
+    )
+    step, _ = quick.next_step(call, [], clock.now + 4.95)
+    assert step is not None
+    assert (step.tier, step.keeps_reserve) == ("bronze", True)
+    assert step.start_by == pytest.approx(
+        clock.now + 4.95 - RESERVE_SLACK * (0.15 + 15 * 0.06) - RESERVE_FLOOR_S
+    )
+
+
 def test_a_queue_makes_a_tier_slower() -> None:
     clock = FakeClock()
     waiting = {"gold": lambda call: 0.3}
