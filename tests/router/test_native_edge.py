@@ -145,6 +145,15 @@ class Hanging:
             self.closed.set()
 
 
+def generate_headers(port: int, timeout: str) -> bytes:
+    """A Generate call's request headers with `timeout` as its grpc-timeout."""
+    return wire.flat(
+        [(":method", "POST"), (":scheme", "http"), (":path", "/tiermesh.v1.Mesh/Generate"),
+         (":authority", f"127.0.0.1:{port}"), ("te", "trailers"), ("content-type", "application/grpc"),
+         ("grpc-timeout", timeout)]
+    )  # fmt: skip
+
+
 async def test_the_edge_ends_a_stream_at_its_deadline_and_only_then() -> None:
     servicer = Hanging()
     edge = NativeEdge(
@@ -158,11 +167,7 @@ async def test_the_edge_ends_a_stream_at_its_deadline_and_only_then() -> None:
     # An HTTP/2 client that sends grpc-timeout but holds to no deadline of its own
     # (a grpc.aio client would end the call itself): only the edge can end it.
     _, caller = await loop.create_connection(TierConnection, "127.0.0.1", port)
-    fields = wire.flat(
-        [(":method", "POST"), (":scheme", "http"), (":path", "/tiermesh.v1.Mesh/Generate"),
-         (":authority", f"127.0.0.1:{port}"), ("te", "trailers"), ("content-type", "application/grpc"),
-         ("grpc-timeout", "300m")]
-    )  # fmt: skip
+    fields = generate_headers(port, "300m")
     body = wire.frame(request().SerializeToString())
     try:
         started = time.monotonic()
@@ -212,11 +217,7 @@ async def test_a_calls_deadline_counts_from_its_arrival_not_its_first_turn() -> 
     port = await edge.start("127.0.0.1:0")
     loop = asyncio.get_running_loop()
     _, caller = await loop.create_connection(TierConnection, "127.0.0.1", port)
-    fields = wire.flat(
-        [(":method", "POST"), (":scheme", "http"), (":path", "/tiermesh.v1.Mesh/Generate"),
-         (":authority", f"127.0.0.1:{port}"), ("te", "trailers"), ("content-type", "application/grpc"),
-         ("grpc-timeout", "2S")]
-    )  # fmt: skip
+    fields = generate_headers(port, "2S")
     body = wire.frame(request().SerializeToString())
     try:
         # Written in one turn of the loop, so the edge reads both requests at once.

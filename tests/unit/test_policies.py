@@ -310,9 +310,8 @@ def test_long_form_goes_to_bronze_which_finishes_in_time() -> None:
 
 def test_the_best_tier_is_given_up_on_no_sooner_than_its_p95_with_slack() -> None:
     # Bronze makes every long-form answer in ~3.3 s. At 5 s, Silver's reserve (p95 1.05 s,
-    # with slack 1.32) left Bronze 3.63 s, just past its p95: given up on there, and slowed
-    # by Silver's work beside it on shared cores, Bronze answered 1 call of 3 on the local
-    # mesh, where a static fallback list, waiting for it, answered all 3.
+    # with slack 1.32) leaves Bronze 3.63 s, just past its p95: the old rule gave it up
+    # there, before the answers that run a little long (docs/history.md, #22).
     clock = FakeClock()
     slow = planner(
         {"longform": ["bronze", "silver"]}, estimates(clock, bronze=(3.3, 0.001), silver=(0.15, 0.06)), clock
