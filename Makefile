@@ -142,6 +142,8 @@ fuzz-smoke: setup
 bench: setup model bench-tools
 	$(BIN)/python -m bench.silver
 	$(BIN)/python -m bench.gold
+	$(BIN)/python -m bench.gold_prefixes
+	$(BIN)/python -m bench.deadlines --calls 6
 	$(BIN)/python -m bench.overload
 	$(BIN)/python -m bench.classes
 	$(BIN)/python -m bench.affinity

@@ -30,16 +30,15 @@ def main() -> None:
     pool = LlamaPool(GoldSettings(instances=1, threads=2))
     pool.load()
     worker = pool._free.get_nowait()  # one instance, used from this thread only
-    llm = worker.llm
     times: dict[str, list[float]] = {"trie": [], "grammar": []}
     right: dict[str, int] = {"trie": 0, "grammar": 0}
     for case in cases:
         for method in ("trie", "grammar"):
             started = time.perf_counter()
             label = (
-                choose_by_trie(llm, case["prompt"], case["labels"]) or ""  # None only with a give-up time
-                if method == "trie"
-                else pool._by_grammar(llm, case["prompt"], case["labels"])
+                choose_by_trie(worker.llm, case["prompt"], case["labels"], worker.prefixes) or ""
+                if method == "trie"  # None only with a give-up time
+                else pool._by_grammar(worker, case["prompt"], case["labels"])
             )
             times[method].append(time.perf_counter() - started)
             right[method] += label == case["expected"]

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from services.gold.prefix_states import PrefixStates
 from services.gold.settings import GoldSettings
 from tiermesh.model import gguf_path
 
@@ -54,6 +55,9 @@ ANSWERED = object()
 class Worker:
     llm: Any  # llama_cpp.Llama
     thread: ThreadPoolExecutor
+    # Personas interleave on an instance: each one's evaluated prompt is kept, so a
+    # persona seen before costs its situation only, not its whole prompt again.
+    prefixes: PrefixStates
 
 
 class LlamaPool:
@@ -63,7 +67,7 @@ class LlamaPool:
         self._grammars: dict[tuple[str, ...], Any] = {}
 
     def load(self) -> None:
-        from llama_cpp import Llama, LlamaRAMCache
+        from llama_cpp import Llama
 
         model = Path(self._settings.model) if self._settings.model else gguf_path()
         for i in range(self._settings.instances):
@@ -77,14 +81,11 @@ class LlamaPool:
             # A first evaluation pays for what llama.cpp sets up lazily (its weights paged
             # in, its buffers): done here, before Triton serves, not on a caller's intent.
             llm.create_completion("Hello", max_tokens=2, temperature=0.0)
-            # Personas interleave on an instance: keep each one's evaluated prefix (its
-            # state), so a persona seen before costs its situation only, not its whole
-            # prompt again. create_completion uses it too.
-            llm.set_cache(LlamaRAMCache(capacity_bytes=self._settings.prefix_cache_mib << 20))
-            self._free.put_nowait(Worker(llm, ThreadPoolExecutor(1, thread_name_prefix=f"llama-{i}")))
+            thread = ThreadPoolExecutor(1, thread_name_prefix=f"llama-{i}")
+            self._free.put_nowait(Worker(llm, thread, PrefixStates(self._settings.prefix_cache_mib << 20)))
 
     async def _run(self, work: Any, start_by: float | None = None) -> AsyncIterator[Any]:
-        """Run `work(llm, emit, stopped)` on a free instance's thread; yield what it emits.
+        """Run `work(worker, emit, stopped)` on a free instance's thread; yield what it emits.
 
         Closing the iterator sets `stopped`, so decoding ends at the next token; the
         instance goes back to the pool only once its thread has let go of it. A request
@@ -104,7 +105,7 @@ class LlamaPool:
 
         def body() -> None:
             try:
-                work(worker.llm, lambda item: emit("item", item), stopped)
+                work(worker, lambda item: emit("item", item), stopped)
             except BaseException as e:  # delivered to the awaiting side
                 emit("error", e)
             finally:
@@ -138,9 +139,13 @@ class LlamaPool:
         waiting."""
         end_by = give_up.end_by if give_up is not None else None
 
-        def work(llm: Any, emit: Any, stopped: threading.Event) -> None:
+        def work(worker: Worker, emit: Any, stopped: threading.Event) -> None:
+            llm = worker.llm
             # As create_completion tokenizes a text prompt (its streamed chunks carry no usage).
-            emit(PromptTokens(len(llm.tokenize(prompt.encode("utf-8"), special=True))))
+            tokens = llm.tokenize(prompt.encode("utf-8"), special=True)
+            emit(PromptTokens(len(tokens)))
+            # create_completion evaluates only what follows the prefix the instance holds.
+            worker.prefixes.restore(llm, tokens)
             pieces = llm.create_completion(
                 prompt,
                 max_tokens=max_tokens,
@@ -156,7 +161,9 @@ class LlamaPool:
                 choice = chunk["choices"][0]
                 emit(choice["text"])
                 if choice["finish_reason"] is not None:
-                    emit(ANSWERED)  # the prefix cache's save comes after (see ANSWERED)
+                    emit(ANSWERED)  # the prefix's save comes after (see ANSWERED)
+            pieces.close()
+            worker.prefixes.save(llm)
 
         async for piece in self._run(work, give_up.start_by if give_up is not None else None):
             yield piece
@@ -167,11 +174,11 @@ class LlamaPool:
         """One of `labels`, always; GaveUp when its caller stops waiting first."""
         start_by = give_up.start_by if give_up is not None else None
 
-        def work(llm: Any, emit: Any, stopped: threading.Event) -> None:
+        def work(worker: Worker, emit: Any, stopped: threading.Event) -> None:
             emit(
-                choose_by_trie(llm, prompt, labels, start_by)
+                choose_by_trie(worker.llm, prompt, labels, worker.prefixes, start_by)
                 if method == "trie"
-                else self._by_grammar(llm, prompt, labels)
+                else self._by_grammar(worker, prompt, labels)
             )
 
         async for label in self._run(work, start_by):
@@ -180,8 +187,10 @@ class LlamaPool:
             return str(label)
         raise RuntimeError("no label chosen")
 
-    def _by_grammar(self, llm: Any, prompt: str, labels: Sequence[str]) -> str:
+    def _by_grammar(self, worker: Worker, prompt: str, labels: Sequence[str]) -> str:
         from llama_cpp import LlamaGrammar
+
+        llm = worker.llm
 
         key = tuple(labels)
         if key not in self._grammars:
@@ -189,52 +198,37 @@ class LlamaPool:
             self._grammars[key] = LlamaGrammar.from_string(f"root ::= {alternatives}", verbose=False)
         # Room for the longest label's tokens: a shorter limit cut "ATTACK" to "ATTAC".
         longest = max(len(llm.tokenize(label.encode(), add_bos=False)) for label in labels)
+        worker.prefixes.restore(llm, llm.tokenize(prompt.encode("utf-8"), special=True))
         out = llm.create_completion(
             prompt, max_tokens=longest + 1, temperature=0.0, grammar=self._grammars[key]
         )
+        worker.prefixes.save(llm)
         text = str(out["choices"][0]["text"]).strip()
         return text if text in labels else labels[0]  # the grammar admits only labels
-
-
-def shared_prefix(llm: Any, tokens: Sequence[int]) -> int:
-    """How many of `tokens` (all but the last) the instance's evaluated context already holds."""
-    cached = list(llm.input_ids[: llm.n_tokens])
-    common = 0
-    while common < min(len(cached), len(tokens) - 1) and cached[common] == tokens[common]:
-        common += 1
-    return common
 
 
 # Tokens of a prompt evaluated at a time: between two, a request whose caller gave up stops.
 EVAL_CHUNK = 32
 
 
-def choose_by_trie(llm: Any, prompt: str, labels: Sequence[str], start_by: float | None = None) -> str | None:
+def choose_by_trie(
+    llm: Any, prompt: str, labels: Sequence[str], prefixes: PrefixStates, start_by: float | None = None
+) -> str | None:
     """Greedy decoding restricted to the labels' token trie.
 
-    The prompt is evaluated once (reusing the longest cached prefix: the persona's
-    system text repeats); at each branch of the trie the label group whose next token
-    scores highest survives; a branch with one group costs nothing, and decoding
-    stops as soon as one label is left. Labels with distinct first tokens: exactly
-    one forward pass.
+    The prompt is evaluated once (from the longest prefix the instance holds or has
+    kept: the persona's system text repeats); at each branch of the trie the label
+    group whose next token scores highest survives; a branch with one group costs
+    nothing, and decoding stops as soon as one label is left. Labels with distinct
+    first tokens: exactly one forward pass.
     """
     tokens = llm.tokenize(prompt.encode(), add_bos=False, special=True)
-    common = shared_prefix(llm, tokens)
-    if llm.cache is not None:
-        try:
-            state = llm.cache[tokens]  # the stored prefix state that shares most with it
-        except KeyError:
-            state = None
-        if state is not None and state.n_tokens > common:
-            llm.load_state(state)
-            common = shared_prefix(llm, tokens)
-    llm.n_tokens = common
+    common = prefixes.restore(llm, tokens)
     for start in range(common, len(tokens), EVAL_CHUNK):
         if start_by is not None and time.time() > start_by:
             return None  # nobody waits for the label any more
         llm.eval(tokens[start : start + EVAL_CHUNK])
-    if llm.cache is not None:
-        llm.cache[tokens] = llm.save_state()
+    prefixes.save(llm)
     label_tokens = {label: llm.tokenize(label.encode(), add_bos=False) for label in labels}
     end = llm.token_eos()
     alive = list(labels)

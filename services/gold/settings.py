@@ -32,8 +32,8 @@ class GoldSettings(BaseModel):
     # "trie": pick the label by the model's next-token scores, one forward pass when
     # the labels' first tokens differ. "grammar": GBNF-constrained greedy decoding.
     intent_method: Literal["trie", "grammar"] = "trie"
-    # Per llama.cpp instance: evaluated prompt prefixes kept (LRU), so personas that
-    # interleave on an instance do not pay for their whole prompt each time.
+    # Per llama.cpp instance: the KV cells of evaluated prompts kept (LRU, prefix_states.py),
+    # so personas that interleave on an instance do not pay for their whole prompt each time.
     prefix_cache_mib: int = Field(default=64, ge=1)
     # The intent encoder's folder (make model exports it); Triton serves it as the model
     # `intent_encoder` beside the ensemble. Empty: none.
