@@ -1,26 +1,22 @@
-"""Gold's llama.cpp pool (services/gold/engine.py) with a stand-in for `llama_cpp.Llama`
-(the real one runs in the engine tests): a stream ends for its caller at the last token,
-not after the instance's own work that follows it."""
+"""Gold's llama.cpp pool (services/gold/engine.py) with stand-ins for `llama_cpp.Llama`
+and its kept prefixes (the real ones run in the engine tests): a stream ends for its
+caller at the last token, not after the instance's own work that follows it."""
 
 from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from services.gold.engine import LlamaPool, PromptTokens, Worker
+from services.gold.prefix_states import PrefixStates
 from services.gold.settings import GoldSettings
 
 
-class SavingLlama:
-    """Streams two tokens, then, as llama.cpp does after the final chunk, saves its
-    prefix cache: here it blocks until the test lets it finish."""
-
-    def __init__(self) -> None:
-        self.saving = threading.Event()
-        self.may_finish = threading.Event()
+class StreamingLlama:
+    """Streams two tokens and a final chunk."""
 
     def tokenize(self, text: bytes, special: bool = False) -> list[int]:
         return list(range(len(text.split())))
@@ -29,22 +25,37 @@ class SavingLlama:
         yield {"choices": [{"text": "Halt", "finish_reason": None}]}
         yield {"choices": [{"text": "!", "finish_reason": None}]}
         yield {"choices": [{"text": "", "finish_reason": "length"}]}
+
+
+class SlowSave(PrefixStates):
+    """Keeps the evaluated prompt after the answer, as Gold does: here it blocks until
+    the test lets it finish."""
+
+    def __init__(self) -> None:
+        super().__init__(capacity_bytes=0)
+        self.saving = threading.Event()
+        self.may_finish = threading.Event()
+
+    def restore(self, llm: Any, tokens: Sequence[int]) -> int:
+        return 0
+
+    def save(self, llm: Any) -> None:
         self.saving.set()
         assert self.may_finish.wait(10), "the test never let the save finish"
 
 
-async def test_a_stream_ends_at_its_last_token_before_the_cache_save() -> None:
+async def test_a_stream_ends_at_its_last_token_before_the_prefix_save() -> None:
     pool = LlamaPool(GoldSettings())
-    llm = SavingLlama()
-    pool._free.put_nowait(Worker(llm, ThreadPoolExecutor(1)))  # what load() does with a real one
+    llm, states = StreamingLlama(), SlowSave()
+    pool._free.put_nowait(Worker(llm, ThreadPoolExecutor(1), states))  # as load() does
     try:
         pieces = [piece async for piece in pool.stream("Who goes there?", max_tokens=2)]
         assert pieces == [PromptTokens(3), "Halt", "!", ""]
         # The caller has its whole answer while the instance is still saving.
-        assert not llm.may_finish.is_set()
+        assert not states.may_finish.is_set()
         assert pool._free.empty()  # and the instance is not handed out meanwhile
     finally:
-        llm.may_finish.set()
+        states.may_finish.set()
     worker = await asyncio.wait_for(pool._free.get(), 10)  # back once its thread is done
     assert worker.llm is llm
-    assert llm.saving.is_set()
+    assert states.saving.is_set()
