@@ -25,7 +25,7 @@ from router.jobs import Jobs
 from router.pipeline import Backend
 from router.settings import RouterConfig
 from router.state.store import SessionStore, StoreDown
-from router.streams import close
+from router.streams import close, run_out_later
 from router.validation import TASK_NAMES, check_session_ids, check_session_update, resolve
 from tiermesh import tracing
 from tiermesh.errors import StatusError, invalid
@@ -154,12 +154,22 @@ class MeshServicer(mesh_pb2_grpc.MeshServicer):
         context: grpc.aio.ServicerContext[mesh_pb2.GenerateRequest, mesh_pb2.GenerateResponse],
     ) -> AsyncIterator[mesh_pb2.GenerateResponse]:
         responses = self.respond(request, context.invocation_metadata(), context.time_remaining())
+        whole = False
         try:
-            async with contextlib.aclosing(responses):
-                async for response in responses:
-                    yield response
+            async for response in responses:
+                yield response
+                if response.finish_reason:
+                    # The final message is out: returning sends the caller its trailers,
+                    # and what the pipeline does after it (streams.run_out) takes the
+                    # router's time, not the caller's deadline.
+                    whole = True
+                    run_out_later(responses)
+                    return
         except StatusError as e:
             await abort(context, e)
+        finally:
+            if not whole:
+                await close(responses)
 
     async def respond(
         self,

@@ -1,13 +1,17 @@
-"""Waiting for a stream's first message without giving up the stream."""
+"""Waiting for a stream's first message without giving up the stream; closing one;
+running one out after its caller has the whole answer."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
+
+log = logging.getLogger(__name__)
 
 
 class Attempt(Generic[T]):
@@ -33,6 +37,33 @@ async def close(stream: AsyncIterator[T]) -> None:
     if aclose is not None:
         with contextlib.suppress(BaseException):
             await aclose()
+
+
+async def run_out(stream: AsyncIterator[T]) -> None:
+    """What a stream does after its final message (a tier call cancelled, a session's
+    turn recorded, a cache entry stored), run once its caller has the whole answer and
+    its trailers: the caller's deadline is not spent on the router's own work. Anything
+    it still yields is dropped (the contract has nothing after the final message); a
+    failure is logged, since no caller can see it any more."""
+    try:
+        async for _ in stream:
+            log.warning("a message after the final one was dropped")
+    except Exception:
+        log.exception("a stream failed after its final message")
+    finally:
+        await close(stream)
+
+
+# Streams being run out in the background (grpc.aio ends a call only when its handler
+# returns): kept referenced while they run.
+_RUNNING_OUT: set[asyncio.Task[None]] = set()
+
+
+def run_out_later(stream: AsyncIterator[T]) -> None:
+    """`run_out` in a task of its own."""
+    task = asyncio.get_running_loop().create_task(run_out(stream))
+    _RUNNING_OUT.add(task)
+    task.add_done_callback(_RUNNING_OUT.discard)
 
 
 async def first_ready(attempts: list[Attempt[T]], within_s: float | None) -> Attempt[T] | None:

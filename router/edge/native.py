@@ -27,6 +27,7 @@ from router.native.caller import CallerConnection, H2Edge, Limits
 from router.native.keepalive import CALLER_INTERVAL_S, TIMEOUT_S
 from router.server import MeshServicer, rich_status
 from router.settings import CallerLimits
+from router.streams import run_out
 from tiermesh.errors import StatusError, invalid
 from tiermesh.v1 import mesh_pb2
 
@@ -122,13 +123,25 @@ class NativeEdge(H2Edge):
                 loop = self.loop or asyncio.get_running_loop()
                 deadline = loop.call_at(arrived + timeout, connection.expire, sid)
             responses = self.servicer.respond(request, metadata, timeout, arrived)
+            whole = False
             try:
                 async for response in responses:
                     if connection.send(sid, wire.frame(response.SerializeToString())):
                         await connection.drained(sid)
+                    if response.finish_reason:
+                        whole = True
+                        break
             finally:
-                await responses.aclose()
+                if not whole:
+                    await responses.aclose()
+            if deadline is not None:
+                deadline.cancel()
+            # The final message is out: the caller gets its trailers now, and what the
+            # pipeline does after it (streams.run_out) takes the router's time, not the
+            # caller's deadline.
             connection.finish(sid, wire.OK_TRAILERS)
+            if whole:
+                await run_out(responses)
         except wire.HttpRefusal as e:
             connection.finish(sid, wire.trailers(e.code, e.message), e.http_status)
         except StatusError as e:

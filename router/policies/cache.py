@@ -86,10 +86,21 @@ class IntentCache:
         metrics.series(metrics.CACHE, "intent", "miss").inc()
         parts: list[str] = []
         tiers: set[int] = set()
+        stored = False
         async for response in self._inner.generate(call):
             parts.append(response.text)
             tiers.add(response.tier)
+            if response.finish_reason:
+                # Before the final message: the caller's trailers follow it at once
+                # (streams.run_out), and a repeat right after must find the label.
+                self._keep(key, call, parts, tiers)
+                stored = True
             yield response
+        if not stored:
+            self._keep(key, call, parts, tiers)
+
+    def _keep(self, key: Key, call: Call, parts: list[str], tiers: set[int]) -> None:
+        """Store a valid label a model tier answered."""
         answer = "".join(parts).strip()
         if answer in call.intents and tiers <= MODEL_TIERS:
             self.store(key, answer)

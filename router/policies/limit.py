@@ -100,21 +100,30 @@ class StreamLimit:
         waiter = await self._acquire(call)
         key = id(call)
         self._started[key] = started = time.monotonic()
+        held = True
         try:
-            if waiter is None:
-                async for response in self._inner.generate(call):
-                    yield response
-            else:  # served by the fair queue: its tenant is charged what it really used
-                async for response in self._inner.generate(call):
-                    if response.finish_reason and response.HasField("usage"):
-                        # A tier that does not count the prompt leaves the estimate.
+            async for response in self._inner.generate(call):
+                if response.finish_reason and held:
+                    if waiter is not None and response.HasField("usage"):
+                        # Served by the fair queue: its tenant is charged what it really
+                        # used. A tier that does not count the prompt leaves the estimate.
                         prompt = response.usage.prompt_tokens or call.prompt_tokens_estimate()
                         self._queue.charge(waiter, prompt + response.usage.completion_tokens)
-                    yield response
+                    # The tier is done with the call: its slot is free before the final
+                    # message goes out, as the caller's trailers follow it at once
+                    # (streams.run_out) and its next call must find the slot free.
+                    held = self._done(key, started)
+                yield response
         finally:
-            del self._started[key]
-            self._hold.observe(time.monotonic() - started)
-            self._release()
+            if held:
+                self._done(key, started)
+
+    def _done(self, key: int, started: float) -> bool:
+        """The call's slot given back; False, for `held`."""
+        del self._started[key]
+        self._hold.observe(time.monotonic() - started)
+        self._release()
+        return False
 
     async def _acquire(self, call: Call) -> Waiter | None:
         """Take a slot, at once (None) or after waiting (the waiter that was served)."""

@@ -73,10 +73,20 @@ class SessionContext:
             )
         parts: list[str] = []
         tier = mesh_pb2.TIER_UNSPECIFIED
+        remembered = False
         async for response in self._inner.generate(call):
             parts.append(response.text)
             tier = tier or response.tier
+            if response.finish_reason:
+                # Before the final message: the caller's trailers follow it at once
+                # (streams.run_out), and its next turn must find this one recorded.
+                await self._remember(call, parts, tier)
+                remembered = True
             yield response
+        if not remembered:
+            await self._remember(call, parts, tier)
+
+    async def _remember(self, call: Call, parts: list[str], tier: mesh_pb2.Tier.ValueType) -> None:
         player = mesh_pb2.Turn(speaker=mesh_pb2.SPEAKER_PLAYER, text=call.messages[-1].content)
         npc = mesh_pb2.Turn(speaker=mesh_pb2.SPEAKER_NPC, text="".join(parts), tier=tier)
         try:

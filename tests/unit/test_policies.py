@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
+from collections.abc import AsyncIterator
 from types import SimpleNamespace
 from typing import cast
 
@@ -30,6 +31,7 @@ from router.policies.session import SessionContext
 from router.settings import Persona, StateSettings
 from router.state.store import MemoryStore
 from router.stats import RetryBudget
+from router.streams import close
 from tests.fakes import FakeBackend, FakeClock, Step, a_call, drain, unavailable
 from tiermesh.config import TaskName, TierName
 from tiermesh.errors import StatusError
@@ -789,3 +791,47 @@ async def test_in_the_closing_window_text_goes_out_a_sentence_at_a_time() -> Non
     text = texts(out)
     assert text.endswith(".")  # whole sentences, the unfinished one dropped
     assert "".join(words).startswith(text)
+
+
+class FinalThenBusy:
+    """A tier that sends its final message, then still has work of its own that never
+    ends here (a stream's close, a connection's bookkeeping)."""
+
+    async def generate(self, call: Call) -> AsyncIterator[mesh_pb2.GenerateResponse]:
+        yield mesh_pb2.GenerateResponse(text="ATTACK", tier=mesh_pb2.TIER_GOLD)
+        yield mesh_pb2.GenerateResponse(tier=mesh_pb2.TIER_GOLD, finish_reason=mesh_pb2.FINISH_REASON_STOP)
+        await asyncio.Event().wait()
+
+
+async def up_to_the_final_message(stream: AsyncIterator[mesh_pb2.GenerateResponse]) -> None:
+    """Read a stream until its final message and no further: the edge sends the caller's
+    trailers there, and runs the rest of the stream out afterwards (streams.run_out)."""
+    async for response in stream:
+        if response.finish_reason:
+            return
+    raise AssertionError("no final message")
+
+
+async def test_what_a_callers_next_call_depends_on_is_done_before_the_final_message() -> None:
+    # Each first stream is held open past its final message, as the edge holds it.
+    # The slot: free for the next call although the tier's stream has not ended.
+    limit = StreamLimit(FinalThenBusy(), "gold", max_streams=1, expected_s=0.05)
+    held = [limit.generate(intent_call())]
+    await up_to_the_final_message(held[-1])
+    await asyncio.wait_for(up_to_the_final_message(limit.generate(intent_call())), 1)
+    # The label: a repeat is a cache hit.
+    cache = IntentCache(FinalThenBusy(), max_entries=10, ttl_s=60)
+    held.append(cache.generate(intent_call()))
+    await up_to_the_final_message(held[-1])
+    hit = await asyncio.wait_for(drain(cache.generate(intent_call())), 1)
+    assert [(r.text, r.tier) for r in hit] == [("ATTACK", mesh_pb2.TIER_CACHE)]
+    # The turn: in the session.
+    store = MemoryStore(StateSettings())
+    session = SessionContext(FinalThenBusy(), store, {"intent": 64})
+    held.append(session.generate(intent_call(session_id="s1")))
+    await up_to_the_final_message(held[-1])
+    remembered = await store.get("guard-1", "s1")
+    assert remembered is not None
+    assert [turn.text for turn in remembered.turns] == ["The player draws a sword!", "ATTACK"]
+    for stream in held:
+        await close(stream)
