@@ -40,11 +40,12 @@ async def close(stream: AsyncIterator[T]) -> None:
 
 
 async def run_out(stream: AsyncIterator[T]) -> None:
-    """What a stream does after its final message (a tier call cancelled, a session's
-    turn recorded, a cache entry stored), run once its caller has the whole answer and
-    its trailers: the caller's deadline is not spent on the router's own work. Anything
-    it still yields is dropped (the contract has nothing after the final message); a
-    failure is logged, since no caller can see it any more."""
+    """What a stream does after its final message (its tier attempts closed, the
+    balancer's bookkeeping, metrics), run once its caller has the whole answer and its
+    trailers: the caller's deadline is not spent on the router's own work. (What the
+    caller's next call depends on is done before the final message: docs/router.md.)
+    Anything it still yields is dropped (the contract has nothing after the final
+    message); a failure is logged, since no caller can see it any more."""
     try:
         async for _ in stream:
             log.warning("a message after the final one was dropped")
