@@ -141,13 +141,14 @@ class LlamaPool:
 
         def work(worker: Worker, emit: Any, stopped: threading.Event) -> None:
             llm = worker.llm
-            # As create_completion tokenizes a text prompt (its streamed chunks carry no usage).
+            # As create_completion would tokenize the text (its streamed chunks carry no
+            # usage); it is given the tokens, so the prompt is tokenized once.
             tokens = llm.tokenize(prompt.encode("utf-8"), special=True)
             emit(PromptTokens(len(tokens)))
             # create_completion evaluates only what follows the prefix the instance holds.
             worker.prefixes.restore(llm, tokens)
             pieces = llm.create_completion(
-                prompt,
+                tokens,
                 max_tokens=max_tokens,
                 temperature=temperature,
                 top_k=top_k,
@@ -198,9 +199,10 @@ class LlamaPool:
             self._grammars[key] = LlamaGrammar.from_string(f"root ::= {alternatives}", verbose=False)
         # Room for the longest label's tokens: a shorter limit cut "ATTACK" to "ATTAC".
         longest = max(len(llm.tokenize(label.encode(), add_bos=False)) for label in labels)
-        worker.prefixes.restore(llm, llm.tokenize(prompt.encode("utf-8"), special=True))
+        tokens = llm.tokenize(prompt.encode("utf-8"), special=True)
+        worker.prefixes.restore(llm, tokens)
         out = llm.create_completion(
-            prompt, max_tokens=longest + 1, temperature=0.0, grammar=self._grammars[key]
+            tokens, max_tokens=longest + 1, temperature=0.0, grammar=self._grammars[key]
         )
         worker.prefixes.save(llm)
         text = str(out["choices"][0]["text"]).strip()

@@ -18,20 +18,11 @@ from __future__ import annotations
 
 import ctypes
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 # The high-level API evaluates everything in sequence 0.
 SEQUENCE = 0
-
-
-def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
-    n = 0
-    for x, y in zip(a, b, strict=False):
-        if x != y:
-            break
-        n += 1
-    return n
 
 
 class PrefixStates:
@@ -50,10 +41,13 @@ class PrefixStates:
         it holds or from a stored state, and say how many of them are evaluated. Never
         all of them: the last is left to evaluate, which gives the logits to sample
         from. The caller (or llama-cpp-python's prefix match) evaluates the rest."""
-        held = common_prefix(llm.input_ids[: llm.n_tokens].tolist(), tokens)
+        from llama_cpp import Llama
+
+        common: Callable[[Sequence[int], Sequence[int]], int] = Llama.longest_token_prefix
+        held = common(llm.input_ids[: llm.n_tokens].tolist(), tokens)
         best, shared = None, held
         for key in self._states:
-            n = common_prefix(key, tokens)
+            n = common(key, tokens)
             if n > shared:
                 best, shared = key, n
         if best is not None and not self._load(llm, best):
@@ -69,7 +63,7 @@ class PrefixStates:
         n = int(llm.n_tokens)
         if n == 0:
             return
-        key = tuple(int(t) for t in llm.input_ids[:n])
+        key = tuple(llm.input_ids[:n].tolist())
         if key in self._states:
             self._states.move_to_end(key)
             return

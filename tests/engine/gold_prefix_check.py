@@ -10,7 +10,7 @@ from typing import Any
 
 from llama_cpp import Llama
 
-from services.gold.prefix_states import PrefixStates, common_prefix
+from services.gold.prefix_states import PrefixStates
 from tiermesh.model import gguf_path
 
 
@@ -29,18 +29,18 @@ def main() -> None:
         name: [] for name in ("reused", "held", "same_text", "kept", "shared_with_earlier")
     }
     for i, prompt in enumerate(prompts):
-        earlier = (common_prefix(t, tokens[i]) for t in tokens[:i])
+        earlier = (Llama.longest_token_prefix(t, tokens[i]) for t in tokens[:i])
         report["shared_with_earlier"].append(max(earlier, default=0))
         report["reused"].append(states.restore(kept, tokens[i]))
         # What llama-cpp-python will take as evaluated: the tokens the instance says it holds.
-        report["held"].append(common_prefix(kept.input_ids[: kept.n_tokens].tolist(), tokens[i]))
+        report["held"].append(Llama.longest_token_prefix(kept.input_ids[: kept.n_tokens].tolist(), tokens[i]))
         text = answer(kept, prompt)
         states.save(kept)
         fresh.reset()  # nothing carried over: the reference
         report["same_text"].append(text == answer(fresh, prompt))
         report["kept"].append(len(states))
     if len(sys.argv) > 2:  # a stored state llama.cpp refuses: dropped, and answered all the same
-        key = max(states._states, key=lambda k: common_prefix(k, tokens[0]))
+        key = max(states._states, key=lambda k: Llama.longest_token_prefix(k, tokens[0]))
         states._states[key] = b"\x00" * 16
         report["refused_reused"] = [states.restore(kept, tokens[0])]
         report["refused_same_text"] = [answer(kept, prompts[0]) == answer(fresh, prompts[0])]
