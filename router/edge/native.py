@@ -134,8 +134,6 @@ class NativeEdge(H2Edge):
             finally:
                 if not whole:
                     await responses.aclose()
-            if deadline is not None:
-                deadline.cancel()
             # The final message is out: the caller gets its trailers now, and what the
             # pipeline does after it (streams.run_out) takes the router's time, not the
             # caller's deadline.

@@ -112,18 +112,18 @@ class StreamLimit:
                     # The tier is done with the call: its slot is free before the final
                     # message goes out, as the caller's trailers follow it at once
                     # (streams.run_out) and its next call must find the slot free.
-                    held = self._done(key, started)
+                    self._done(key, started)
+                    held = False
                 yield response
         finally:
             if held:
                 self._done(key, started)
 
-    def _done(self, key: int, started: float) -> bool:
-        """The call's slot given back; False, for `held`."""
+    def _done(self, key: int, started: float) -> None:
+        """The call's slot given back, and how long it was held observed."""
         del self._started[key]
         self._hold.observe(time.monotonic() - started)
         self._release()
-        return False
 
     async def _acquire(self, call: Call) -> Waiter | None:
         """Take a slot, at once (None) or after waiting (the waiter that was served)."""
