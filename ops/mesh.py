@@ -29,8 +29,6 @@ from ops.settings import Settings
 from tiermesh.tls import TlsSettings, sync_channel
 
 REPO = Path(__file__).resolve().parents[1]
-# The engines' niceness beside the router in the local mesh.
-ENGINE_NICE = 5
 
 
 @dataclass(frozen=True)
@@ -58,9 +56,21 @@ class Component:
     files: tuple[tuple[Path, str], ...] = ()
     # How the readiness check dials `grpc_health` (None: plaintext).
     tls: TlsSettings | None = None
-    # The process's CPU niceness: locally the engines share the router's cores, and a
-    # router starved of CPU by them answers late (in production each has its own node).
-    nice: int = 0
+    # An engine: locally it shares the router's cores, and a router that waits for its
+    # turn on them answers late (in production each has its own node). So an engine
+    # runs in Linux's SCHED_IDLE class, with its threads and child processes: it gets
+    # the CPU time the router and its callers leave, and gives a core up as soon as they
+    # want one.
+    engine: bool = False
+
+
+def _yield_cpu() -> None:
+    """In the child before exec: SCHED_IDLE where Linux has it and allows it (a seccomp
+    profile may not), else the lowest niceness."""
+    try:
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+    except (AttributeError, OSError):
+        os.nice(19)
 
 
 def components(settings: Settings, config_file: Path | None) -> list[Component]:
@@ -90,7 +100,7 @@ def components(settings: Settings, config_file: Path | None) -> list[Component]:
         if bronze.container_port:
             argv = [gold_python, "-m", "services.bronze.container", "--port", str(bronze.container_port)]
             pinged = (f"{local}:{bronze.container_port}/ping",)
-            started.append(Component("container", argv, http_ready=pinged, nice=ENGINE_NICE))
+            started.append(Component("container", argv, http_ready=pinged, engine=True))
         if bronze.emulator_port:
             argv = [python, "-m", "services.bronze.emulator", *config]
             started.append(Component("emulator", argv, http_ready=(f"{local}:{bronze.emulator_port}/ping",)))
@@ -100,9 +110,9 @@ def components(settings: Settings, config_file: Path | None) -> list[Component]:
         http = f"http://{gold.host}:{gold.http_port}"
         argv = [gold_python, "-m", "services.gold.server", *config]
         ready = (f"{http}/v2/health/ready", f"{http}/v2/models/ensemble/ready")
-        started.append(Component("gold", argv, http_ready=ready, nice=ENGINE_NICE))
+        started.append(Component("gold", argv, http_ready=ready, engine=True))
     if "silver" in tiers:
-        started.append(dataclasses.replace(cli("silver", settings.silver.listen), nice=ENGINE_NICE))
+        started.append(dataclasses.replace(cli("silver", settings.silver.listen), engine=True))
     started.append(cli("router", settings.router.listen, edge_client))
     prometheus = prometheus_component(settings)
     if prometheus is not None:
@@ -180,7 +190,7 @@ class LocalMesh:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,  # Ctrl-C in the terminal reaches us, not them
-                preexec_fn=(lambda: os.nice(component.nice)) if component.nice else None,
+                preexec_fn=_yield_cpu if component.engine else None,
             )
         return process.pid
 

@@ -1,11 +1,14 @@
 """Operations on the real local mesh: a real Prometheus scrapes it, every series the
 dashboards and alerts read exists and every query they run evaluates; `tiermesh
-cost` reads that Prometheus; the ghz-format load tests hold their SLOs."""
+cost` reads that Prometheus; the ghz-format load tests hold their SLOs; the engines
+leave the router its cores."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -130,3 +133,39 @@ def test_ghz_load_test_holds_its_slo(mesh: Mesh, name: str) -> None:
     assert report["statusCodeDistribution"] == {"OK": report["count"]}
     check = [sys.executable, "-m", "ops.cli", "load-check", str(out), "--slo", "tests/load/slo.yaml"]
     assert subprocess.run(check, capture_output=True, check=False).returncode == 0
+
+
+def test_the_engines_take_only_the_cpu_the_router_leaves(mesh: Mesh) -> None:
+    """Locally the engines share the router's cores: they run SCHED_IDLE, with every
+    thread and child process they start (vLLM's engine core and worker, Triton and its
+    Python stubs); the router and what serves beside it keep the normal class."""
+    pids: dict[str, int] = json.loads((mesh.run_dir / "mesh.json").read_text())
+    engines = {"gold", "silver", "container"}
+
+    def threads(pid: int) -> list[int]:
+        try:
+            return [int(tid) for tid in os.listdir(f"/proc/{pid}/task")]
+        except FileNotFoundError:
+            return []  # gone meanwhile
+
+    def tree(pid: int) -> list[int]:
+        """The process and its descendants (a child is listed under the thread that
+        started it)."""
+        children: list[str] = []
+        for tid in threads(pid):
+            with contextlib.suppress(FileNotFoundError):
+                children += Path(f"/proc/{pid}/task/{tid}/children").read_text().split()
+        return [pid, *(p for child in children for p in tree(int(child)))]
+
+    def policy(tid: int) -> int | None:
+        try:
+            return os.sched_getscheduler(tid)
+        except ProcessLookupError:
+            return None
+
+    policies = {
+        name: {policy(tid) for p in tree(pid) for tid in threads(p)} - {None} for name, pid in pids.items()
+    }
+    assert all(policies[name] == {os.SCHED_IDLE} for name in engines & policies.keys()), policies
+    assert policies["router"] == {os.SCHED_OTHER}, policies
+    assert len(tree(pids["silver"])) > 1, "vLLM's engine core runs in a child process"
