@@ -68,25 +68,12 @@ class PrefixAffine:
     replica (router/affinity.py), under a bound on its load. Only candidates are picked
     (available, and not yet tried by this call when others are), so a retry or a hedge
     walks on to the next replica on the ring, and an ejected replica's keys go to their
-    next owner and come back when it does.
+    next owner and come back when it does."""
 
-    With `placements`, a conversation's first turn is placed by load instead and its
-    replica remembered (`recall`): the ring spreads many keys evenly, but a few
-    conversations unevenly, and its bound then moves the overflow turn by turn."""
-
-    def __init__(
-        self,
-        settings: AffinitySettings,
-        known: Callable[[], Iterable[Replica]],
-        tier: str = "",
-        placements: Placements | None = None,
-    ) -> None:
+    def __init__(self, settings: AffinitySettings, known: Callable[[], Iterable[Replica]]) -> None:
         self._settings = settings
         self._known = known
         self._ring = HashRing(())
-        self._tier = tier
-        self._placements = placements
-        self._placing: Counter[str] = Counter()  # per replica: calls whose placement is being written
 
     def _current_ring(self) -> HashRing:
         # The ring holds every known replica, up or not: one that is down keeps its
@@ -104,13 +91,32 @@ class PrefixAffine:
         owner = bounded_owner(self._current_ring(), key, loads, self._settings.load_factor)
         return next(r for r in candidates if r.address == owner)
 
+
+class RememberedPrefixAffine(PrefixAffine):
+    """Prefix-affine, with a conversation's first turn placed by load instead and its
+    replica remembered in `placements` (`recall`, before `pick`): the ring spreads many
+    keys evenly, but a few conversations unevenly, and its bound then moves the overflow
+    turn by turn."""
+
+    def __init__(
+        self,
+        settings: AffinitySettings,
+        known: Callable[[], Iterable[Replica]],
+        tier: str,
+        placements: Placements,
+    ) -> None:
+        super().__init__(settings, known)
+        self._tier = tier
+        self._placements = placements
+        self._placing: Counter[str] = Counter()  # per replica: calls whose placement is being written
+
     async def recall(self, call: Call, candidates: Sequence[Replica]) -> Replica | None:
         """The conversation's replica: where it was placed, while that is a candidate
         within `move_factor` × the mean load; else the least loaded, remembered from now
         on. None, and the ring decides, for a call without a session, a retry or hedge of
         this call (the ring's next replica), a single candidate, or a store that cannot
         answer."""
-        if self._placements is None or not call.session_id.strip() or call.tried or len(candidates) < 2:
+        if not call.session_id.strip() or call.tried or len(candidates) < 2:
             return None
         key = affinity_key(call, self._settings.leading_tokens)
         try:
@@ -149,8 +155,9 @@ def picker(
         return RoundRobin()
     if name == "prefix_affine":
         affinity = affinity or AffinitySettings()
-        remembered = placements if affinity.remember else None
-        return PrefixAffine(affinity, lambda: replicas.replicas, replicas.tier, remembered)
+        if affinity.remember and placements is not None:
+            return RememberedPrefixAffine(affinity, lambda: replicas.replicas, replicas.tier, placements)
+        return PrefixAffine(affinity, lambda: replicas.replicas)
     return PowerOfTwoChoices()
 
 

@@ -16,7 +16,8 @@ import pytest
 
 from router.affinity import HashRing, affinity_key, bounded_owner, capacity
 from router.call import Call
-from router.policies.balancer import Balancer, PrefixAffine
+from router.policies import balancer
+from router.policies.balancer import Balancer, PrefixAffine, Recalling, RememberedPrefixAffine
 from router.replicas import ReplicaSet
 from router.settings import AffinitySettings, BreakerSettings, TierSettings
 from router.state.placement import MemoryPlacements, Placements
@@ -204,9 +205,9 @@ class DownStore:
         """Nothing to close."""
 
 
-def remembering(replicas: ReplicaSet, store: Placements, load_factor: float = 1.25) -> PrefixAffine:
+def remembering(replicas: ReplicaSet, store: Placements, load_factor: float = 1.25) -> RememberedPrefixAffine:
     settings = AffinitySettings(load_factor=load_factor)
-    return PrefixAffine(settings, lambda: replicas.replicas, "silver", store)
+    return RememberedPrefixAffine(settings, lambda: replicas.replicas, "silver", store)
 
 
 async def test_remembered_conversations_are_placed_by_load_and_stay() -> None:
@@ -281,3 +282,15 @@ async def test_memory_placements_expire_and_stay_bounded() -> None:
     assert await store.get("gold", b"k4") is None  # per tier
     now[0] = 10.0
     assert await store.get("silver", b"k4") is None
+
+
+async def test_only_a_remembering_picker_is_asked_to_recall() -> None:
+    """With `remember` off (or no store) the ring alone decides: the balancer has nothing
+    to await before it picks."""
+    async for replicas, _ in replica_set(2):
+        store = MemoryPlacements(ttl_s=3600)
+        ring = balancer.picker("prefix_affine", replicas, AffinitySettings(remember=False), store)
+        assert not isinstance(ring, Recalling)
+        assert not isinstance(balancer.picker("prefix_affine", replicas, AffinitySettings(), None), Recalling)
+        kept = balancer.picker("prefix_affine", replicas, AffinitySettings(remember=True), store)
+        assert isinstance(kept, Recalling)
