@@ -6,7 +6,6 @@ leave the router its cores."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
 import subprocess
@@ -18,6 +17,7 @@ import pytest
 
 from ops import dashboards
 from ops.cost import api, instant
+from ops.mesh import group_members
 from ops.observability import rule_expressions, used_series
 from tests.engine.conftest import PROMETHEUS, ROUTER, Mesh, scrape
 from tests.fakes import request
@@ -148,24 +148,17 @@ def test_the_engines_take_only_the_cpu_the_router_leaves(mesh: Mesh) -> None:
         except FileNotFoundError:
             return []  # gone meanwhile
 
-    def tree(pid: int) -> list[int]:
-        """The process and its descendants (a child is listed under the thread that
-        started it)."""
-        children: list[str] = []
-        for tid in threads(pid):
-            with contextlib.suppress(FileNotFoundError):
-                children += Path(f"/proc/{pid}/task/{tid}/children").read_text().split()
-        return [pid, *(p for child in children for p in tree(int(child)))]
-
     def policy(tid: int) -> int | None:
         try:
             return os.sched_getscheduler(tid)
         except ProcessLookupError:
             return None
 
+    # Each component leads its own process group, which holds what it started.
     policies = {
-        name: {policy(tid) for p in tree(pid) for tid in threads(p)} - {None} for name, pid in pids.items()
+        name: {policy(tid) for p in group_members(pid) for tid in threads(p)} - {None}
+        for name, pid in pids.items()
     }
     assert all(policies[name] == {os.SCHED_IDLE} for name in engines & policies.keys()), policies
     assert policies["router"] == {os.SCHED_OTHER}, policies
-    assert len(tree(pids["silver"])) > 1, "vLLM's engine core runs in a child process"
+    assert len(group_members(pids["silver"])) > 1, "vLLM's engine core runs in a child process"
