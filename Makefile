@@ -172,9 +172,10 @@ load: setup model
 	else echo "load: no mesh on $(LOAD_HOST): starting one, stopped after"; $(BIN)/tiermesh up --detach || exit 1; own=1; fi; \
 	mkdir -p reports/load; \
 	status=0; for config in $(LOAD_CONFIGS); do name=$$(basename $$config .json); \
-	  if command -v ghz >/dev/null; then ghz --config $$config -O json -o reports/load/$$name.json; \
-	  else $(BIN)/tiermesh load $$config --host $(LOAD_HOST) --out reports/load/$$name.json; fi; \
-	  $(BIN)/tiermesh load-check reports/load/$$name.json --slo tests/load/slo.yaml --name $$name || status=1; \
+	  if command -v ghz >/dev/null; then ghz --config $$config -O json -o reports/load/$$name.json && \
+	    $(BIN)/tiermesh load-check reports/load/$$name.json --slo tests/load/slo.yaml --name $$name || status=1; \
+	  else $(BIN)/tiermesh load $$config --host $(LOAD_HOST) --out reports/load/$$name.json \
+	    --slo tests/load/slo.yaml || status=1; fi; \
 	done; if [ $$own = 1 ]; then $(BIN)/tiermesh down; fi; exit $$status
 
 # Run on a release: the contract that `buf breaking` compares against.
