@@ -30,13 +30,6 @@ class Reply:
     finish_reason: str = ""
     usage: mesh_pb2.Usage = field(default_factory=mesh_pb2.Usage)
 
-    @property
-    def tokens_per_s(self) -> float:
-        """Decode rate after the first token."""
-        decode = self.total_s - self.ttft_s
-        tokens = self.usage.completion_tokens - 1
-        return tokens / decode if decode > 0 and tokens > 0 else 0.0
-
 
 async def stream(
     stub: mesh_pb2_grpc.MeshAsyncStub,
