@@ -108,21 +108,26 @@ async def run_demo(
             sentences.finish(reply.finish_reason)
             console.print()
             replies.append(reply)
-            table.add_row(
-                npc,
-                task,
-                f"{deadline_s * 1000:.0f}",
-                reply.tier,
-                f"{reply.ttft_s * 1000:.0f}",
-                f"{reply.total_s * 1000:.0f}",
-                str(reply.usage.completion_tokens),
-                ENDED.get(reply.finish_reason, reply.finish_reason),
-            )
+            add_turn(table, npc, task, deadline_s, reply)
         if "bronze" in bronze_tiers:
             await prewarm_with_a_job(stub, console, table)
     console.print()
     console.print(table)
     return replies
+
+
+def add_turn(table: Table, npc: str, task: str, deadline_s: float, reply: client.Reply) -> None:
+    """One row of the timing table: the turn as the game saw it."""
+    table.add_row(
+        npc,
+        task,
+        f"{deadline_s * 1000:.0f}",
+        reply.tier,
+        f"{reply.ttft_s * 1000:.0f}",
+        f"{reply.total_s * 1000:.0f}",
+        str(reply.usage.completion_tokens),
+        ENDED.get(reply.finish_reason, reply.finish_reason),
+    )
 
 
 async def prewarm_with_a_job(stub: mesh_pb2_grpc.MeshAsyncStub, console: Console, table: Table) -> None:
@@ -149,13 +154,4 @@ async def prewarm_with_a_job(stub: mesh_pb2_grpc.MeshAsyncStub, console: Console
     console.print(
         f"[bold green]Generate, same content:[/] served by {reply.tier} in {reply.ttft_s * 1000:.1f} ms"
     )
-    table.add_row(
-        "innkeeper-1",
-        "longform",
-        f"{JOB_READ_DEADLINE_S * 1000:.0f}",
-        reply.tier,
-        f"{reply.ttft_s * 1000:.0f}",
-        f"{reply.total_s * 1000:.0f}",
-        str(reply.usage.completion_tokens),
-        ENDED.get(reply.finish_reason, reply.finish_reason),
-    )
+    add_turn(table, "innkeeper-1", "longform", JOB_READ_DEADLINE_S, reply)
