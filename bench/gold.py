@@ -1,5 +1,6 @@
 """Gold's intents: accuracy and latency of every method, side by side, at 1 and 16
-concurrent callers; cache hits; bark tokens/s.
+concurrent callers; exact and near-duplicate cache hits (and, in-process, which labelled
+pairs the near-duplicate stage counts as near: bench/gold_near.py); bark tokens/s.
 
     python -m bench.gold [--calls 48]
 
@@ -22,11 +23,12 @@ import tempfile
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 import numpy as np
 
+from bench.gold_near import embedder_of, near_duplicates, quality
 from bench.paths import running
 from bench.report import median, table, update_readme, write
 from bench.silver import mesh_running
@@ -39,6 +41,9 @@ from router.stats import nearest_rank
 from router.validation import resolve
 from tiermesh.chat import chatml
 from tiermesh.v1 import mesh_pb2, mesh_pb2_grpc
+
+if TYPE_CHECKING:
+    from tiermesh.v1.mesh_pb2_grpc import MeshAsyncStub
 
 HELD_OUT = load_set(split="held_out")
 
@@ -103,6 +108,23 @@ class Scored:
         return round(self.right / max(1, self.asked), 4)
 
 
+class NearAsk:
+    """Asks the near-duplicates in turn; counts the answers that came from the cache."""
+
+    def __init__(self, router: MeshAsyncStub, near: list[dict[str, str]]) -> None:
+        self._router = router
+        self._near = near
+        self.cached = 0
+        self.asked = 0
+
+    async def __call__(self, i: int) -> None:
+        pair = self._near[i % len(self._near)]
+        request = mesh_pb2.GenerateRequest(npc_id=pair["npc"], prompt=pair["b"], task=mesh_pb2.TASK_INTENT)
+        tiers = {response.tier async for response in self._router.Generate(request, timeout=30)}
+        self.asked += 1
+        self.cached += tiers == {mesh_pb2.TIER_CACHE}
+
+
 async def measure(settings: Settings, calls: int, shared_slots: str) -> dict[str, Any]:
     """`shared_slots`: a router like the mesh's but with intents in the LLM's stream slots
     (no max_streams_by_task), measured beside it."""
@@ -122,6 +144,8 @@ async def measure(settings: Settings, calls: int, shared_slots: str) -> dict[str
         score = last.score if last is not None and last.HasField("score") else None
         return text.strip(), score
 
+    cache = settings.router.intent_cache
+    near = near_duplicates(embedder_of(cache), cache.near_threshold) if cache.near_model else []
     results: dict[str, Any] = {}
     async with (
         grpc.aio.insecure_channel(settings.router.listen) as channel,
@@ -161,6 +185,13 @@ async def measure(settings: Settings, calls: int, shared_slots: str) -> dict[str
                 await via_router(False)(situation)
             hits = Scored(via_router(False))
             latencies["router_hit"] = await timed_calls(hits, calls, concurrency)
+            # Near hits: each pair's first situation answered once, then its near-duplicate
+            # asked (never stored itself, so every ask is a near hit, not an exact one).
+            for pair in near:
+                await via_router(False)(Situation(pair["npc"], pair["a"], "", "held_out"))
+            near_ask = NearAsk(router, near)
+            latencies["router_near_hit"] = await timed_calls(near_ask, calls, concurrency)
+            results[f"near_answered_from_cache_c{concurrency}"] = [near_ask.cached, near_ask.asked]
             results[f"c{concurrency}"] = {
                 name: {
                     **percentiles(latencies[name]),
@@ -301,10 +332,44 @@ PATHS = (
     ("direct_encoder", "encoder, direct Triton"),
     ("direct_llm_trie", "LLM trie (guided decoding), direct Triton"),
     ("router_hit", "router, exact cache hit"),
+    ("router_near_hit", "router, near-duplicate cache hit"),
 )
 
 
-def report(results: dict[str, Any], methods: dict[str, Any], encoders: dict[str, Any]) -> str:
+def near_report(near: dict[str, Any], results: dict[str, Any]) -> str:
+    names = {
+        "dev_same": "dev near-duplicates (should be near)",
+        "dev_different": "dev near-misses (must not be)",
+        "held_out_same": "held-out near-duplicates (should be near)",
+        "held_out_different": "held-out near-misses (must not be)",
+        "labelled_dev_val": "two differently labelled situations of a persona, dev + val",
+        "labelled_held_out": "two differently labelled situations of a persona, held-out",
+    }
+    rows = [
+        (label, f"{n['near']}/{n['pairs']}", f"{n['min']}–{n['max']}")
+        for key, label in names.items()
+        for n in (near[key],)
+    ]
+    cost = near["cost_us"]
+    answered = [results.get(f"near_answered_from_cache_c{c}", [0, 0]) for c in (1, 16)]
+    return (
+        "\nThe intent cache's near-duplicate stage (router/policies/cache.py): a situation that "
+        "misses the exact cache takes the label of one already answered for its persona and labels "
+        "when their cosine, in the encoder's distilled word-piece vectors (tiermesh/static_embedding.py), "
+        f"is at least **{near['threshold']}** (chosen on the dev pairs of eval/near_pairs.yaml: above "
+        "their closest near-miss; held-out only scored):\n\n"
+        + table(("pairs", f"near at {near['threshold']}", "cosine min–max"), rows)
+        + f"\n\nWhat the stage adds to every intent miss, in-process, one thread: the situation's "
+        f"embedding p50 {cost['embed_p50']} µs (p95 {cost['embed_p95']}), the lookup in a persona's full "
+        f"index p50 {cost['lookup_p50']} µs (p95 {cost['lookup_p95']}). In the near-hit rows above, "
+        f"{answered[0][0]}/{answered[0][1]} and {answered[1][0]}/{answered[1][1]} calls were answered "
+        "from the cache.\n"
+    )
+
+
+def report(
+    results: dict[str, Any], methods: dict[str, Any], encoders: dict[str, Any], near: dict[str, Any] | None
+) -> str:
     rows = []
     for level in ("c1", "c16"):
         for path, label in PATHS:
@@ -351,7 +416,7 @@ def report(results: dict[str, Any], methods: dict[str, Any], encoders: dict[str,
         "135M-parameter model, which scores its labels by their first tokens and mostly picks GREET. "
         "With 16 callers, encoder calls that queue together share one Triton execution (the dynamic "
         "batcher), in which each situation runs its own forward pass, two at a time; LLM calls queue "
-        "for one of two instances.\n"
+        "for one of two instances.\n" + (near_report(near, results) if near is not None else "")
     )
 
 
@@ -368,10 +433,11 @@ def main() -> None:
     results["encoder_threads"] = settings.gold.encoder_threads
     methods = intent_methods(settings)
     encoders = encoder_variants(settings)
-    markdown = report(results, methods, encoders)
-    json_path, md_path = write(
-        "gold", {"intents": results, "intent_methods": methods, "encoders": encoders}, markdown
-    )
+    cache = settings.router.intent_cache
+    near = quality(cache) if cache.near_model else None
+    markdown = report(results, methods, encoders, near)
+    recorded = {"intents": results, "intent_methods": methods, "encoders": encoders, "near_cache": near}
+    json_path, md_path = write("gold", recorded, markdown)
     update_readme("gold", markdown.split("\n", 2)[2])  # without the title
     print(f"{markdown}\nwritten: {json_path}, {md_path}")
 

@@ -194,9 +194,9 @@ def overview() -> dash.Dashboard:
                 "Hit ratio by cache",
                 "percentunit",
                 query(
-                    rate('tiermesh_router_cache_requests_total{result="hit"}', "cache")
+                    rate('tiermesh_router_cache_requests_total{result=~"hit|near_hit"}', "cache")
                     + " / "
-                    + rate('tiermesh_router_cache_requests_total{result=~"hit|miss"}', "cache"),
+                    + rate('tiermesh_router_cache_requests_total{result=~"hit|near_hit|miss"}', "cache"),
                     "{{cache}}",
                 ),
             )

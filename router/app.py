@@ -21,7 +21,7 @@ from router.jobs import Jobs
 from router.pipeline import Backend, Layer, compose, describe
 from router.policies.admission import Admission
 from router.policies.balancer import Balancer, picker
-from router.policies.cache import IntentCache
+from router.policies.cache import IntentCache, near_match
 from router.policies.canned import CannedAnswers
 from router.policies.fallback import Fallback
 from router.policies.hedge import Hedge
@@ -115,8 +115,11 @@ def call_layers(
         ),
         Layer(
             "intent cache",
-            "before admission and tiers: a repeated situation costs no quota and no tier call",
-            (lambda inner: IntentCache(inner, cache.max_entries, cache.ttl_s)) if cache.enabled else None,
+            "before admission and tiers: a repeated situation, or a near-duplicate of one, costs no "
+            "quota and no tier call",
+            (lambda inner: IntentCache(inner, cache.max_entries, cache.ttl_s, near=near_match(cache)))
+            if cache.enabled
+            else None,
         ),
         Layer(
             "result cache",

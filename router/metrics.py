@@ -170,7 +170,7 @@ RATE_LIMITED = Counter("tiermesh_router_rate_limited", "Calls refused by a clien
 QUEUE_DEPTH = Gauge("tiermesh_router_queue_depth", "Calls waiting for a tier stream slot", ["tier"])
 CACHE = Counter(
     "tiermesh_router_cache_requests",
-    "Cache lookups by cache and result (hit | miss | bypass)",
+    "Cache lookups by cache and result (hit | near_hit | miss | bypass)",
     ["cache", "result"],
 )
 SESSION_STORE_ERRORS = Counter(
@@ -271,3 +271,4 @@ def initialise(router: RouterSettings) -> None:
     for cache in ("intent", "result"):
         for result in ("hit", "miss", "bypass"):
             CACHE.labels(cache, result)
+    CACHE.labels("intent", "near_hit")

@@ -216,6 +216,15 @@ class IntentCacheSettings(BaseModel):
     enabled: bool = True
     max_entries: int = Field(default=100_000, gt=0)
     ttl_s: float = Field(default=300.0, gt=0)
+    # Near-duplicate hits (router/policies/cache.py): the folder with the intent encoder's
+    # distilled word-piece table (`make model` writes it beside the encoder; empty: exact
+    # hits only); the cosine at or above which a situation takes the label of one already
+    # answered (chosen on eval/near_pairs.yaml's dev pairs, bench/results/gold.md); and how
+    # many answered situations each persona and label set keeps to compare against, which
+    # bounds a lookup's time.
+    near_model: str = ""
+    near_threshold: float = Field(default=0.99, gt=0, le=1)
+    near_per_persona: int = Field(default=1024, gt=0)
 
 
 class AdmissionSettings(BaseModel):

@@ -4,10 +4,12 @@ to ONNX with its mean pooling and L2 normalisation inside the graph, so the mode
 is the sentence embedding that ONNX Runtime (here) or Triton's onnxruntime / TensorRT
 backend (production) serves as is.
 
-Two files: `model.onnx` in fp32, the graph production hands to TensorRT (which picks its
+Three files: `model.onnx` in fp32, the graph production hands to TensorRT (which picks its
 own precision, FP16 in model_repository/intent_onnx), and `model-int8.onnx`, the same with
 its weights quantised to int8 (ONNX Runtime's dynamic quantisation) for CPUs, where it runs
-in about half the time and chose the same intents on the `val` split (docs/history.md).
+in about half the time and chose the same intents on the `val` split (docs/history.md);
+and the router's distilled piece table (`static-embeddings.npy`, tiermesh/static_embedding.py),
+from the same tuned model.
 
     .venv/bin/python -m services.gold.encoder_export --out .models/intent-encoder \
         [--config config/mesh.yaml --labelled eval/intents.yaml --layers 4 | --untuned]
@@ -25,8 +27,11 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from services.gold.encoder import ENCODER_FILE, INT8_FILE, TOKENIZER_FILE
 from services.gold.encoder_tune import LAYERS, TuningSet, sentence_embedding, tune, tuning_set
+from tiermesh.static_embedding import TABLE_FILE, table
 
 
 def weights_zip() -> Path:
@@ -78,7 +83,23 @@ def export(out: Path, tuning: TuningSet | None, layers: int = LAYERS) -> None:
             dynamo=False,
         )
         shutil.copy(Path(tmp) / TOKENIZER_FILE, out / TOKENIZER_FILE)
+        np.save(out / TABLE_FILE, table(piece_embeddings(model, AutoTokenizer.from_pretrained(tmp))))
     quantize(out / ENCODER_FILE, out / INT8_FILE)
+
+
+def piece_embeddings(model: Any, tokenizer: Any, batch: int = 1024) -> Any:
+    """The encoder's embedding of each vocabulary piece alone (`[CLS] piece [SEP]`), one
+    row per id: what the router's near-duplicate cache distils (tiermesh/static_embedding.py)."""
+    import torch
+
+    rows = []
+    with torch.inference_mode():
+        for start in range(0, tokenizer.vocab_size, batch):
+            ids = torch.arange(start, min(start + batch, tokenizer.vocab_size), dtype=torch.int64)
+            marks = torch.ones_like(ids)
+            pieces = torch.stack([marks * tokenizer.cls_token_id, ids, marks * tokenizer.sep_token_id], 1)
+            rows.append(model(pieces, torch.ones_like(pieces)))
+    return torch.cat(rows).numpy()
 
 
 def quantize(fp32: Path, int8: Path) -> None:
@@ -97,7 +118,7 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=LAYERS, help="of the 6, kept when tuning")
     args = parser.parse_args()
     export(args.out, None if args.untuned else tuning_set(args.config, args.labelled), args.layers)
-    print(args.out / ENCODER_FILE, args.out / INT8_FILE)
+    print(args.out / ENCODER_FILE, args.out / INT8_FILE, args.out / TABLE_FILE)
 
 
 if __name__ == "__main__":
