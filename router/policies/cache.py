@@ -2,9 +2,10 @@
 the same intent, without a model call.
 
 Key: the persona's system text, the intent set, and the situation normalised
-(case, punctuation, whitespace). LRU with a TTL and a bound on entries. Only a
-valid label answered by a model tier is stored; a hit streams back like any other
-answer, marked TIER_CACHE. `bypass_cache` neither reads nor writes.
+(case, punctuation, whitespace; one with no letter or digit is not cached). LRU with a
+TTL and a bound on entries. Only a valid label answered by a model tier is stored; a hit
+streams back like any other answer, marked TIER_CACHE. `bypass_cache` neither reads nor
+writes.
 
 Behind the exact key, where configured, a near-duplicate stage: a situation that misses is
 compared with those already answered for the same persona and labels, by the cosine of
@@ -125,10 +126,14 @@ class IntentCache:
         if call.bypass_cache:
             metrics.series(metrics.CACHE, "intent", "bypass").inc()
             return self._inner.generate(call)
-        return self._cached(call)
-
-    async def _cached(self, call: Call) -> AsyncIterator[mesh_pb2.GenerateResponse]:
         key = cache_key(call)
+        if not key[2]:
+            # Nothing left to key on once normalised (only symbols or emoji): such situations
+            # would all share one entry, whatever the model made of each.
+            return self._inner.generate(call)
+        return self._cached(call, key)
+
+    async def _cached(self, call: Call, key: Key) -> AsyncIterator[mesh_pb2.GenerateResponse]:
         intent = self.lookup(key)
         result = "hit"
         vector = None

@@ -719,6 +719,15 @@ async def test_intent_cache_keeps_only_valid_model_answers() -> None:
     assert len(invalid) == 0
 
 
+async def test_a_situation_of_symbols_only_is_not_cached() -> None:
+    gold = FakeBackend(Step(tokens=["ATTACK"]), Step(tokens=["FLEE"]), tier=mesh_pb2.TIER_GOLD)
+    cache = IntentCache(gold, max_entries=10, ttl_s=60)
+    await drain(cache.generate(intent_call("🗡️🗡️!")))
+    out = await drain(cache.generate(intent_call("🐉🔥?")))  # the same key, were symbols dropped
+    assert [(r.text, r.tier) for r in out] == [("FLEE", mesh_pb2.TIER_GOLD)]
+    assert len(cache) == 0
+
+
 async def test_bypass_skips_the_cache() -> None:
     gold = FakeBackend(Step(tokens=["ATTACK"]), tier=mesh_pb2.TIER_GOLD)
     cache = IntentCache(gold, max_entries=10, ttl_s=60)
