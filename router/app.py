@@ -31,7 +31,7 @@ from router.policies.quota import TokenQuota
 from router.policies.result_cache import ResultCache
 from router.policies.resume import Resume
 from router.policies.retry import Retry
-from router.policies.session import SessionContext
+from router.policies.session import SessionContext, Window
 from router.replicas import ReplicaSet
 from router.server import MeshServicer
 from router.settings import RouterConfig, TierSettings
@@ -104,14 +104,17 @@ def call_layers(
     # Unlimited by default when only some clients have quotas.
     rate = router.admission.rate_per_s or float("inf")
     cached = frozenset(task for task, policy in tasks.items() if policy.result_cache)
-    budgets = {task: policy.history_tokens for task, policy in tasks.items()}
+    windows = {
+        task: Window(policy.history_tokens, int(policy.history_tokens * policy.history_step))
+        for task, policy in tasks.items()
+    }
     cache = router.intent_cache
     return [
         Layer(
             "session",
             "outermost: every cache and tier answers with the conversation in the prompt, and the "
             "turn is recorded whatever answered it (a cached intent too)",
-            (lambda inner: SessionContext(inner, sessions, budgets)) if sessions is not None else None,
+            (lambda inner: SessionContext(inner, sessions, windows)) if sessions is not None else None,
         ),
         Layer(
             "intent cache",

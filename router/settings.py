@@ -76,6 +76,10 @@ class TaskPolicy(BaseModel):
     # How much of the conversation (≈ tokens) the prompt carries: Gold-bound tasks a
     # short window, dialogue more.
     history_tokens: int = Field(default=512, ge=0)
+    # Once a conversation outgrows history_tokens, its window's start moves forward in
+    # steps of this share of it, so the turns between steps begin alike and find their
+    # prefix in the engine's cache (router/policies/session.py); 0: a turn at a time.
+    history_step: float = Field(default=0.25, ge=0, lt=1)
     # The traffic class of calls that name none (tiermesh.v1.Priority).
     priority: PriorityName = "standard"
 

@@ -5,13 +5,23 @@ the turn is recorded once the answer is complete.
 The prompt carries the session trimmed to the task's token budget: an intent gets
 a short window, dialogue more. If the store is unreachable the NPC answers without
 memory (and a warning) rather than not at all.
+
+Once a conversation outgrows its budget, dropping one old turn per new one would give
+every turn's prompt a new beginning, and the engine's prefix cache (docs/router.md,
+"Prefix affinity") would find none of it. So the window's start moves in steps: it may
+only begin at a player's turn that starts a new stretch of `step` tokens of the stored
+conversation, the first such turn at which the rest fits the budget. The following
+turns then begin alike until the next step, at the price of carrying between
+`budget - step` (less a turn) and `budget` tokens rather than always close to `budget`.
+Positions count from the oldest stored turn, so a session at the store's `max_turns`,
+which drops a turn with each new one, is trimmed turn by turn again.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 
 from router import metrics
 from router.call import Call
@@ -29,7 +39,28 @@ def approx_tokens(text: str) -> int:
     return len(text) // 4 + 4  # ≈ 4 characters a token, plus the turn's markup
 
 
-def with_memory(call: Call, session: mesh_pb2.Session, budget: int) -> tuple[Message, ...]:
+def first_kept(turns: Sequence[mesh_pb2.Turn], budget: int, step: int) -> int:
+    """The index of the oldest turn the prompt carries (len(turns): none)."""
+    sizes = [approx_tokens(turn.text) for turn in turns]
+    rest = sum(sizes)
+    fits = 0  # the oldest turn from which the rest fits the budget
+    while fits < len(sizes) and rest > budget:
+        rest -= sizes[fits]
+        fits += 1
+    if fits == 0 or step <= 0:
+        return fits
+    before = 0  # tokens of the stored conversation before turn i
+    stretch = 0  # the stretch of `step` tokens a start was last allowed in
+    for i, turn in enumerate(turns):
+        if before // step > stretch and turn.speaker == mesh_pb2.SPEAKER_PLAYER:
+            stretch = before // step
+            if i >= fits:
+                return i
+        before += sizes[i]
+    return fits  # no allowed start left in the window: turn by turn
+
+
+def with_memory(call: Call, session: mesh_pb2.Session, budget: int, step: int = 0) -> tuple[Message, ...]:
     system, *_, prompt = call.messages
     context = []
     if session.disposition:
@@ -40,20 +71,27 @@ def with_memory(call: Call, session: mesh_pb2.Session, budget: int) -> tuple[Mes
         )
     if context:
         system = Message("system", system.content + "\n\n" + " ".join(context))
-    history: list[Message] = []
-    for turn in reversed(session.turns):
-        budget -= approx_tokens(turn.text)
-        if budget < 0:
-            break
-        history.append(Message("user" if turn.speaker == mesh_pb2.SPEAKER_PLAYER else "assistant", turn.text))
-    return (system, *reversed(history), prompt)
+    history = [
+        Message("user" if turn.speaker == mesh_pb2.SPEAKER_PLAYER else "assistant", turn.text)
+        for turn in session.turns[first_kept(session.turns, budget, step) :]
+    ]
+    return (system, *history, prompt)
+
+
+@dataclasses.dataclass(frozen=True)
+class Window:
+    """How much of the conversation a task's prompt carries (≈ tokens), and the step its
+    start moves by once the conversation outgrows it (0: a turn at a time)."""
+
+    budget: int
+    step: int = 0
 
 
 class SessionContext:
-    def __init__(self, inner: Backend, store: SessionStore, budgets: Mapping[TaskName, int]) -> None:
+    def __init__(self, inner: Backend, store: SessionStore, windows: Mapping[TaskName, Window]) -> None:
         self._inner = inner
         self._store = store
-        self._budgets = budgets
+        self._windows = windows
 
     def generate(self, call: Call) -> AsyncIterator[mesh_pb2.GenerateResponse]:
         if not call.session_id:
@@ -68,9 +106,8 @@ class SessionContext:
             metrics.SESSION_STORE_ERRORS.labels("read").inc()
             session = None
         if session is not None:
-            call = dataclasses.replace(
-                call, messages=with_memory(call, session, self._budgets.get(call.task, 0))
-            )
+            window = self._windows.get(call.task, Window(0))
+            call = dataclasses.replace(call, messages=with_memory(call, session, window.budget, window.step))
         parts: list[str] = []
         tier = mesh_pb2.TIER_UNSPECIFIED
         remembered = False

@@ -102,6 +102,7 @@ class SilverEngine:
             kv_cache_memory_bytes=int(self._settings.kv_cache_gib * (1 << 30)),
             enforce_eager=True,
             enable_prefix_caching=self._settings.prefix_caching,
+            block_size=self._settings.block_size,
             # On: vLLM's Prometheus counters (the prefix cache's among them) in this
             # process's registry, served on Silver's metrics port.
             disable_log_stats=False,

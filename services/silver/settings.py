@@ -35,6 +35,10 @@ class SilverSettings(BaseModel):
     # prefix-affine balancer sends a conversation where its prefix is. Its hit and query
     # counters are exported as vllm:prefix_cache_hits / vllm:prefix_cache_queries.
     prefix_caching: bool = True
+    # Tokens per KV-cache block: the prefix cache finds whole blocks only, so a turn re-runs
+    # the part of its conversation past the last full one. None: vLLM's default (16 on GPU,
+    # 128 on CPU).
+    block_size: int | None = Field(default=None, gt=0)
     # Concurrent sequences the engine schedules together.
     max_num_seqs: int = Field(default=16, gt=0)
     # Empty: vLLM decides. "0-1" binds OpenMP threads to both cores here.

@@ -27,7 +27,7 @@ from router.policies.planner import RESERVE_FLOOR_S, RESERVE_SLACK, TierPlanner
 from router.policies.result_cache import ResultCache
 from router.policies.resume import Resume
 from router.policies.retry import Retry
-from router.policies.session import SessionContext
+from router.policies.session import SessionContext, Window
 from router.settings import Persona, StateSettings
 from router.state.store import MemoryStore
 from router.stats import RetryBudget
@@ -836,7 +836,7 @@ async def test_what_a_callers_next_call_depends_on_is_done_before_the_final_mess
     assert [(r.text, r.tier) for r in hit] == [("ATTACK", mesh_pb2.TIER_CACHE)]
     # The turn: in the session.
     store = MemoryStore(StateSettings())
-    session = SessionContext(FinalThenBusy(), store, {"intent": 64})
+    session = SessionContext(FinalThenBusy(), store, {"intent": Window(64)})
     held.append(session.generate(intent_call(session_id="s1")))
     await up_to_the_final_message(held[-1])
     remembered = await store.get("guard-1", "s1")
