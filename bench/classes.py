@@ -59,9 +59,10 @@ ROUTERS = {
     "tiermesh, classes off": "127.0.0.1:7251",
     "tiermesh, classes on": "127.0.0.1:7252",
     "tiermesh, classes on + quota": "127.0.0.1:7253",
+    "tiermesh, classes on + B's slots reserved": "127.0.0.1:7254",
 }
 # Arms measured only beside a noisy neighbour: what they add is about tenants.
-TENANT_ARMS = ("tiermesh, classes on + quota",)
+TENANT_ARMS = ("tiermesh, classes on + quota", "tiermesh, classes on + B's slots reserved")
 # Streams of ~0.5 s: 4× capacity is ~70 calls/s, which this 2-vCPU machine's client and
 # routers can drive without becoming the bottleneck themselves.
 SLOTS, TOKENS, TTFT_MS, TOKEN_MS = 8, 12, 20.0, 40.0
@@ -80,9 +81,11 @@ PRIORITY = {
 }
 # Tenant A's quota in the "+ quota" router: its half share of Silver's output tokens.
 A_QUOTA_PER_MIN = int(CAPACITY / 2 * TOKENS * 60)
+# Tenant B's reserved share of the slots in the "+ reserved" router (--reserve-b).
+B_RESERVED_SHARE = 0.75
 
 
-def router_config(name: str, listen: str) -> dict[str, Any]:
+def router_config(name: str, listen: str, b_reserved: float = B_RESERVED_SHARE) -> dict[str, Any]:
     silver: dict[str, Any] = {"endpoints": SILVER, "expected_ttft_s": TTFT_MS / 1000,
                               "expected_token_s": TOKEN_MS / 1000}  # fmt: skip
     traffic: dict[str, Any] = {"tenants": {"tenant-a": {}, "tenant-b": {}}}
@@ -94,6 +97,8 @@ def router_config(name: str, listen: str) -> dict[str, Any]:
         if name.endswith("quota"):
             traffic["tenants"]["tenant-a"] = {"output_tokens_per_min": A_QUOTA_PER_MIN}
             traffic["quota_burst_s"] = 2  # a run lasts seconds: a minute's burst would be all of it
+        if name.endswith("reserved"):
+            traffic["tenants"]["tenant-b"] = {"reserved_share": b_reserved}
     dialogue = {"tiers": ["silver"], "default_max_tokens": TOKENS, "max_tokens_limit": 64,
                 "default_deadline_s": 5}  # fmt: skip
     return {
@@ -247,6 +252,8 @@ def measure(seconds: float) -> dict[str, Any]:
             "b_beside_a_ttft_p95_ms": tenant_ttft_p95(beside, "tenant-b"),
             "b_beside_a_answered": sum(r.code == "OK" for r in beside if r.tenant == "tenant-b"),
             "b_calls": sum(r.tenant == "tenant-b" for r in beside),
+            # What B's protection costs the flood: A's calls answered in the same run.
+            "a_beside_answered": sum(r.code == "OK" for r in beside if r.tenant == "tenant-a"),
         }
         print(f"noisy {name}: {data['noisy'][name]}", flush=True)
         time.sleep(1.0)
@@ -319,7 +326,14 @@ def report(data: dict[str, Any], seconds: float) -> str:
         for priority, c in classes.items()
     ]
     noisy_rows = [
-        (name, n["b_calls"], n["b_alone_ttft_p95_ms"], n["b_beside_a_ttft_p95_ms"], n["b_beside_a_answered"])
+        (
+            name,
+            n["b_calls"],
+            n["b_alone_ttft_p95_ms"],
+            n["b_beside_a_ttft_p95_ms"],
+            n["b_beside_a_answered"],
+            n.get("a_beside_answered", "—"),
+        )
         for name, n in data["noisy"].items()
     ]
     fair_rows = [(name, f["tokens_a"], f["tokens_b"], f["jain"]) for name, f in data["fairness"].items()]
@@ -337,9 +351,19 @@ def report(data: dict[str, Any], seconds: float) -> str:
         + table(headers, rows)
         + "\n\n## Noisy neighbour: tenant B at 40% of its half share, alone and beside A at 10× its share\n\n"
         + f"Each {2 * seconds:.0f} s, each tenant from its own process and connection. "
-        + f"The quota router gives A {A_QUOTA_PER_MIN} output tokens a minute (its half of Silver).\n\n"
+        + f"The quota router gives A {A_QUOTA_PER_MIN} output tokens a minute (its half of Silver). "
+        + f"The reserved router keeps {data.get('b_reserved_share', B_RESERVED_SHARE):.0%} of Silver's "
+        + "slots for B (`traffic.tenants.tenant-b.reserved_share`): A never takes them, even while B "
+        + "is quiet.\n\n"
         + table(
-            ("router", "B calls", "B alone p95 TTFT ms", "B beside A p95 TTFT ms", "B answered beside A"),
+            (
+                "router",
+                "B calls",
+                "B alone p95 TTFT ms",
+                "B beside A p95 TTFT ms",
+                "B answered beside A",
+                "A answered beside B",
+            ),
             noisy_rows,
         )
         + "\n\n## Fairness: A at 10× its share (24-token answers), B at 2× (8-token answers)\n\n"
@@ -422,6 +446,8 @@ def main() -> None:
     parser.add_argument("--real-mesh", action="store_true")
     parser.add_argument("--rate", type=float, default=6.0)
     parser.add_argument("--address", default="127.0.0.1:50051")
+    parser.add_argument("--reserve-b", type=float, default=B_RESERVED_SHARE,
+                        help="tenant B's reserved share of the slots in the '+ reserved' router")  # fmt: skip
     args = parser.parse_args()
     if args.real_mesh:
         seconds = args.seconds or 20.0
@@ -437,10 +463,11 @@ def main() -> None:
             processes.start(f"silver{i}", [*synth, "--listen", address])
             wait_serving(address, address, 30)
         for name, listen in ROUTERS.items():
-            processes.router(name, router_config(name, listen))
+            processes.router(name, router_config(name, listen, args.reserve_b))
         data = measure(args.seconds)
+    data |= {"capacity_per_s": CAPACITY, "deadline_s": DEADLINE_S, "seconds": args.seconds,
+             "b_reserved_share": args.reserve_b}  # fmt: skip
     markdown = report(data, args.seconds)
-    data |= {"capacity_per_s": CAPACITY, "deadline_s": DEADLINE_S, "seconds": args.seconds}
     json_path, md_path = write("classes", data, markdown)
     update_readme("classes", verdict(data))
     print(f"{markdown}\nwritten: {json_path}, {md_path}")

@@ -16,6 +16,7 @@ The waiting itself (futures, timeouts, shedding) is the stream limit's
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterator
@@ -117,14 +118,47 @@ class FairQueue:
                 for waiter in list(queue):
                     yield lower, waiter
 
-    def pop(self, fits: Callable[[int], bool]) -> Waiter | None:
+    def pop(
+        self,
+        fits: Callable[[int], bool],
+        tenant_fits: Callable[[str], bool] = lambda _: True,
+        owns: Callable[[str], bool] = lambda _: False,
+    ) -> Waiter | None:
         """The next waiter to serve, from the highest class waiting, if `fits(band)` says a
-        call of that class may take the free slot; else None."""
+        call of that class may take the free slot; else None. Tenants `tenant_fits` turns
+        away (the slot is reserved for another) are passed over, down to lower classes; a
+        tenant that `owns` a free slot (its reservation) takes it whatever its class."""
         self._age()
+        may = self._may(fits, tenant_fits, owns)
         for band, tenants in enumerate(self._bands):
-            if tenants:
-                return self._next_turn(band) if fits(band) else None
+            if any(may(band, tenant) for tenant in tenants):
+                return self._next_turn(band, functools.partial(may, band))
         return None
+
+    def could_take(
+        self,
+        band: int,
+        fits: Callable[[int], bool],
+        tenant_fits: Callable[[str], bool],
+        owns: Callable[[str], bool] = lambda _: False,
+    ) -> bool:
+        """Whether a waiter of `band` or higher could take a slot now: a newcomer of
+        `band` does not go before it."""
+        may = self._may(fits, tenant_fits, owns)
+        return any(may(higher, tenant) for higher in range(band + 1) for tenant in self._bands[higher])
+
+    def _may(
+        self, fits: Callable[[int], bool], tenant_fits: Callable[[str], bool], owns: Callable[[str], bool]
+    ) -> Callable[[int, str], bool]:
+        """Whether a waiter of a band and tenant may take the free slot: once a class
+        waiting does not fit, no lower class does either (headroom grows downwards), except
+        a tenant's own reserved slot."""
+        blocked = len(self._bands)
+        for band, tenants in enumerate(self._bands):
+            if tenants and not fits(band):
+                blocked = band
+                break
+        return lambda band, tenant: owns(tenant) or (band < blocked and tenant_fits(tenant))
 
     def charge(self, waiter: Waiter, tokens: float) -> None:
         """Correct a served waiter's tenant by what its answer used beyond (or short of)
@@ -139,10 +173,16 @@ class FairQueue:
             if len(deficits) > MAX_DEBTORS:
                 self._forgive(band)
 
-    def _next_turn(self, band: int) -> Waiter:
+    def _next_turn(self, band: int, tenant_fits: Callable[[str], bool]) -> Waiter:
+        """DRR's next serve in `band`; the caller has checked that a tenant there fits."""
         tenants, deficits = self._bands[band], self._deficit[band]
         while True:
             tenant, queue = next(iter(tenants.items()))
+            if not tenant_fits(tenant):  # may not take this slot: keeps its deficit
+                tenants.move_to_end(tenant)
+                if self._turn[band] == tenant:
+                    self._turn[band] = None
+                continue
             if self._turn[band] != tenant:  # its turn begins: one quantum more
                 self._turn[band] = tenant
                 deficits[tenant] = deficits.get(tenant, 0.0) + self._quantum * self._weight(tenant)

@@ -246,6 +246,11 @@ class TenantSettings(BaseModel):
     weight: float = Field(default=1.0, gt=0)
     input_tokens_per_min: int = Field(default=0, ge=0)
     output_tokens_per_min: int = Field(default=0, ge=0)
+    # The share of each tier's stream slots kept for this tenant (rounded down): no other
+    # tenant takes them, even while this one does not call. Weights share what is busy;
+    # only slots held back can answer a quiet tenant's burst at once beside a flood,
+    # since a started stream is never taken back. Its price is capacity left idle.
+    reserved_share: float = Field(default=0.0, ge=0, lt=1)
 
 
 def _default_headroom() -> dict[PriorityName, float]:
@@ -286,6 +291,14 @@ class TrafficSettings(BaseModel):
             if not 0 <= share < 1:
                 raise ValueError(f"headroom.{name} must be in [0, 1)")
         return headroom
+
+    @model_validator(mode="after")
+    def _reservations_fit(self) -> TrafficSettings:
+        if self.default_tenant.reserved_share:
+            raise ValueError("default_tenant.reserved_share: slots are reserved for named tenants only")
+        if sum(t.reserved_share for t in self.tenants.values()) > 1:
+            raise ValueError("tenants' reserved_share add up to more than every slot")
+        return self
 
     def tenant(self, client_id: str) -> TenantSettings:
         return self.tenants.get(client_id, self.default_tenant)

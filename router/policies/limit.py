@@ -11,6 +11,10 @@ a critical call arriving finds one free. When the queue is full, or a higher cla
 arriving pushes a lower one past its deadline, the lower one is displaced: it has not
 started, so nothing it sent is lost, and it hears at once instead of at its deadline.
 A stream that has started is never displaced.
+
+A tenant may have a share of the slots reserved (traffic.tenants.*.reserved_share): the
+others never take those, so its calls find a slot at once up to its reservation however
+hard another tenant floods, at the price of slots left idle while it is quiet.
 """
 
 from __future__ import annotations
@@ -62,6 +66,14 @@ class StreamLimit:
             traffic.quantum_tokens,
             lambda tenant: traffic.tenant(tenant).weight,
         )
+        self._max_streams = max_streams
+        # Slots only their tenant may take (classes on only: off, there are no tenants).
+        self._reserved = {
+            name: math.floor(tenant.reserved_share * max_streams)
+            for name, tenant in traffic.tenants.items()
+            if self._classes and math.floor(tenant.reserved_share * max_streams) > 0
+        }
+        self._held: dict[str, int] = {}  # slots held by each tenant with a reservation
         self._taken = 0  # slots held, including ones just handed to a waiter
         self._depth_reported = 0  # this queue's share of the tier's depth gauge
         self._started: dict[int, float] = {}  # running streams' start times
@@ -77,27 +89,62 @@ class StreamLimit:
     def wait_estimate(self, call: Call) -> float:
         """What `call` would wait for a slot if it arrived now (0 while one is free for
         its class): the planner adds it to the tier's time to an answer."""
-        band = self._band(call)
-        return 0.0 if self._free(band) else self.expected_wait(call.client_id, band)
+        band, tenant = self._band(call), self._tenant(call.client_id)
+        return 0.0 if self._free(tenant, band) else self.expected_wait(tenant, band)
 
     def expected_wait(self, tenant: str, band: int) -> float:
         """Behind the waiters the fair queue would serve first: a tenant's own backlog
         makes its next call wait, another tenant's only by its turns."""
-        return self._wait_behind(self._queue.ahead_of(self._tenant(tenant), band), band)
+        tenant = self._tenant(tenant)
+        return self._wait_behind(self._queue.ahead_of(tenant, band), band, tenant)
 
-    def _wait_behind(self, ahead: float, band: int) -> float:
-        """The wait for a slot of `band` behind `ahead` waiters. Streams already running
-        longer than the estimate prove it low: their age is used instead."""
+    def _wait_behind(self, ahead: float, band: int, tenant: str = "") -> float:
+        """The wait for a slot of `band` behind `ahead` waiters, over the slots `tenant` may
+        use (others' reservations are not). Streams already running longer than the
+        estimate prove it low: their age is used instead."""
         now = time.monotonic()
         oldest = max((now - started for started in self._started.values()), default=0.0)
-        return (ahead + 1) * max(self._hold.value, oldest) / self._limit[band]
+        others = sum(slots for name, slots in self._reserved.items() if name != tenant)
+        slots = max(1, min(self._limit[band], self._max_streams - others))
+        return (ahead + 1) * max(self._hold.value, oldest) / slots
 
-    def _free(self, band: int) -> bool:
-        """A slot this class may take, with nobody of its class or higher waiting."""
-        return self._taken < self._limit[band] and not self._queue.ahead(band)
+    def _band_fits(self, band: int) -> bool:
+        return self._taken < self._limit[band]
+
+    def _owns(self, tenant: str) -> bool:
+        """A slot of `tenant`'s reservation is free: it takes it whatever its class's
+        headroom (the free slots always cover every unused reservation)."""
+        return self._held.get(tenant, 0) < self._reserved.get(tenant, 0)
+
+    def _tenant_fits(self, tenant: str) -> bool:
+        """Whether `tenant` may take a free slot and still leave every other tenant's
+        unused reservation free."""
+        if not self._reserved:
+            return True
+        owed = sum(
+            max(0, slots - self._held.get(name, 0))
+            for name, slots in self._reserved.items()
+            if name != tenant
+        )
+        return self._taken + 1 + owed <= self._max_streams
+
+    def _free(self, tenant: str, band: int) -> bool:
+        """A slot this call may take, with nobody of its class or higher waiting who could
+        take it instead."""
+        return self._owns(tenant) or (
+            self._band_fits(band)
+            and self._tenant_fits(tenant)
+            and not self._queue.could_take(band, self._band_fits, self._tenant_fits, self._owns)
+        )
+
+    def _take(self, tenant: str) -> None:
+        self._taken += 1
+        if tenant in self._reserved:
+            self._held[tenant] = self._held.get(tenant, 0) + 1
 
     async def generate(self, call: Call) -> AsyncIterator[mesh_pb2.GenerateResponse]:
         waiter = await self._acquire(call)
+        tenant = self._tenant(call.client_id)
         key = id(call)
         self._started[key] = started = time.monotonic()
         held = True
@@ -112,24 +159,24 @@ class StreamLimit:
                     # The tier is done with the call: its slot is free before the final
                     # message goes out, as the caller's trailers follow it at once
                     # (streams.run_out) and its next call must find the slot free.
-                    self._done(key, started)
+                    self._done(key, started, tenant)
                     held = False
                 yield response
         finally:
             if held:
-                self._done(key, started)
+                self._done(key, started, tenant)
 
-    def _done(self, key: int, started: float) -> None:
+    def _done(self, key: int, started: float, tenant: str) -> None:
         """The call's slot given back, and how long it was held observed."""
         del self._started[key]
         self._hold.observe(time.monotonic() - started)
-        self._release()
+        self._release(tenant)
 
     async def _acquire(self, call: Call) -> Waiter | None:
         """Take a slot, at once (None) or after waiting (the waiter that was served)."""
-        band = self._band(call)
-        if self._free(band):
-            self._taken += 1
+        band, tenant = self._band(call), self._tenant(call.client_id)
+        if self._free(tenant, band):
+            self._take(tenant)
             metrics.series(metrics.QUEUE_WAIT, self._tier, call.priority).observe(0.0)
             return None
         # The gRPC deadline covers the whole stream: a slot is worth waiting for only
@@ -138,7 +185,6 @@ class StreamLimit:
         # fallback moves on) rather than DEADLINE_EXCEEDED.
         left = min(call.first_token_remaining(), call.remaining() - self._hold.value)
         budget = left - min(0.05, 0.1 * max(left, 0.0))
-        tenant = self._tenant(call.client_id)
         wait = self.expected_wait(tenant, band)
         if wait >= budget:
             self._shed(call.priority, "deadline", f"{self._tier} is full: expected wait {wait:.3f}s")
@@ -163,7 +209,7 @@ class StreamLimit:
         except BaseException:
             left = self._queue.remove(waiter)
             if not left and granted.done() and not granted.cancelled() and granted.exception() is None:
-                self._release()  # granted, but the caller left: pass the slot on
+                self._release(tenant)  # granted, but the caller left: pass the slot on
             raise
         finally:
             self._depth()
@@ -190,7 +236,8 @@ class StreamLimit:
         now = time.monotonic()
         for lower, waiter in self._queue.below(band):
             # Only the higher classes counted ahead of it: displace only the certain.
-            if now + self._wait_behind(self._queue.ahead(lower - 1), lower) >= waiter.give_up_at:
+            wait = self._wait_behind(self._queue.ahead(lower - 1), lower, waiter.tenant)
+            if now + wait >= waiter.give_up_at:
                 self._displace(waiter, "displaced", "higher-class calls queued ahead of it")
 
     def _displace(self, waiter: Waiter, reason: str, why: str) -> None:
@@ -200,12 +247,14 @@ class StreamLimit:
                 self._shed_error(waiter.priority, reason, f"{self._tier} is full: {why}")
             )
 
-    def _release(self) -> None:
+    def _release(self, tenant: str) -> None:
         self._taken -= 1
+        if tenant in self._held:
+            self._held[tenant] -= 1
         # Hand free slots to waiters, highest class first (it stays taken).
-        while (waiter := self._queue.pop(lambda band: self._taken < self._limit[band])) is not None:
+        while (waiter := self._queue.pop(self._band_fits, self._tenant_fits, self._owns)) is not None:
             if not waiter.granted.done():
-                self._taken += 1
+                self._take(waiter.tenant)
                 waiter.granted.set_result(None)
 
     def _depth(self) -> None:

@@ -153,6 +153,104 @@ async def test_lower_classes_leave_headroom_for_a_critical_call() -> None:
     await asyncio.gather(*running, critical)
 
 
+def reserving(share: float) -> TrafficSettings:
+    """Tenant "quiet" has `share` of each tier's slots; "flood" has none. No headroom:
+    these tests are about tenants, not classes."""
+    return TrafficSettings(
+        headroom={"critical": 0.0, "standard": 0.0, "sheddable": 0.0},
+        tenants={"quiet": TenantSettings(reserved_share=share), "flood": TenantSettings()},
+    )
+
+
+async def test_a_flood_never_takes_another_tenants_reserved_slots() -> None:
+    inner = FakeBackend(Step(tokens=["x"], first_delay=0.2))
+    limit = StreamLimit(inner, "silver", max_streams=4, expected_s=0.2, traffic=reserving(0.5))
+    flood = [
+        asyncio.ensure_future(drain(limit.generate(classed("standard", client="flood")))) for _ in range(6)
+    ]
+    await asyncio.sleep(0.01)
+    assert len(inner.calls) == 2  # two of four slots are the quiet tenant's
+    # The quiet tenant's burst starts at once, past the flood's four waiting calls.
+    quiet = [
+        asyncio.ensure_future(drain(limit.generate(classed("standard", client="quiet")))) for _ in range(2)
+    ]
+    await asyncio.sleep(0.01)
+    assert [call.client_id for call in inner.calls] == ["flood", "flood", "quiet", "quiet"]
+    assert limit.wait_estimate(classed("standard", client="quiet")) > 0  # its two are in use
+    await asyncio.gather(*flood, *quiet)
+
+
+async def test_reserved_slots_unused_stay_idle_and_the_tenant_may_take_free_ones_beyond() -> None:
+    inner = FakeBackend(Step(tokens=["x"], first_delay=0.2))
+    limit = StreamLimit(inner, "silver", max_streams=4, expected_s=0.2, traffic=reserving(0.25))
+    quiet = [
+        asyncio.ensure_future(drain(limit.generate(classed("standard", client="quiet")))) for _ in range(3)
+    ]
+    await asyncio.sleep(0.01)
+    assert len(inner.calls) == 3  # beyond its one reserved slot, the free ones
+    flood = [
+        asyncio.ensure_future(drain(limit.generate(classed("standard", client="flood")))) for _ in range(2)
+    ]
+    await asyncio.sleep(0.01)
+    assert len(inner.calls) == 4
+    await asyncio.gather(*quiet, *flood)
+    # Once the quiet tenant is done, the flood still leaves its reservation idle.
+    inner.calls.clear()
+    flood = [
+        asyncio.ensure_future(drain(limit.generate(classed("standard", client="flood")))) for _ in range(4)
+    ]
+    await asyncio.sleep(0.01)
+    assert len(inner.calls) == 3
+    await asyncio.gather(*flood)
+
+
+async def test_a_freed_slot_goes_to_the_tenant_whose_reservation_it_is() -> None:
+    """A waiting flood call is passed over for a slot the quiet tenant is owed, even in
+    a higher class; a slot the reservation does not cover goes by class as before."""
+    inner = FakeBackend(Step(tokens=["x"], first_delay=0.1))
+    limit = StreamLimit(inner, "silver", max_streams=2, expected_s=0.1, traffic=reserving(0.5))
+    first = asyncio.ensure_future(drain(limit.generate(classed("standard", client="quiet"))))
+    await asyncio.sleep(0.03)
+    second = asyncio.ensure_future(drain(limit.generate(classed("standard", client="quiet"))))
+    await asyncio.sleep(0.01)
+    critical = [
+        asyncio.ensure_future(drain(limit.generate(classed("critical", client="flood")))) for _ in range(2)
+    ]
+    await asyncio.sleep(0.01)
+    quiet = asyncio.ensure_future(drain(limit.generate(classed("sheddable", client="quiet"))))
+    await asyncio.gather(first, second, *critical, quiet)
+    # The first slot freed is beyond the quiet tenant's reservation: the critical call
+    # takes it. The second is its reserved one: its sheddable call, past the critical.
+    assert [call.client_id for call in inner.calls[2:]] == ["flood", "quiet", "flood"]
+
+
+async def test_a_reservation_is_the_tenants_whatever_its_classs_headroom() -> None:
+    """Headroom keeps a slot for critical calls out of what is shared, not out of a
+    tenant's reservation."""
+    traffic = TrafficSettings(tenants={"quiet": TenantSettings(reserved_share=0.5)})  # standard: 3 of 4
+    inner = FakeBackend(Step(tokens=["x"], first_delay=0.2))
+    limit = StreamLimit(inner, "silver", max_streams=4, expected_s=0.2, traffic=traffic)
+    flood = [
+        asyncio.ensure_future(drain(limit.generate(classed("standard", client="flood")))) for _ in range(3)
+    ]
+    await asyncio.sleep(0.01)
+    quiet = [
+        asyncio.ensure_future(drain(limit.generate(classed("standard", client="quiet")))) for _ in range(2)
+    ]
+    await asyncio.sleep(0.01)
+    assert [call.client_id for call in inner.calls] == ["flood", "flood", "quiet", "quiet"]
+    await asyncio.gather(*flood, *quiet)
+
+
+def test_reservations_are_for_named_tenants_and_fit_in_the_slots() -> None:
+    with pytest.raises(ValueError, match="more than every slot"):
+        TrafficSettings(
+            tenants={"a": TenantSettings(reserved_share=0.6), "b": TenantSettings(reserved_share=0.6)}
+        )
+    with pytest.raises(ValueError, match="named tenants only"):
+        TrafficSettings(default_tenant=TenantSettings(reserved_share=0.1))
+
+
 async def test_a_higher_class_displaces_a_waiting_one_but_never_a_started_stream() -> None:
     traffic = TrafficSettings(queue_per_slot=1.0)
     inner = FakeBackend(Step(tokens=["x", "y"], first_delay=0.05, token_delay=0.2))
