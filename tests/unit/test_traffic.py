@@ -162,18 +162,22 @@ def reserving(share: float) -> TrafficSettings:
     )
 
 
+def calls_of(
+    limit: StreamLimit, client: str, count: int, priority: str = "standard"
+) -> list[asyncio.Future[list[mesh_pb2.GenerateResponse]]]:
+    return [
+        asyncio.ensure_future(drain(limit.generate(classed(priority, client=client)))) for _ in range(count)
+    ]
+
+
 async def test_a_flood_never_takes_another_tenants_reserved_slots() -> None:
     inner = FakeBackend(Step(tokens=["x"], first_delay=0.2))
     limit = StreamLimit(inner, "silver", max_streams=4, expected_s=0.2, traffic=reserving(0.5))
-    flood = [
-        asyncio.ensure_future(drain(limit.generate(classed("standard", client="flood")))) for _ in range(6)
-    ]
+    flood = calls_of(limit, "flood", 6)
     await asyncio.sleep(0.01)
     assert len(inner.calls) == 2  # two of four slots are the quiet tenant's
     # The quiet tenant's burst starts at once, past the flood's four waiting calls.
-    quiet = [
-        asyncio.ensure_future(drain(limit.generate(classed("standard", client="quiet")))) for _ in range(2)
-    ]
+    quiet = calls_of(limit, "quiet", 2)
     await asyncio.sleep(0.01)
     assert [call.client_id for call in inner.calls] == ["flood", "flood", "quiet", "quiet"]
     assert limit.wait_estimate(classed("standard", client="quiet")) > 0  # its two are in use
@@ -183,22 +187,16 @@ async def test_a_flood_never_takes_another_tenants_reserved_slots() -> None:
 async def test_reserved_slots_unused_stay_idle_and_the_tenant_may_take_free_ones_beyond() -> None:
     inner = FakeBackend(Step(tokens=["x"], first_delay=0.2))
     limit = StreamLimit(inner, "silver", max_streams=4, expected_s=0.2, traffic=reserving(0.25))
-    quiet = [
-        asyncio.ensure_future(drain(limit.generate(classed("standard", client="quiet")))) for _ in range(3)
-    ]
+    quiet = calls_of(limit, "quiet", 3)
     await asyncio.sleep(0.01)
     assert len(inner.calls) == 3  # beyond its one reserved slot, the free ones
-    flood = [
-        asyncio.ensure_future(drain(limit.generate(classed("standard", client="flood")))) for _ in range(2)
-    ]
+    flood = calls_of(limit, "flood", 2)
     await asyncio.sleep(0.01)
     assert len(inner.calls) == 4
     await asyncio.gather(*quiet, *flood)
     # Once the quiet tenant is done, the flood still leaves its reservation idle.
     inner.calls.clear()
-    flood = [
-        asyncio.ensure_future(drain(limit.generate(classed("standard", client="flood")))) for _ in range(4)
-    ]
+    flood = calls_of(limit, "flood", 4)
     await asyncio.sleep(0.01)
     assert len(inner.calls) == 3
     await asyncio.gather(*flood)
@@ -209,16 +207,14 @@ async def test_a_freed_slot_goes_to_the_tenant_whose_reservation_it_is() -> None
     a higher class; a slot the reservation does not cover goes by class as before."""
     inner = FakeBackend(Step(tokens=["x"], first_delay=0.1))
     limit = StreamLimit(inner, "silver", max_streams=2, expected_s=0.1, traffic=reserving(0.5))
-    first = asyncio.ensure_future(drain(limit.generate(classed("standard", client="quiet"))))
+    first = calls_of(limit, "quiet", 1)
     await asyncio.sleep(0.03)
-    second = asyncio.ensure_future(drain(limit.generate(classed("standard", client="quiet"))))
+    second = calls_of(limit, "quiet", 1)
     await asyncio.sleep(0.01)
-    critical = [
-        asyncio.ensure_future(drain(limit.generate(classed("critical", client="flood")))) for _ in range(2)
-    ]
+    critical = calls_of(limit, "flood", 2, "critical")
     await asyncio.sleep(0.01)
-    quiet = asyncio.ensure_future(drain(limit.generate(classed("sheddable", client="quiet"))))
-    await asyncio.gather(first, second, *critical, quiet)
+    quiet = calls_of(limit, "quiet", 1, "sheddable")
+    await asyncio.gather(*first, *second, *critical, *quiet)
     # The first slot freed is beyond the quiet tenant's reservation: the critical call
     # takes it. The second is its reserved one: its sheddable call, past the critical.
     assert [call.client_id for call in inner.calls[2:]] == ["flood", "quiet", "flood"]
@@ -230,13 +226,9 @@ async def test_a_reservation_is_the_tenants_whatever_its_classs_headroom() -> No
     traffic = TrafficSettings(tenants={"quiet": TenantSettings(reserved_share=0.5)})  # standard: 3 of 4
     inner = FakeBackend(Step(tokens=["x"], first_delay=0.2))
     limit = StreamLimit(inner, "silver", max_streams=4, expected_s=0.2, traffic=traffic)
-    flood = [
-        asyncio.ensure_future(drain(limit.generate(classed("standard", client="flood")))) for _ in range(3)
-    ]
+    flood = calls_of(limit, "flood", 3)
     await asyncio.sleep(0.01)
-    quiet = [
-        asyncio.ensure_future(drain(limit.generate(classed("standard", client="quiet")))) for _ in range(2)
-    ]
+    quiet = calls_of(limit, "quiet", 2)
     await asyncio.sleep(0.01)
     assert [call.client_id for call in inner.calls] == ["flood", "flood", "quiet", "quiet"]
     await asyncio.gather(*flood, *quiet)
