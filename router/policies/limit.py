@@ -68,11 +68,9 @@ class StreamLimit:
         )
         self._max_streams = max_streams
         # Slots only their tenant may take (classes on only: off, there are no tenants).
-        self._reserved = {
-            name: math.floor(tenant.reserved_share * max_streams)
-            for name, tenant in traffic.tenants.items()
-            if self._classes and math.floor(tenant.reserved_share * max_streams) > 0
-        }
+        reserved = {name: math.floor(t.reserved_share * max_streams) for name, t in traffic.tenants.items()}
+        self._reserved = {name: slots for name, slots in reserved.items() if slots} if self._classes else {}
+        self._reserved_total = sum(self._reserved.values())
         self._held: dict[str, int] = {}  # slots held by each tenant with a reservation
         self._taken = 0  # slots held, including ones just handed to a waiter
         self._depth_reported = 0  # this queue's share of the tier's depth gauge
@@ -98,14 +96,14 @@ class StreamLimit:
         tenant = self._tenant(tenant)
         return self._wait_behind(self._queue.ahead_of(tenant, band), band, tenant)
 
-    def _wait_behind(self, ahead: float, band: int, tenant: str = "") -> float:
+    def _wait_behind(self, ahead: float, band: int, tenant: str) -> float:
         """The wait for a slot of `band` behind `ahead` waiters, over the slots `tenant` may
         use (others' reservations are not). Streams already running longer than the
         estimate prove it low: their age is used instead."""
         now = time.monotonic()
         oldest = max((now - started for started in self._started.values()), default=0.0)
-        others = sum(slots for name, slots in self._reserved.items() if name != tenant)
-        slots = max(1, min(self._limit[band], self._max_streams - others))
+        usable = self._max_streams - self._reserved_total + self._reserved.get(tenant, 0)
+        slots = max(1, min(self._limit[band], usable))
         return (ahead + 1) * max(self._hold.value, oldest) / slots
 
     def _band_fits(self, band: int) -> bool:
