@@ -25,6 +25,7 @@ import numpy as np
 from services.gold.encoder import DIMENSIONS, IntentEncoder
 from services.gold.engine import GaveUp, GiveUp, LlamaPool, PromptTokens
 from services.gold.settings import GoldSettings
+from services.gold.stopping import close_clients_once_triton_exits, remove_orphaned_regions
 from tiermesh.config import load_section
 from tiermesh.logs import setup_logging
 from tiermesh.process_exit import skip_exit_collection
@@ -210,6 +211,7 @@ def serve(settings: GoldSettings, tls: TlsSettings | None = None) -> None:
 
         def stop(signum: int, frame: Any) -> None:
             log.info("stopping Triton (signal %d)", signum)
+            close_clients_once_triton_exits(triton)
             triton.stop()
 
         # A stray SIGINT/SIGTERM must still stop Triton cleanly, or its shared-memory
@@ -222,6 +224,7 @@ def serve(settings: GoldSettings, tls: TlsSettings | None = None) -> None:
             [MODEL, ENCODER] if encoder else [MODEL],
         )
         triton.serve()
+    remove_orphaned_regions()
 
 
 def main() -> None:

@@ -1,0 +1,65 @@
+"""Gold's stop, where PyTriton's own is slow or leaves something behind (#28: the
+mesh stops in under 5 s and leaves nothing in /dev/shm).
+
+PyTriton (pinned in the Makefile) has no public call for either step below: what they
+touch is reached by name, and a version without it is stopped as PyTriton stops it.
+Production Gold (Triton with TensorRT-LLM) has no PyTriton.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from pathlib import Path
+
+log = logging.getLogger("tiermesh.gold")
+SHM = Path("/dev/shm")
+
+
+def close_clients_once_triton_exits(triton: object) -> None:
+    """Close every model's request client in this process the moment Triton's process
+    has exited, all at once (in a thread of its own; returns at once).
+
+    Once Triton has exited, PyTriton closes the clients one model after the other, and
+    each notices only at its next once-a-second check: up to a second per model of
+    Gold's stop (docs/history.md). Told together when Triton is gone, they wind down in
+    one such wait, and PyTriton's own close finds them done. Not before Triton has
+    exited: until then a model's stub may still pass a request on, and a client that
+    has stopped reading would leave it unanswered and the unload hung.
+    """
+    server = getattr(triton, "_triton_server", None)
+    manager = getattr(triton, "_model_manager", None)
+    if server is None or manager is None:
+        return
+
+    def close_when_gone() -> None:
+        while server.is_alive():
+            time.sleep(0.02)
+        for model in list(getattr(manager, "models", ())):
+            for connector in getattr(model, "_requests_respones_connectors", ()):
+                connector.close()
+
+    threading.Thread(target=close_when_gone, name="close-clients", daemon=True).start()
+
+
+def remove_orphaned_regions(shm: Path = SHM) -> list[str]:
+    """Remove the shared-memory regions this process's Triton left behind; their names.
+
+    Triton's Python backend names its regions with the prefix PyTriton gives it,
+    `pytrtion<this process's pid>-…`, and removes them as each model unloads. A model
+    still unloading when Triton's exit timeout passes (now and then right after a
+    burst, with the mesh's other engines stopping on the same cores) has its stub ended
+    before it can, and the regions stay (python_backend fixed it upstream in #450,
+    after the Triton that PyTriton 0.7.0 ships). Called once Triton has exited, when
+    nothing uses them any more.
+    """
+    prefix = f"pytrtion{os.getpid()}-"
+    removed = []
+    for region in shm.glob(f"{prefix}*") if shm.is_dir() else ():
+        region.unlink(missing_ok=True)
+        removed.append(region.name)
+    if removed:
+        log.warning("removed %d shared-memory regions Triton left behind: %s", len(removed), removed)
+    return removed

@@ -1,0 +1,79 @@
+"""Gold's stop steps (services/gold/stopping.py) against stand-ins for PyTriton's server,
+models and request clients, and a directory standing in for /dev/shm; the real stop is
+checked by the engine tests' clean-stop check and measured by bench.stop."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from pathlib import Path
+
+from services.gold.stopping import close_clients_once_triton_exits, remove_orphaned_regions
+
+
+class TritonProcess:
+    def __init__(self) -> None:
+        self.exited = threading.Event()
+
+    def is_alive(self) -> bool:
+        return not self.exited.is_set()
+
+
+class Client:
+    def __init__(self) -> None:
+        self.closed = threading.Event()
+
+    def close(self) -> None:
+        self.closed.set()
+
+
+class Model:
+    def __init__(self) -> None:
+        self._requests_respones_connectors = [Client()]
+
+
+class Models:
+    def __init__(self) -> None:
+        self.models = [Model(), Model()]
+
+
+class PyTriton:
+    def __init__(self) -> None:
+        self._triton_server = TritonProcess()
+        self._model_manager = Models()
+
+
+def clients(triton: PyTriton) -> list[Client]:
+    return [c for m in triton._model_manager.models for c in m._requests_respones_connectors]
+
+
+def test_clients_close_together_only_once_triton_has_exited() -> None:
+    triton = PyTriton()
+    close_clients_once_triton_exits(triton)
+    time.sleep(0.1)
+    assert not any(c.closed.is_set() for c in clients(triton)), "closed while Triton still ran"
+    triton._triton_server.exited.set()
+    assert all(c.closed.wait(2.0) for c in clients(triton))
+
+
+def test_a_pytriton_without_those_parts_is_left_to_stop_itself() -> None:
+    close_clients_once_triton_exits(object())  # no error, no thread left waiting
+
+
+def test_only_this_process_regions_are_removed(tmp_path: Path) -> None:
+    ours = [
+        tmp_path / f"pytrtion{os.getpid()}-1a2b3c4d-model_0",
+        tmp_path / f"pytrtion{os.getpid()}-1a2b3c4d-x",
+    ]
+    others = [
+        tmp_path / "pytrtion1-1a2b3c4d-model_0",
+        tmp_path / "psm_1234",
+        tmp_path / f"pytrtion{os.getpid()}0-ff",
+    ]
+    for region in ours + others:
+        region.write_bytes(b"")
+    assert sorted(remove_orphaned_regions(tmp_path)) == sorted(r.name for r in ours)
+    assert not any(r.exists() for r in ours)
+    assert all(r.exists() for r in others)
+    assert remove_orphaned_regions(tmp_path) == []
