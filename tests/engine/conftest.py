@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
@@ -17,6 +16,7 @@ import pytest
 import pytest_asyncio
 import yaml
 
+from ops.stop_check import before_stop, left_after, shared_memory
 from tiermesh.v1 import mesh_pb2_grpc
 
 if TYPE_CHECKING:
@@ -95,59 +95,15 @@ def stop_mesh(config: Path) -> str:
     return down.stdout + down.stderr
 
 
-def shared_memory() -> set[str]:
-    return set(os.listdir("/dev/shm")) if os.path.isdir("/dev/shm") else set()
-
-
-def ports(config: dict[str, Any]) -> list[int]:
-    """Every port the mesh listens on, as its configuration says."""
-    found: list[int] = []
-
-    def walk(node: object, key: str = "") -> None:
-        if isinstance(node, dict):
-            for k, v in node.items():
-                walk(v, k)
-        elif isinstance(node, int) and key.endswith("port") and node:
-            found.append(node)
-        elif isinstance(node, str) and key == "listen":
-            found.append(int(node.rpartition(":")[2]))
-
-    walk(config)
-    return found
-
-
-def bound(port: int) -> bool:
-    """Whether something still listens on the port (a server binds with SO_REUSEADDR,
-    so connections in TIME_WAIT do not count)."""
-    with socket.socket() as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind(("127.0.0.1", port))
-        except OSError:
-            return True
-    return False
-
-
 def stop_cleanly(path: Path, memory_before: set[str]) -> None:
     """Stop the mesh as a developer would, and fail unless the stop was clean: every
     component out on SIGTERM (none killed after `down`'s grace), no traceback logged
     while stopping, no shared-memory segment and no port left behind (#28)."""
-    logs = sorted((path.parent / "logs").glob("*.log"))
-    sizes = {log: log.stat().st_size for log in logs}
+    before = before_stop(path.parent / "logs", memory_before)
     printed = stop_mesh(path)
-    problems = []
+    problems = left_after(before, yaml.safe_load(path.read_text())).problems()
     if "stopped:" not in printed or "(killed)" in printed:
-        problems.append(f"tiermesh down: {printed.strip()}")
-    for log in logs:
-        with log.open("rb") as f:
-            f.seek(sizes[log])
-            if b"Traceback (most recent call last)" in f.read():
-                problems.append(f"{log.name} logged a traceback while stopping")
-    if left := shared_memory() - memory_before:
-        problems.append(f"left in /dev/shm: {sorted(left)}")
-    config = yaml.safe_load(path.read_text())
-    if listening := [port for port in ports(config) if bound(port)]:
-        problems.append(f"ports still bound: {listening}")
+        problems.insert(0, f"tiermesh down: {printed.strip()}")
     print(f"\n{printed.strip()}")  # each component's stop time, in the test log
     assert not problems, "the mesh did not stop cleanly:\n" + "\n".join(problems)
 
