@@ -153,6 +153,7 @@ bench: setup model bench-tools
 	$(BIN)/python -m bench.proxy
 	$(BIN)/python -m bench.soak --walk-aways 0
 	$(BIN)/python -m bench.soak
+	$(BIN)/python -m bench.stop
 
 # Debian's nginx, HAProxy and h2load: the proxy baseline the router is measured against.
 bench-tools:
