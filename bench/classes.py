@@ -17,7 +17,9 @@ Scenarios:
    Silver's capacity: per class, shed share and time to first token.
 2. Noisy neighbour: tenant B sends 40% of its half share; then again while tenant A
    sends 10× its share. B's p95 time to first token, alone and beside A; also with A's
-   token quota set to its share (classes on + quota).
+   token quota set to its share (classes on + quota), or with slots reserved for B; and a
+   control with nothing shared but the machine (A's flood on a router and synthetic Silver
+   of its own): what no router policy can take back on these two cores.
 3. Fairness: A at 10× its share with 24-token answers, B at 2× with 8-token answers, both
    backlogged: Jain's index over the tokens each was served.
 
@@ -34,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import multiprocessing
 import random
 import sys
@@ -54,15 +57,20 @@ from router.stats import nearest_rank
 from tiermesh.v1 import mesh_pb2, mesh_pb2_grpc
 
 SILVER = ["127.0.0.1:7201"]
+# The control: A's flood on a router and a synthetic Silver of its own, B on "classes on"
+# (no queue, slot or connection shared): what B loses to the machine alone.
+SILVER_A, ROUTER_A = "127.0.0.1:7202", "127.0.0.1:7255"
+APART = "control: A on a router and tier of its own"
 ROUTERS = {
     "FIFO proxy": "127.0.0.1:7250",
     "tiermesh, classes off": "127.0.0.1:7251",
     "tiermesh, classes on": "127.0.0.1:7252",
     "tiermesh, classes on + quota": "127.0.0.1:7253",
     "tiermesh, classes on + B's slots reserved": "127.0.0.1:7254",
+    APART: "127.0.0.1:7252",  # B's; A's is ROUTER_A
 }
 # Arms measured only beside a noisy neighbour: what they add is about tenants.
-TENANT_ARMS = ("tiermesh, classes on + quota", "tiermesh, classes on + B's slots reserved")
+TENANT_ARMS = ("tiermesh, classes on + quota", "tiermesh, classes on + B's slots reserved", APART)
 # Streams of ~0.5 s: 4× capacity is ~70 calls/s, which this 2-vCPU machine's client and
 # routers can drive without becoming the bottleneck themselves.
 SLOTS, TOKENS, TTFT_MS, TOKEN_MS = 8, 12, 20.0, 40.0
@@ -85,8 +93,10 @@ A_QUOTA_PER_MIN = int(CAPACITY / 2 * TOKENS * 60)
 B_RESERVED_SHARE = 0.75
 
 
-def router_config(name: str, listen: str, b_reserved: float = B_RESERVED_SHARE) -> dict[str, Any]:
-    silver: dict[str, Any] = {"endpoints": SILVER, "expected_ttft_s": TTFT_MS / 1000,
+def router_config(
+    name: str, listen: str, b_reserved: float = B_RESERVED_SHARE, endpoints: Sequence[str] = SILVER
+) -> dict[str, Any]:
+    silver: dict[str, Any] = {"endpoints": list(endpoints), "expected_ttft_s": TTFT_MS / 1000,
                               "expected_token_s": TOKEN_MS / 1000}  # fmt: skip
     traffic: dict[str, Any] = {"tenants": {"tenant-a": {}, "tenant-b": {}}}
     if name == "FIFO proxy":
@@ -131,6 +141,7 @@ class Stream:
     rate: float
     mix: tuple[tuple[str, float], ...] = MIX
     max_tokens: int = TOKENS
+    router: str | None = None  # its own router, not the run's
 
 
 async def one_call(stub: mesh_pb2_grpc.MeshAsyncStub, stream: Stream, priority: str) -> Result:
@@ -181,7 +192,7 @@ def run(address: str, streams: Sequence[Stream], seconds: float, seed: int) -> l
     begin = time.time() + CLIENT_START_S  # the same start for every stream's process
     with ProcessPoolExecutor(len(streams), mp_context=multiprocessing.get_context("spawn")) as pool:
         runs = [
-            pool.submit(run_stream, address, stream, seconds, seed + i, begin)
+            pool.submit(run_stream, stream.router or address, stream, seconds, seed + i, begin)
             for i, stream in enumerate(streams)
         ]
         return [result for done in runs for result in done.result()]
@@ -246,7 +257,8 @@ def measure(seconds: float) -> dict[str, Any]:
     for name, address in ROUTERS.items():
         alone = run(address, [quiet], 2 * seconds, seed=7)
         time.sleep(1.0)
-        beside = run(address, [quiet, noisy], 2 * seconds, seed=7)
+        flood = dataclasses.replace(noisy, router=ROUTER_A) if name == APART else noisy
+        beside = run(address, [quiet, flood], 2 * seconds, seed=7)
         data["noisy"][name] = {
             "b_alone_ttft_p95_ms": tenant_ttft_p95(alone, "tenant-b"),
             "b_beside_a_ttft_p95_ms": tenant_ttft_p95(beside, "tenant-b"),
@@ -354,7 +366,8 @@ def report(data: dict[str, Any], seconds: float) -> str:
         + f"The quota router gives A {A_QUOTA_PER_MIN} output tokens a minute (its half of Silver). "
         + f"The reserved router keeps {data.get('b_reserved_share', B_RESERVED_SHARE):.0%} of Silver's "
         + "slots for B (`traffic.tenants.tenant-b.reserved_share`): A never takes them, even while B "
-        + "is quiet.\n\n"
+        + "is quiet. The control sends A's flood to a router and synthetic Silver of its own, "
+        + "B to the classes-on router: they share only the machine's two cores.\n\n"
         + table(
             (
                 "router",
@@ -462,8 +475,12 @@ def main() -> None:
         for i, address in enumerate(SILVER):
             processes.start(f"silver{i}", [*synth, "--listen", address])
             wait_serving(address, address, 30)
+        processes.start("silver-a", [*synth, "--listen", SILVER_A])
+        wait_serving(SILVER_A, SILVER_A, 30)
         for name, listen in ROUTERS.items():
-            processes.router(name, router_config(name, listen, args.reserve_b))
+            if name != APART:  # it uses "classes on"'s router for B
+                processes.router(name, router_config(name, listen, args.reserve_b))
+        processes.router("A's own", router_config("tiermesh, classes on", ROUTER_A, endpoints=[SILVER_A]))
         data = measure(args.seconds)
     data |= {"capacity_per_s": CAPACITY, "deadline_s": DEADLINE_S, "seconds": args.seconds,
              "b_reserved_share": args.reserve_b}  # fmt: skip
