@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import signal
 import sys
 import time
 from pathlib import Path
@@ -270,6 +271,19 @@ def dashboards(
         console.print(f"wrote {path}")
 
 
+def stop_on_signals() -> None:
+    """SIGTERM, SIGHUP and SIGINT all stop the mesh as Ctrl-C does (KeyboardInterrupt).
+
+    The components run in sessions of their own, so a signal to `tiermesh up` reaches only
+    it: left to its default, SIGTERM (a process manager, `timeout`, an IDE's stop button)
+    or SIGHUP (the terminal closed) ends it at once and leaves the whole mesh running with
+    nobody to stop it. SIGINT is set too, because a shell starts a background job with it
+    ignored.
+    """
+    for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
+        signal.signal(sig, signal.default_int_handler)
+
+
 @app.command()
 def up(
     config: ConfigOption = None,
@@ -279,6 +293,8 @@ def up(
     """Start the local mesh (Silver, router), wait for health; serve until Ctrl-C."""
     from ops.mesh import LocalMesh, MeshError
 
+    if not detach:
+        stop_on_signals()
     settings = _settings(config)
     mesh = LocalMesh(settings, config_path(config))
     with console.status("starting the local mesh (Silver loads its model: ~30-60 s)…"):
@@ -304,6 +320,9 @@ def up(
         pass
     finally:
         if not detach:
+            # A second Ctrl-C must not cut the stop short: `down` is bounded on its own.
+            for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
+                signal.signal(sig, signal.SIG_IGN)
             console.print(f"stopped: {', '.join(map(str, mesh.down()))}")
 
 
