@@ -31,9 +31,9 @@ import grpc
 import yaml
 
 from bench.report import median, table, update_readme, write
-from ops.mesh import LocalMesh
+from ops.mesh import LocalMesh, Stopped
 from ops.settings import load_settings
-from ops.stop_check import before_stop, left_after, shared_memory
+from ops.stop_check import BeforeStop, before_stop, left_after, shared_memory
 from tiermesh.config import config_path
 from tiermesh.v1 import mesh_pb2, mesh_pb2_grpc
 
@@ -86,13 +86,13 @@ def one_stop(mesh: LocalMesh, config: dict[str, Any], state: str) -> dict[str, A
     router = mesh.settings.router.listen
     calls: dict[str, int] = {}
 
-    async def stop_in_burst() -> list[Any]:
+    async def stop_in_burst() -> tuple[BeforeStop, list[Stopped]]:
         running = asyncio.create_task(burst(router, BURST_S))
         await asyncio.sleep(BURST_S / 2)
         before = before_stop(mesh.run_dir / "logs", memory)
         stopped = await asyncio.to_thread(mesh.down)
         calls.update(await running)
-        return [before, stopped]
+        return before, stopped
 
     if state == "in a burst":
         before, stopped = asyncio.run(stop_in_burst())
@@ -105,9 +105,11 @@ def one_stop(mesh: LocalMesh, config: dict[str, Any], state: str) -> dict[str, A
     time.sleep(0.5)  # what a component's exit lets go of, let go
     left = left_after(before, config)
     gold_log = mesh.log_file("gold")
-    with gold_log.open("rb") as f:
-        f.seek(before.log_sizes.get(gold_log, 0))
-        stopping = f.read()
+    stopping = b""
+    if gold_log.exists():
+        with gold_log.open("rb") as f:
+            f.seek(before.log_sizes.get(gold_log, 0))
+            stopping = f.read()
     return {
         # Triton gave up waiting for its models to unload (its exit timeout), and Gold
         # removed the shared memory that left (services/gold/stopping.py).
