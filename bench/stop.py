@@ -104,12 +104,7 @@ def one_stop(mesh: LocalMesh, config: dict[str, Any], state: str) -> dict[str, A
         stopped = mesh.down()
     time.sleep(0.5)  # what a component's exit lets go of, let go
     left = left_after(before, config)
-    gold_log = mesh.log_file("gold")
-    stopping = b""
-    if gold_log.exists():
-        with gold_log.open("rb") as f:
-            f.seek(before.log_sizes.get(gold_log, 0))
-            stopping = f.read()
+    stopping = before.written_since(mesh.log_file("gold"))
     return {
         # Triton gave up waiting for its models to unload (its exit timeout), and Gold
         # removed the shared memory that left (services/gold/stopping.py).

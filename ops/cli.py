@@ -271,6 +271,9 @@ def dashboards(
         console.print(f"wrote {path}")
 
 
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)
+
+
 def stop_on_signals() -> None:
     """SIGTERM, SIGHUP and SIGINT all stop the mesh as Ctrl-C does (KeyboardInterrupt).
 
@@ -280,7 +283,7 @@ def stop_on_signals() -> None:
     nobody to stop it. SIGINT is set too, because a shell starts a background job with it
     ignored.
     """
-    for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
+    for sig in STOP_SIGNALS:
         signal.signal(sig, signal.default_int_handler)
 
 
@@ -321,7 +324,7 @@ def up(
     finally:
         if not detach:
             # A second Ctrl-C must not cut the stop short: `down` is bounded on its own.
-            for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
+            for sig in STOP_SIGNALS:
                 signal.signal(sig, signal.SIG_IGN)
             console.print(f"stopped: {', '.join(map(str, mesh.down()))}")
 

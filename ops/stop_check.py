@@ -57,6 +57,14 @@ class BeforeStop:
     memory: frozenset[str]
     log_sizes: dict[Path, int]
 
+    def written_since(self, log: Path) -> bytes:
+        """What `log` has had written to it since (all of it, if it is new)."""
+        if not log.exists():
+            return b""
+        with log.open("rb") as f:
+            f.seek(self.log_sizes.get(log, 0))
+            return f.read()
+
 
 @dataclass(frozen=True)
 class Leftovers:
@@ -82,14 +90,8 @@ def before_stop(logs: Path, memory: set[str] | None = None) -> BeforeStop:
 
 
 def left_after(before: BeforeStop, config: dict[str, Any]) -> Leftovers:
-    tracebacks = []
-    for log, size in before.log_sizes.items():
-        with log.open("rb") as f:
-            f.seek(size)
-            if TRACEBACK in f.read():
-                tracebacks.append(log.name)
     return Leftovers(
         shared_memory=sorted(shared_memory() - before.memory),
         ports=[port for port in config_ports(config) if bound(port)],
-        tracebacks=tracebacks,
+        tracebacks=[log.name for log in before.log_sizes if TRACEBACK in before.written_since(log)],
     )

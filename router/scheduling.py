@@ -140,7 +140,7 @@ class FairQueue:
         band: int,
         fits: Callable[[int], bool],
         tenant_fits: Callable[[str], bool],
-        owns: Callable[[str], bool] = lambda _: False,
+        owns: Callable[[str], bool],
     ) -> bool:
         """Whether a waiter of `band` or higher could take a slot now: a newcomer of
         `band` does not go before it."""
