@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import logging
 import os
-import threading
-import time
 from pathlib import Path
 
 log = logging.getLogger("tiermesh.gold")
@@ -20,7 +18,7 @@ SHM = Path("/dev/shm")
 
 def close_clients_once_triton_exits(triton: object) -> None:
     """Close every model's request client in this process the moment Triton's process
-    has exited, all at once (in a thread of its own; returns at once).
+    has exited, all at once (from PyTriton's own exit callback; returns at once).
 
     Once Triton has exited, PyTriton closes the clients one model after the other, and
     each notices only at its next once-a-second check: up to a second per model of
@@ -34,14 +32,12 @@ def close_clients_once_triton_exits(triton: object) -> None:
     if server is None or manager is None:
         return
 
-    def close_when_gone() -> None:
-        while server.is_alive():
-            time.sleep(0.02)
+    def close(success: bool, exit_code: int) -> None:
         for model in list(getattr(manager, "models", ())):
             for connector in getattr(model, "_requests_respones_connectors", ()):
                 connector.close()
 
-    threading.Thread(target=close_when_gone, name="close-clients", daemon=True).start()
+    server.register_on_exit(close)
 
 
 def remove_orphaned_regions(shm: Path = SHM) -> list[str]:

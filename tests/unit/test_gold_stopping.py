@@ -6,18 +6,24 @@ from __future__ import annotations
 
 import os
 import threading
-import time
+from collections.abc import Callable
 from pathlib import Path
 
 from services.gold.stopping import close_clients_once_triton_exits, remove_orphaned_regions
 
 
 class TritonProcess:
-    def __init__(self) -> None:
-        self.exited = threading.Event()
+    """PyTriton's server: its exit callbacks, called when the process has ended."""
 
-    def is_alive(self) -> bool:
-        return not self.exited.is_set()
+    def __init__(self) -> None:
+        self.on_exit: list[Callable[[bool, int], None]] = []
+
+    def register_on_exit(self, callback: Callable[[bool, int], None]) -> None:
+        self.on_exit.append(callback)
+
+    def exit(self) -> None:
+        for callback in self.on_exit:
+            callback(False, 1)
 
 
 class Client:
@@ -51,14 +57,13 @@ def clients(triton: PyTriton) -> list[Client]:
 def test_clients_close_together_only_once_triton_has_exited() -> None:
     triton = PyTriton()
     close_clients_once_triton_exits(triton)
-    time.sleep(0.1)
     assert not any(c.closed.is_set() for c in clients(triton)), "closed while Triton still ran"
-    triton._triton_server.exited.set()
-    assert all(c.closed.wait(2.0) for c in clients(triton))
+    triton._triton_server.exit()
+    assert all(c.closed.is_set() for c in clients(triton))
 
 
 def test_a_pytriton_without_those_parts_is_left_to_stop_itself() -> None:
-    close_clients_once_triton_exits(object())  # no error, no thread left waiting
+    close_clients_once_triton_exits(object())  # no error
 
 
 def test_only_this_process_regions_are_removed(tmp_path: Path) -> None:
