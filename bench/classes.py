@@ -24,6 +24,7 @@ Scenarios:
    backlogged: Jain's index over the tokens each was served.
 
     python -m bench.classes [--seconds 6]
+    python -m bench.classes --reserve-b 0.875   # another reservation: classes-reserve-b-0.875.md
     python -m bench.classes --real-mesh [--rate 6] [--seconds 20]   # against `tiermesh up`
 
 --real-mesh offers the same class mix (one tenant) to the running local mesh's router
@@ -317,6 +318,11 @@ def verdict(data: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def flags(data: dict[str, Any]) -> str:
+    reserved = data.get("b_reserved_share", B_RESERVED_SHARE)
+    return "" if reserved == B_RESERVED_SHARE else f" --reserve-b {reserved}"
+
+
 def report(data: dict[str, Any], seconds: float) -> str:
     headers = ("load", "router", "class", "calls", "answered", "of them whole", "shed", "DEADLINE_EXCEEDED",
                "TTFT p50 ms", "TTFT p95 ms")  # fmt: skip
@@ -350,7 +356,7 @@ def report(data: dict[str, Any], seconds: float) -> str:
     ]
     fair_rows = [(name, f["tokens_a"], f["tokens_b"], f["jain"]) for name, f in data["fairness"].items()]
     return (
-        "# Traffic classes and tenants under overload (`python -m bench.classes`)\n\n"
+        f"# Traffic classes and tenants under overload (`python -m bench.classes{flags(data)}`)\n\n"
         f"Silver: {len(SILVER)} synthetic replica × {SLOTS} streams, {TOKENS} tokens in "
         f"{STREAM_S * 1000:.0f} ms → capacity {CAPACITY:.1f} streams/s. Dialogue calls, "
         f"{DEADLINE_S * 1000:.0f} ms deadline, Silver only and no canned answer (a shed call "
@@ -485,8 +491,11 @@ def main() -> None:
     data |= {"capacity_per_s": CAPACITY, "deadline_s": DEADLINE_S, "seconds": args.seconds,
              "b_reserved_share": args.reserve_b}  # fmt: skip
     markdown = report(data, args.seconds)
-    json_path, md_path = write("classes", data, markdown)
-    update_readme("classes", verdict(data))
+    # The record (README) is the default reservation; another is a probe of its own file.
+    probe = args.reserve_b != B_RESERVED_SHARE
+    json_path, md_path = write(f"classes-reserve-b-{args.reserve_b}" if probe else "classes", data, markdown)
+    if not probe:
+        update_readme("classes", verdict(data))
     print(f"{markdown}\nwritten: {json_path}, {md_path}")
 
 
