@@ -112,14 +112,18 @@ async def test_persona_changes_the_answer(mesh_stub: MeshAsyncStub) -> None:
     assert "".join(r.text for r in guard) != "".join(r.text for r in merchant)
 
 
+# The router's counters of extra tier attempts: where a second engine request came from.
+ATTEMPTS = tuple(
+    f"tiermesh_router_{name}_total" for name in ("retries", "hedges", "resumes", "fallbacks", "probes")
+)
+
+
 def attempts_changed(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
-    """The router's counters of extra tier attempts (retries, hedges, resumes, fallbacks,
-    probes) that moved between two scrapes: where a second engine request came from."""
-    names = ("retries", "hedges", "resumes", "fallbacks", "probes")
+    """The extra-attempt counters that moved between two scrapes, by how much."""
     return {
         k: v - before.get(k, 0.0)
         for k, v in after.items()
-        if k.startswith(tuple(f"tiermesh_router_{n}_total" for n in names)) and v != before.get(k, 0.0)
+        if k.startswith(ATTEMPTS) and v != before.get(k, 0.0)
     }
 
 
