@@ -2,7 +2,9 @@
 
 Each replica decodes at most `slots` streams at once; further requests wait in a
 FIFO queue, as in vLLM's scheduler. Every stream takes `ttft_ms` to its first token
-and `token_ms` per further token. It measures the router's policies under overload;
+and `token_ms` per further token. Its usage counts the prompt as the router estimates
+it (a token per 4 characters), as an engine counts the prompt with its tokenizer: the
+router charges a tenant what a tier says it used. It measures the router's policies under overload;
 it is not a model and stands in for none in the product.
 
     python -m bench.synthetic_tier --listen 127.0.0.1:7001 --slots 4 --tokens 12
@@ -16,6 +18,7 @@ from collections.abc import AsyncIterator
 
 import grpc
 
+from router.call import CHARS_PER_TOKEN
 from tiermesh.serving import start_grpc_server, wait_for_signal
 from tiermesh.tier.v1 import tier_pb2, tier_pb2_grpc
 from tiermesh.v1 import mesh_pb2
@@ -35,6 +38,7 @@ class SyntheticEngine(tier_pb2_grpc.TierServiceServicer):
         context: grpc.aio.ServicerContext[tier_pb2.GenerateRequest, tier_pb2.GenerateResponse],
     ) -> AsyncIterator[tier_pb2.GenerateResponse]:
         tokens = min(self._tokens, request.max_tokens)
+        prompt_tokens = sum(len(message.content) for message in request.messages) // CHARS_PER_TOKEN
         async with self._slots:  # queued here while the engine is full
             await asyncio.sleep(self._ttft_s)
             for index in range(tokens):
@@ -44,6 +48,7 @@ class SyntheticEngine(tier_pb2_grpc.TierServiceServicer):
                 if index == tokens - 1:
                     response.finish_reason = mesh_pb2.FINISH_REASON_LENGTH
                     response.usage.completion_tokens = tokens
+                    response.usage.prompt_tokens = prompt_tokens
                 yield response
 
 
