@@ -149,7 +149,7 @@ bench: setup model bench-tools
 	$(BIN)/python -m bench.overload
 	$(BIN)/python -m bench.classes
 	$(BIN)/python -m bench.affinity
-	$(BIN)/python -m bench.affinity --levels 8 --think-s 8
+	$(BIN)/python -m bench.affinity --levels 8 16 --think-s 8 --repeats 3 --balancers prefix_affine p2c
 	$(BIN)/python -m bench.proxy
 	$(BIN)/python -m bench.soak --walk-aways 0
 	$(BIN)/python -m bench.soak

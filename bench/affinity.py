@@ -17,7 +17,11 @@ players read an answer and type the next line; the replicas then queue far less,
 to first token is more prefill than queueing. Written to affinity-think.md; no replica is
 killed in that run.
 
-    python -m bench.affinity [--turns 8] [--levels 8 16] [--think-s 0]
+With --repeats N, every arm runs N times (each on fresh replicas, every other repeat in
+the reverse order of arms, the players' pauses seeded anew), and the table pools them: one
+run's medians moved between runs by about the difference being measured.
+
+    python -m bench.affinity [--turns 8] [--levels 8 16] [--think-s 0] [--repeats 1]
 """
 
 from __future__ import annotations
@@ -115,6 +119,17 @@ class Run:
     killed_at: float | None = None
     seconds: float = 0.0
 
+    def merge(self, other: Run) -> None:
+        """Another repeat of the same arm and level pooled into this one: its turns, its
+        cache counters and load samples; `seconds` becomes the repeats' sum."""
+        self.turns += other.turns
+        self.hits += other.hits
+        self.queries += other.queries
+        mine = self.per_replica_queries or [0.0] * len(other.per_replica_queries)
+        self.per_replica_queries = [a + b for a, b in zip(mine, other.per_replica_queries, strict=True)]
+        self.imbalance += other.imbalance
+        self.seconds += other.seconds
+
     def summary(self) -> dict[str, Any]:
         ttfts = sorted(t.ttft_s for t in self.turns if t.code == "OK")
         answers = sorted(t.answer_s for t in self.turns if t.code == "OK")
@@ -124,6 +139,7 @@ class Run:
             "failed": [f"{t.conversation}/{t.turn}: {t.code}" for t in self.turns if t.code != "OK"],
             "ttft_p50_ms": round(1000 * nearest_rank(ttfts, 0.5), 1) if ttfts else None,
             "ttft_p95_ms": round(1000 * nearest_rank(ttfts, 0.95), 1) if ttfts else None,
+            "ttft_mean_ms": round(1000 * statistics.mean(ttfts), 1) if ttfts else None,
             "answer_p50_ms": round(1000 * nearest_rank(answers, 0.5), 1) if answers else None,
             "hit_rate": round(self.hits / self.queries, 3) if self.queries else None,
             "hit_tokens": self.hits,
@@ -237,11 +253,17 @@ async def sample_load(run: Run, stop: asyncio.Event) -> None:
 
 
 async def conversation(
-    stubs: Sequence[mesh_pb2_grpc.MeshAsyncStub], run: Run, index: int, turns: int, tag: str, think_s: float
+    stubs: Sequence[mesh_pb2_grpc.MeshAsyncStub],
+    run: Run,
+    index: int,
+    turns: int,
+    tag: str,
+    think_s: float,
+    repeat: int = 0,
 ) -> None:
     session = f"{tag}-{index}"
     npc = NPCS[index % len(NPCS)]
-    pauses = random.Random(index)
+    pauses = random.Random(index + 1000 * repeat)  # each repeat its own players' pace
     if think_s:
         await asyncio.sleep(pauses.uniform(0, think_s))  # players do not all begin at once
     for turn in range(turns):
@@ -267,7 +289,9 @@ async def conversation(
             run.turns.append(TurnResult(index, turn, f"{error.code().name}: {(error.details() or '')[:120]}"))
 
 
-async def drive(run: Run, turns: int, tag: str, processes: Processes | None, think_s: float = 0.0) -> None:
+async def drive(
+    run: Run, turns: int, tag: str, processes: Processes | None, think_s: float = 0.0, repeat: int = 0
+) -> None:
     channels = [grpc.aio.insecure_channel(address) for address in ROUTERS]
     stubs = [mesh_pb2_grpc.MeshStub(channel) for channel in channels]
     before = prefix_counters()
@@ -287,7 +311,7 @@ async def drive(run: Run, turns: int, tag: str, processes: Processes | None, thi
 
     killer = asyncio.create_task(kill_halfway()) if processes is not None else None
     await asyncio.gather(
-        *(conversation(stubs, run, i, turns, tag, think_s) for i in range(run.conversations))
+        *(conversation(stubs, run, i, turns, tag, think_s, repeat) for i in range(run.conversations))
     )
     run.seconds = time.perf_counter() - started
     stop.set()
@@ -344,6 +368,7 @@ def measure(
     think_s: float = 0.0,
     history_step: float | None = None,
     arms: Sequence[str] = tuple(BALANCERS),
+    repeats: int = 1,
 ) -> dict[str, Any]:
     settings = load_settings(None)
     personas = {npc: settings.personas[npc].model_dump() for npc in NPCS}
@@ -358,19 +383,34 @@ def measure(
         "block_size": block_size,
         "history_step": history_step,
         "arms": list(arms),
+        "repeats": repeats,
         "runs": {},
+        "by_repeat": {},
     }
-    for level in levels:
-        for balancer in arms:
-            run = Run(balancer, level)
-            with mesh(work, balancer, personas, settings.silver.model, block_size, history_step):
-                # The tag begins each session id: letters, digits and '-' only.
-                tag = re.sub(r"[^A-Za-z0-9]+", "-", balancer)
-                asyncio.run(drive(run, turns, f"{tag}-{level}", None, think_s))
-                if "prefill_ms_per_token" not in data:  # once, after a run: it changes none
-                    data["prefill_ms_per_token"] = round(1000 * asyncio.run(prefill_s_per_token()), 3)
-            data["runs"][f"{balancer}/{level}"] = run.summary()
-            print(balancer, level, data["runs"][f"{balancer}/{level}"], flush=True)
+    pooled: dict[str, Run] = {}
+    for repeat in range(repeats):
+        # Every other repeat runs the arms the other way round, so that the machine's
+        # drift over the run (its caches, its temperature) favours no arm.
+        order = list(arms) if repeat % 2 == 0 else list(reversed(arms))
+        for level in levels:
+            for balancer in order:
+                run = Run(balancer, level)
+                with mesh(work, balancer, personas, settings.silver.model, block_size, history_step):
+                    # The tag begins each session id: letters, digits and '-' only.
+                    tag = re.sub(r"[^A-Za-z0-9]+", "-", f"{balancer}-{level}-{repeat}")
+                    asyncio.run(drive(run, turns, tag, None, think_s, repeat))
+                    if "prefill_ms_per_token" not in data:  # once, after a run: it changes none
+                        data["prefill_ms_per_token"] = round(1000 * asyncio.run(prefill_s_per_token()), 3)
+                key = f"{balancer}/{level}"
+                ttfts = [round(1000 * t.ttft_s, 1) for t in run.turns if t.code == "OK"]
+                data["by_repeat"].setdefault(key, []).append(run.summary() | {"ttfts_ms": ttfts})
+                print(balancer, level, repeat, data["by_repeat"][key][-1], flush=True)
+                if key in pooled:
+                    pooled[key].merge(run)
+                else:
+                    pooled[key] = run
+    for key, run in pooled.items():
+        data["runs"][key] = run.summary() | {"seconds": round(run.seconds / repeats, 1)}
     if think_s:
         return data
     level = max(levels)
@@ -384,26 +424,90 @@ def measure(
     return data
 
 
+@dataclass(frozen=True)
+class Comparison:
+    """Prefix-affine against p2c at one level: the issue's three targets."""
+
+    hit_points: float  # its hit rate less p2c's, in points
+    gain_ms: float  # how much lower its TTFT p50 is
+    mean_gain_ms: float  # how much lower its mean TTFT is
+    saved_tokens: float  # the prefix-cache hits a turn gained over p2c
+    saved_ms: float  # their prefill, at the idle rate
+    imbalance_ratio: float  # its imbalance over p2c's
+
+    @classmethod
+    def of(cls, affine: dict[str, Any], p2c: dict[str, Any], prefill_ms: float) -> Comparison:
+        saved_tokens = (affine["hit_tokens"] - p2c["hit_tokens"]) / max(1, affine["ok"])
+        return cls(
+            hit_points=100 * ((affine["hit_rate"] or 0) - (p2c["hit_rate"] or 0)),
+            gain_ms=(p2c["ttft_p50_ms"] or 0) - (affine["ttft_p50_ms"] or 1e9),
+            mean_gain_ms=(p2c.get("ttft_mean_ms") or 0) - (affine.get("ttft_mean_ms") or 1e9),
+            saved_tokens=saved_tokens,
+            saved_ms=saved_tokens * prefill_ms,
+            imbalance_ratio=(affine["imbalance"] or 0) / max(p2c["imbalance"] or 0, 1e-9),
+        )
+
+    @property
+    def hit_ok(self) -> bool:
+        return self.hit_points > 10
+
+    @property
+    def faster(self) -> bool:
+        return self.gain_ms >= self.saved_ms
+
+    @property
+    def faster_on_average(self) -> bool:
+        return self.mean_gain_ms >= self.saved_ms
+
+    @property
+    def even(self) -> bool:
+        return self.imbalance_ratio <= 1.25
+
+
+def mark(ok: bool) -> str:
+    return "✔" if ok else "✘"
+
+
 def verdict(data: dict[str, Any], levels: Sequence[int]) -> str:
     lines = []
+    rate = data["prefill_ms_per_token"]
     for level in levels:
         runs = data["runs"]
         affine, p2c = runs[f"prefix_affine/{level}"], runs[f"p2c/{level}"]
-        hit_ok = (affine["hit_rate"] or 0) > (p2c["hit_rate"] or 0) + 0.1
-        # The prefill a turn saves: the tokens more it found cached, at the idle prefill rate.
-        saved_tokens = (affine["hit_tokens"] - p2c["hit_tokens"]) / max(1, affine["ok"])
-        saved_ms = saved_tokens * data["prefill_ms_per_token"]
-        gain_ms = (p2c["ttft_p50_ms"] or 0) - (affine["ttft_p50_ms"] or 1e9)
-        faster = gain_ms >= saved_ms
-        even = (affine["imbalance"] or 0) <= 1.25 * (p2c["imbalance"] or 0)
+        c = Comparison.of(affine, p2c, rate)
+        repeats = data.get("repeats", 1)
+        pooled = " (the repeats pooled)" if repeats > 1 else ""
         lines.append(
-            f"- {level} conversations: hit rate {affine['hit_rate']:.0%} vs p2c {p2c['hit_rate']:.0%} "
-            f"{'✔' if hit_ok else '✘'}; TTFT p50 {affine['ttft_p50_ms']:.0f} vs {p2c['ttft_p50_ms']:.0f} ms, "
-            f"{gain_ms:.0f} ms lower against {saved_ms:.0f} ms of prefill saved ({saved_tokens:.0f} tokens a "
-            f"turn × {data['prefill_ms_per_token']:.2f} ms) {'✔' if faster else '✘'}; "
-            f"imbalance {affine['imbalance']:.2f} vs p2c {p2c['imbalance']:.2f} "
-            f"(≤ 1.25×: {'✔' if even else '✘'})"
+            f"- {level} conversations{pooled}: hit rate {affine['hit_rate']:.0%} "
+            f"vs p2c {p2c['hit_rate']:.0%} {mark(c.hit_ok)}; "
+            f"TTFT p50 {affine['ttft_p50_ms']:.0f} vs {p2c['ttft_p50_ms']:.0f} ms, "
+            f"{c.gain_ms:.0f} ms lower against {c.saved_ms:.0f} ms of prefill saved ({c.saved_tokens:.0f} "
+            f"tokens a turn × {rate:.2f} ms) {mark(c.faster)}; "
+            + (
+                f"mean TTFT {affine['ttft_mean_ms']:.0f} vs {p2c['ttft_mean_ms']:.0f} ms, "
+                f"{c.mean_gain_ms:.0f} ms lower against the same {c.saved_ms:.0f} ms (a mean over turns "
+                f"against a mean over turns) {mark(c.faster_on_average)}; "
+                if affine.get("ttft_mean_ms") is not None
+                else ""
+            )
+            + f"imbalance {affine['imbalance']:.2f} vs p2c {p2c['imbalance']:.2f} (≤ 1.25×: {mark(c.even)})"
         )
+        if repeats > 1:
+            by_repeat = data["by_repeat"]
+            pairs = zip(by_repeat[f"prefix_affine/{level}"], by_repeat[f"p2c/{level}"], strict=True)
+            each = [Comparison.of(a, p, rate) for a, p in pairs]
+            lines.append(
+                "  - each repeat: hit rate points above p2c "
+                + ", ".join(f"{c.hit_points:.0f} {mark(c.hit_ok)}" for c in each)
+                + "; TTFT p50 ms lower / prefill saved "
+                + ", ".join(f"{c.gain_ms:.0f} / {c.saved_ms:.0f} {mark(c.faster)}" for c in each)
+                + "; mean TTFT ms lower / prefill saved "
+                + ", ".join(
+                    f"{c.mean_gain_ms:.0f} / {c.saved_ms:.0f} {mark(c.faster_on_average)}" for c in each
+                )
+                + "; imbalance × p2c's "
+                + ", ".join(f"{c.imbalance_ratio:.2f} {mark(c.even)}" for c in each)
+            )
     if (killed := data.get("killed")) is not None:
         lines.append(
             f"- One replica killed at {killed['killed_at_s']} s ({killed['turns']} turns): "
@@ -419,6 +523,7 @@ def report(data: dict[str, Any], levels: Sequence[int], turns: int) -> str:
         "turns OK",
         "TTFT p50 ms",
         "TTFT p95 ms",
+        "TTFT mean ms",
         "answer p50 ms",
         "prefix-cache hit rate",
         "prefix queries (tokens) per replica",
@@ -437,6 +542,7 @@ def report(data: dict[str, Any], levels: Sequence[int], turns: int) -> str:
                     f"{r['ok']}/{r['turns']}",
                     r["ttft_p50_ms"],
                     r["ttft_p95_ms"],
+                    r.get("ttft_mean_ms", "—"),
                     r["answer_p50_ms"],
                     f"{r['hit_rate']:.1%}",
                     " / ".join(f"{q:.0f}" for q in r["prefix_queries_per_replica"]),
@@ -452,6 +558,7 @@ def report(data: dict[str, Any], levels: Sequence[int], turns: int) -> str:
                 f"{k['ok']}/{k['turns']}",
                 k["ttft_p50_ms"],
                 k["ttft_p95_ms"],
+                k.get("ttft_mean_ms", "—"),
                 k["answer_p50_ms"],
                 f"{k['hit_rate']:.1%} (survivor)",
                 "—",
@@ -469,6 +576,9 @@ def report(data: dict[str, Any], levels: Sequence[int], turns: int) -> str:
         command += f" --history-step {chosen:g}"
     if len(data.get("arms", BALANCERS)) < len(BALANCERS):
         command += " --balancers " + " ".join(shlex.quote(arm) for arm in data["arms"])
+    repeats = data.get("repeats", 1)
+    if repeats > 1:
+        command += f" --repeats {repeats}"
     pace = (
         f"Each player pauses {0.5 * think_s:g}–{1.5 * think_s:g} s before each turn after the first "
         f"(seeded per conversation), the conversations starting spread over {think_s:g} s."
@@ -504,7 +614,37 @@ less its repeat's, over the tokens not found cached:
 {verdict(data, levels)}
 
 {table(headers, rows)}
-"""
+{by_repeat(data, levels, repeats)}"""
+
+
+def by_repeat(data: dict[str, Any], levels: Sequence[int], repeats: int) -> str:
+    """Each repeat's own row, where the table above pools them."""
+    if repeats < 2:
+        return ""
+    headers = ["conversations", "balancer", "repeat", "TTFT p50 ms", "TTFT p95 ms", "TTFT mean ms",
+               "prefix-cache hit rate", "imbalance (stddev/mean running)", "seconds"]  # fmt: skip
+    rows = [
+        [
+            level,
+            balancer,
+            i + 1,
+            r["ttft_p50_ms"],
+            r["ttft_p95_ms"],
+            r.get("ttft_mean_ms", "—"),
+            f"{r['hit_rate']:.1%}",
+            f"{r['imbalance']:.2f}",
+            r["seconds"],
+        ]
+        for level in levels
+        for balancer in BALANCERS
+        for i, r in enumerate(data["by_repeat"].get(f"{balancer}/{level}", []))
+    ]
+    return (
+        f"\n## Each repeat\n\nThe table above pools {repeats} repeats (their turns, and the cache "
+        "counters' sums); each repeat started every arm afresh, every other repeat in the "
+        "reverse order of arms, its players pausing on a seed of its own.\n\n"
+        f"{table(headers, rows)}\n"
+    )
 
 
 def main() -> None:
@@ -528,9 +668,15 @@ def main() -> None:
         default=list(BALANCERS),
         help="the arms to run (prefix_affine and p2c are always among them: the verdict compares them)",
     )
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=1,
+        help="run every arm this many times, pooled in the table (each repeat also on its own)",
+    )
     args = parser.parse_args()
     arms = [arm for arm in BALANCERS if arm in {*args.balancers, "prefix_affine", "p2c"}]
-    data = measure(args.levels, args.turns, args.think_s, args.history_step, arms)
+    data = measure(args.levels, args.turns, args.think_s, args.history_step, arms, args.repeats)
     markdown = report(data, args.levels, args.turns)
     name = "affinity-think" if args.think_s else "affinity"
     if args.history_step is not None:
