@@ -4,8 +4,8 @@ Each replica decodes at most `slots` streams at once; further requests wait in a
 FIFO queue, as in vLLM's scheduler. Every stream takes `ttft_ms` to its first token
 and `token_ms` per further token. Its usage counts the prompt as the router estimates
 it (a token per 4 characters), as an engine counts the prompt with its tokenizer: the
-router charges a tenant what a tier says it used. It measures the router's policies under overload;
-it is not a model and stands in for none in the product.
+router charges a tenant what a tier says it used. It measures the router's policies
+under overload; it is not a model and stands in for none in the product.
 
     python -m bench.synthetic_tier --listen 127.0.0.1:7001 --slots 4 --tokens 12
 """
@@ -18,7 +18,7 @@ from collections.abc import AsyncIterator
 
 import grpc
 
-from router.call import CHARS_PER_TOKEN
+from router.call import estimate_tokens
 from tiermesh.serving import start_grpc_server, wait_for_signal
 from tiermesh.tier.v1 import tier_pb2, tier_pb2_grpc
 from tiermesh.v1 import mesh_pb2
@@ -38,7 +38,7 @@ class SyntheticEngine(tier_pb2_grpc.TierServiceServicer):
         context: grpc.aio.ServicerContext[tier_pb2.GenerateRequest, tier_pb2.GenerateResponse],
     ) -> AsyncIterator[tier_pb2.GenerateResponse]:
         tokens = min(self._tokens, request.max_tokens)
-        prompt_tokens = sum(len(message.content) for message in request.messages) // CHARS_PER_TOKEN
+        prompt_tokens = estimate_tokens(message.content for message in request.messages)
         async with self._slots:  # queued here while the engine is full
             await asyncio.sleep(self._ttft_s)
             for index in range(tokens):

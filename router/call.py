@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from opentelemetry.context import Context
@@ -14,6 +14,11 @@ from tiermesh.v1 import mesh_pb2
 
 # Characters per token when a prompt's tokens are estimated before a tier counts them.
 CHARS_PER_TOKEN = 4
+
+
+def estimate_tokens(texts: Iterable[str]) -> int:
+    """The tokens in these texts before a tokenizer has counted them (≈ 4 characters each)."""
+    return sum(len(text) for text in texts) // CHARS_PER_TOKEN
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,7 +57,7 @@ class Call:
 
     def prompt_tokens_estimate(self) -> int:
         """The prompt's tokens before a tier has counted them (≈ 4 characters each)."""
-        return sum(len(message.content) for message in self.messages) // CHARS_PER_TOKEN
+        return estimate_tokens(message.content for message in self.messages)
 
     def remaining(self) -> float:
         """Seconds left in the caller's budget (negative once it has passed)."""
