@@ -46,6 +46,12 @@ class Call:
     intents: tuple[str, ...] = ()
     bypass_cache: bool = False
     tool_choice: int = 0  # tiermesh.v1.ToolChoice
+    # Per tier, how long its stream limit held this call before giving it a slot (None
+    # while it waits). The planner adds a queue's expected wait to a tier's time itself,
+    # per tenant and class, so the tier's record must keep only what followed: else one
+    # tenant's flood would make the tier look too slow for a tenant with a free slot.
+    # Shared by every attempt of the call.
+    slot_waits: dict[str, float | None] = field(default_factory=dict, compare=False)
     # Replica addresses this call has already used (retries, hedges and resumes
     # prefer others). Shared by every attempt of the call.
     tried: set[str] = field(default_factory=set, compare=False)

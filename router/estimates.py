@@ -37,7 +37,8 @@ class TaskEstimate:
         return len(self._first) + len(self._given_up)
 
     def observe_first(self, seconds: float) -> None:
-        """Time from the attempt's start to its first message."""
+        """Time from the attempt's start to its first message, less any wait for a stream
+        slot (the planner adds the queue's wait for each call itself)."""
         self._first.observe(seconds)
 
     def observe_given_up(self, seconds: float) -> None:

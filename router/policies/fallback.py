@@ -387,7 +387,16 @@ class Fallback:
 
     def _observe_first(self, call: Call, step: Step, started: float) -> None:
         """The tier's time to its first message (an intent's: its whole label), for the plans."""
-        self._estimates[step.tier].task(call.task).observe_first(self._clock() - started)
+        took = self._tier_time(call, step, started)
+        if took is not None:
+            self._estimates[step.tier].task(call.task).observe_first(took)
+
+    def _tier_time(self, call: Call, step: Step, started: float) -> float | None:
+        """The attempt's time so far, less its wait for a slot in the tier's stream limit
+        (the planner adds that queue's wait itself); None while it still waits there, when
+        the tier has not had the call at all."""
+        waited = call.slot_waits.get(step.tier, 0.0)
+        return None if waited is None else max(0.0, self._clock() - started - waited)
 
     @staticmethod
     def _sent_nothing(step: Step) -> StatusError:
@@ -406,7 +415,9 @@ class Fallback:
         """The tier did not start by its step's time."""
         took = self._clock() - started
         log.debug("%s %s: %s given up on after %.3fs", call.task, call.request_id[:8], step.tier, took)
-        self._estimates[step.tier].task(call.task).observe_given_up(took)
+        tier_took = self._tier_time(call, step, started)
+        if tier_took is not None:
+            self._estimates[step.tier].task(call.task).observe_given_up(tier_took)
         metrics.FALLBACKS.labels(call.task, step.tier, "slow").inc()
         what = "answer" if call.task in WHOLE else "first token"
         return StatusError(

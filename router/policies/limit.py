@@ -175,6 +175,7 @@ class StreamLimit:
         band, tenant = self._band(call), self._tenant(call.client_id)
         if self._free(tenant, band):
             self._take(tenant)
+            call.slot_waits[self._tier] = 0.0
             metrics.series(metrics.QUEUE_WAIT, self._tier, call.priority).observe(0.0)
             return None
         # The gRPC deadline covers the whole stream: a slot is worth waiting for only
@@ -193,6 +194,7 @@ class StreamLimit:
         cost = call.prompt_tokens_estimate() + call.max_tokens
         waiter = Waiter(tenant, band, cost, now, now + budget, granted, call.priority)
         self._queue.push(waiter)
+        call.slot_waits[self._tier] = None
         self._displace_late(band)
         self._depth()
         try:
@@ -211,7 +213,9 @@ class StreamLimit:
             raise
         finally:
             self._depth()
-        metrics.series(metrics.QUEUE_WAIT, self._tier, call.priority).observe(time.monotonic() - now)
+        waited = time.monotonic() - now
+        call.slot_waits[self._tier] = waited
+        metrics.series(metrics.QUEUE_WAIT, self._tier, call.priority).observe(waited)
         return waiter
 
     def _make_room(self, tenant: str, band: int, priority: str) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from types import SimpleNamespace
 from typing import cast
 
@@ -574,6 +574,34 @@ async def test_a_tier_given_up_on_is_observed_as_at_least_that_slow() -> None:
     record = policy._estimates["silver"].task("dialogue")
     assert record.samples == 1
     assert record.ttft(0.5) >= 0.1  # a censored sample: at least the time it had
+
+
+async def test_a_tiers_record_leaves_out_the_wait_for_its_stream_slot() -> None:
+    # One slot, held ~0.3 s by the first call: the second waits for it, then its first
+    # token comes at once. The planner adds a queue's expected wait itself (per tenant and
+    # class); a record with the wait in it kept a tenant with a free reserved slot off the
+    # tier, as too slow, while another tenant's flood queued.
+    inner = FakeBackend(Step(tokens=["a", "b", "c", "d"], token_delay=0.1))
+    limit = StreamLimit(inner, "silver", max_streams=1, expected_s=0.05)
+    tiers: dict[TierName, TierEstimates] = {"silver": TierEstimates(0.05, 0.01)}
+    waits: dict[TierName, Callable[[Call], float]] = {"silver": limit.wait_estimate}
+    planner = TierPlanner({"dialogue": ["silver"]}, tiers, min_tokens={"dialogue": 2}, queue_wait=waits)
+    policy = Fallback(
+        planner,
+        {"silver": limit},
+        tiers,
+        CannedAnswers({"guard-1": Persona(system="x")}, frozenset()),
+        0.01,
+    )
+    first = asyncio.create_task(drain(policy.generate(a_call(deadline_s=2.0))))
+    await asyncio.sleep(0.02)
+    started = time.monotonic()
+    await drain(policy.generate(a_call(deadline_s=2.0)))
+    assert time.monotonic() - started >= 0.2  # it waited for the slot
+    await first
+    record = tiers["silver"].task("dialogue")
+    assert record.samples == 2
+    assert record.ttft(0.95) < 0.1
 
 
 def reserving_for_gold(policy: Fallback) -> Fallback:
