@@ -90,8 +90,12 @@ def bounded_owner(ring: HashRing, key: bytes, loads: Mapping[str, int], load_fac
     return min(loads, key=lambda member: loads[member])
 
 
-def least_loaded(ring: HashRing, key: bytes, loads: Mapping[str, int]) -> str:
-    """The candidate among `loads` with the fewest calls in flight; among equals, the
-    first on the key's walk, so that routers seeing the same loads agree."""
+def least_loaded(
+    ring: HashRing, key: bytes, loads: Mapping[str, int], conversations: Mapping[str, int] | None = None
+) -> str:
+    """The candidate among `loads` holding the fewest active `conversations` (none given:
+    all equal), then with the fewest calls in flight; among equals, the first on the
+    key's walk, so that routers seeing the same counts agree."""
     order = {member: i for i, member in enumerate(ring.walk(key))}
-    return min(loads, key=lambda member: (loads[member], order.get(member, len(order))))
+    held = conversations or {}
+    return min(loads, key=lambda member: (held.get(member, 0), loads[member], order.get(member, len(order))))

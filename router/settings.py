@@ -142,6 +142,11 @@ class AffinitySettings(BaseModel):
     # through Redis by router replicas), placed by load on its first turn; false: the
     # ring alone places every turn (no state, but few conversations spread unevenly).
     remember: bool = True
+    # A new conversation goes to the replica holding the fewest conversations with a turn
+    # in the last this many seconds (then the fewest calls in flight): a player between
+    # turns holds a prefix but no call, so at a player's pace in-flight counts are mostly
+    # zero and cannot place.
+    conversation_idle_s: float = Field(default=120.0, gt=0)
     # A remembered conversation moves only when its replica holds more than this × the
     # mean load in flight (or is no longer a candidate). Looser than `load_factor`: each
     # router sees only its own calls, so with a few in flight its view of two replicas'

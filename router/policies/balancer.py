@@ -93,10 +93,10 @@ class PrefixAffine:
 
 
 class RememberedPrefixAffine(PrefixAffine):
-    """Prefix-affine, with a conversation's first turn placed by load instead and its
-    replica remembered in `placements` (`recall`, before `pick`): the ring spreads many
-    keys evenly, but a few conversations unevenly, and its bound then moves the overflow
-    turn by turn."""
+    """Prefix-affine, with a conversation's first turn placed where the fewest
+    conversations are active instead, and its replica remembered in `placements`
+    (`recall`, before `pick`): the ring spreads many keys evenly, but a few conversations
+    unevenly, and its bound then moves the overflow turn by turn."""
 
     def __init__(
         self,
@@ -112,10 +112,10 @@ class RememberedPrefixAffine(PrefixAffine):
 
     async def recall(self, call: Call, candidates: Sequence[Replica]) -> Replica | None:
         """The conversation's replica: where it was placed, while that is a candidate
-        within `move_factor` × the mean load; else the least loaded, remembered from now
-        on. None, and the ring decides, for a call without a session, a retry or hedge of
-        this call (the ring's next replica), a single candidate, or a store that cannot
-        answer."""
+        within `move_factor` × the mean load; else the candidate holding the fewest
+        active conversations (then the least loaded), remembered from now on. None, and
+        the ring decides, for a call without a session, a retry or hedge of this call
+        (the ring's next replica), a single candidate, or a store that cannot answer."""
         if not call.session_id.strip() or call.tried or len(candidates) < 2:
             return None
         key = affinity_key(call, self._settings.leading_tokens)
@@ -132,7 +132,12 @@ class RememberedPrefixAffine(PrefixAffine):
             metrics.series(metrics.PLACEMENTS, self._tier, "kept").inc()
         else:
             metrics.series(metrics.PLACEMENTS, self._tier, "placed" if placed is None else "moved").inc()
-            placed = least_loaded(self._current_ring(), key, loads)
+            active = await self._active_conversations(loads)
+            # Counted again after the await, with no await between here and the count
+            # of this placement: calls placed meanwhile are in them.
+            loads = {r.address: r.outstanding + self._placing[r.address] for r in candidates}
+            held = {address: active.get(address, 0) + self._placing[address] for address in loads}
+            placed = least_loaded(self._current_ring(), key, loads, held)
             self._placing[placed] += 1
             try:
                 await self._placements.put(self._tier, key, placed)
@@ -143,6 +148,16 @@ class RememberedPrefixAffine(PrefixAffine):
                 # The balancer counts the call as in flight before anything else runs.
                 self._placing[placed] -= 1
         return next(r for r in candidates if r.address == placed)
+
+    async def _active_conversations(self, candidates: Iterable[str]) -> dict[str, int]:
+        """Per candidate, the conversations with a recent turn there; none, and the
+        loads in flight place alone, from a store that cannot count them."""
+        try:
+            return await self._placements.held(self._tier, candidates, self._settings.conversation_idle_s)
+        except StoreDown as e:
+            log.debug("placement store cannot count conversations: %s", e)
+            metrics.SESSION_STORE_ERRORS.labels("placement").inc()
+            return {}
 
 
 def picker(

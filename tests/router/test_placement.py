@@ -8,10 +8,11 @@ import asyncio
 
 from redis.asyncio import Redis
 
+from router.affinity import affinity_key
 from router.policies.balancer import Balancer
 from router.state.placement import RedisPlacements
 from tests.fakes import drain
-from tests.unit.test_affinity import remembering, replica_set, turn
+from tests.unit.test_affinity import LEADING, remembering, replica_set, turn
 
 
 async def test_two_routers_keep_a_conversation_on_one_replica_through_redis(redis_server: str) -> None:
@@ -35,5 +36,37 @@ async def test_two_routers_keep_a_conversation_on_one_replica_through_redis(redi
     assert len(keys) == 8
     ttl = await Redis.from_url(redis_server).pttl(keys[0])
     assert 0 < ttl <= 60_000
+    for store in stores:
+        await store.close()
+
+
+async def test_routers_count_each_others_conversations_through_redis(redis_server: str) -> None:
+    """Each router places at a player's pace by the conversations both placed: a turn
+    through either marks its conversation active, a move takes it off the old replica,
+    and an idle one stops counting."""
+    await Redis.from_url(redis_server).flushdb()
+    now = [1_000_000.0]
+    stores = [RedisPlacements(redis_server, ttl_s=60, clock=lambda: now[0]) for _ in range(2)]
+    async for replicas, backends in replica_set(2):
+        routers = [Balancer(replicas, remembering(replicas, store)) for store in stores]
+        for i in range(8):  # one at a time: nothing in flight to place by
+            await drain(routers[i % 2].generate(turn(f"s{i}", 0)))
+        assert [len(b.calls) for b in backends] == [4, 4]
+        addresses = [r.address for r in replicas.replicas]
+        assert await stores[1].held("silver", addresses, 30) == dict.fromkeys(addresses, 4)
+        moved = backends[0].calls[0].session_id
+        await stores[0].put("silver", affinity_key(turn(moved, 0), LEADING), addresses[1])
+        assert await stores[1].held("silver", addresses, 30) == {addresses[0]: 3, addresses[1]: 5}
+        now[0] += 20
+        for i in range(2):  # two conversations take a turn; the others are idle
+            await drain(routers[1].generate(turn(f"s{i}", 1)))
+        now[0] += 20
+        held = await stores[0].held("silver", addresses, 30)
+        assert sum(held.values()) == 2
+        # The active sets expire with the placements they count (and an emptied one is gone).
+        redis = Redis.from_url(redis_server)
+        ttls = [await redis.pttl(f"tiermesh:placement-active:silver:{a}") for a in addresses]
+        assert all(0 < ttl <= 60_000 or ttl == -2 for ttl in ttls)
+        assert any(ttl > 0 for ttl in ttls)
     for store in stores:
         await store.close()

@@ -10,7 +10,7 @@ import os
 import subprocess
 import sys
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 
 import pytest
 
@@ -201,6 +201,9 @@ class DownStore:
     async def put(self, tier: str, key: bytes, address: str) -> None:
         raise OSError("connection refused")
 
+    async def held(self, tier: str, addresses: Iterable[str], idle_s: float) -> dict[str, int]:
+        raise OSError("connection refused")
+
     async def close(self) -> None:
         """Nothing to close."""
 
@@ -229,6 +232,25 @@ async def test_remembered_conversations_are_placed_by_load_and_stay() -> None:
                 await drain(routers[(n + i) % 2].generate(turn(f"s{i}", n)))
         for i, backend in enumerate(backends):
             assert all(first[call.session_id] == i for call in backend.calls), "a conversation moved"
+
+
+async def test_conversations_begun_at_a_players_pace_are_placed_by_those_held() -> None:
+    """Between turns nothing is in flight anywhere: placement by calls in flight alone
+    falls to ring order, a coin toss per conversation. Counted by the conversations each
+    replica holds (shared by both routers through the store), they split evenly."""
+    async for replicas, backends in replica_set(2):
+        store = MemoryPlacements(ttl_s=3600)
+        routers = [Balancer(replicas, remembering(replicas, store)) for _ in range(2)]
+        sessions = [f"s{i}" for i in range(12)]
+        # What the ring alone makes of these twelve: uneven, as few keys are.
+        ring = Counter(ring_owner(replicas, turn(s, 0)) for s in sessions)
+        assert max(ring.values()) > 6, ring
+        for i, session in enumerate(sessions):  # one at a time, alternating routers
+            await drain(routers[i % 2].generate(turn(session, 0)))
+        assert [len(b.calls) for b in backends] == [6, 6]
+        assert await store.held("silver", [r.address for r in replicas.replicas], 60) == dict.fromkeys(
+            [r.address for r in replicas.replicas], 6
+        )
 
 
 async def test_a_remembered_replica_over_the_bound_passes_the_conversation_on() -> None:
@@ -282,6 +304,30 @@ async def test_memory_placements_expire_and_stay_bounded() -> None:
     assert await store.get("gold", b"k4") is None  # per tier
     now[0] = 10.0
     assert await store.get("silver", b"k4") is None
+
+
+async def test_memory_placements_count_the_conversations_active_on_each_replica() -> None:
+    now = [0.0]
+    store = MemoryPlacements(ttl_s=3600, max_entries=4, clock=lambda: now[0])
+    for i in range(3):
+        await store.put("silver", f"k{i}".encode(), "a")
+    await store.put("silver", b"k3", "b")
+    assert await store.held("silver", ["a", "b", "c"], idle_s=30) == {"a": 3, "b": 1, "c": 0}
+    assert await store.held("gold", ["a"], idle_s=30) == {"a": 0}  # per tier
+    await store.put("silver", b"k0", "b")  # moved: it leaves a's count
+    assert await store.held("silver", ["a", "b"], idle_s=30) == {"a": 2, "b": 2}
+    now[0] = 20.0
+    assert await store.get("silver", b"k1") == "a"  # a turn: k1 is active again
+    now[0] = 40.0
+    # Idle for more than 30 s, k0, k2 and k3 hold no player now; k1 had a turn at 20 s.
+    assert await store.held("silver", ["a", "b"], idle_s=30) == {"a": 1, "b": 0}
+    assert await store.get("silver", b"k2") == "a"  # it comes back, and counts again
+    assert await store.held("silver", ["a", "b"], idle_s=30) == {"a": 2, "b": 0}
+    # A placement forgotten for room (max_entries) is not counted either.
+    await store.put("silver", b"k4", "b")
+    await store.put("silver", b"k5", "b")
+    await store.put("silver", b"k6", "b")
+    assert await store.held("silver", ["a", "b"], idle_s=30) == {"a": 1, "b": 3}
 
 
 async def test_only_a_remembering_picker_is_asked_to_recall() -> None:
