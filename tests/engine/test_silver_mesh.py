@@ -128,7 +128,10 @@ def attempts_changed(before: dict[str, float], after: dict[str, float]) -> dict[
 
 
 async def test_client_cancel_aborts_the_engine_request(mesh: Mesh, mesh_stub: MeshAsyncStub) -> None:
-    before = (await scrape(mesh.silver_metrics)).get(CANCELLED, 0.0)
+    # Counted from a quiet engine: the mesh is shared, and a call an earlier test ended
+    # may still be aborting, its cancellation counted after this test's first scrape.
+    quiet = await until(lambda s: not s.get(UNFINISHED) and not s.get(RUNNING), mesh.silver_metrics)
+    before = quiet.get(CANCELLED, 0.0)
     router_before = await scrape(mesh.router_metrics)
     call = mesh_stub.Generate(ask("Tell me the long history of the kingdom.", max_tokens=400), timeout=60)
     received = 0
