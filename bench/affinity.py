@@ -56,6 +56,12 @@ from tiermesh.v1 import mesh_pb2, mesh_pb2_grpc
 
 SILVER = (("127.0.0.1:50161", 9561, "0"), ("127.0.0.1:50162", 9562, "1"))
 ROUTERS = ("127.0.0.1:50181", "127.0.0.1:50182")
+ROUTER_METRICS = (9581, 9582)
+# The routers' counters kept per run: why a run's load went where it did.
+ROUTER_COUNTERS = {
+    "placements": ("tiermesh_router_placements_total", "outcome", ("placed", "kept", "moved")),
+    "ejections": ("tiermesh_router_ejections_total", "reason", ("latency", "failures")),
+}
 REDIS_PORT = 6391
 # Each arm: its balancer, and whether prefix_affine remembers conversations' replicas
 # (affinity.remember) or the ring alone places every turn.
@@ -118,6 +124,8 @@ class Run:
     imbalance: list[float] = field(default_factory=list)
     killed_at: float | None = None
     seconds: float = 0.0
+    # Both routers' placement outcomes and ejections over the run (ROUTER_COUNTERS).
+    counters: dict[str, dict[str, float]] = field(default_factory=dict)
 
     def merge(self, other: Run) -> None:
         """Another repeat of the same arm and level pooled into this one: its turns, its
@@ -129,6 +137,10 @@ class Run:
         self.per_replica_queries = [a + b for a, b in zip(mine, other.per_replica_queries, strict=True)]
         self.imbalance += other.imbalance
         self.seconds += other.seconds
+        for name, counts in other.counters.items():
+            mine_counts = self.counters.setdefault(name, {})
+            for label, value in counts.items():
+                mine_counts[label] = mine_counts.get(label, 0.0) + value
 
     def summary(self) -> dict[str, Any]:
         ttfts = sorted(t.ttft_s for t in self.turns if t.code == "OK")
@@ -146,6 +158,7 @@ class Run:
             "prefix_queries_per_replica": self.per_replica_queries,
             "imbalance": round(statistics.mean(self.imbalance), 3) if self.imbalance else None,
             "seconds": round(self.seconds, 1),
+            **self.counters,
         }
 
 
@@ -198,11 +211,11 @@ def mesh(
         }
         if history_step is not None:
             dialogue["history_step"] = history_step
-        for i, listen in enumerate(ROUTERS):
+        for i, (listen, metrics_port) in enumerate(zip(ROUTERS, ROUTER_METRICS, strict=True)):
             config = {
                 "router": {
                     "listen": listen,
-                    "metrics_port": 0,
+                    "metrics_port": metrics_port,
                     "tiers": {"silver": tier},
                     "tasks": {"dialogue": dialogue},
                 },
@@ -230,6 +243,21 @@ def scrape(metrics_port: int) -> str:
 def metric(text: str, name: str) -> float:
     """The sum of a metric's samples (any labels) in a Prometheus text page."""
     return sum(float(v) for v in re.findall(rf"^{re.escape(name)}(?:{{[^}}]*}})? (\S+)$", text, re.M))
+
+
+def labelled(text: str, name: str, label: str, value: str) -> float:
+    """The sum of a metric's samples with `label` = `value` in a Prometheus text page."""
+    pattern = rf'^{re.escape(name)}{{[^}}]*{label}="{re.escape(value)}"[^}}]*}} (\S+)$'
+    return sum(float(v) for v in re.findall(pattern, text, re.M))
+
+
+def router_counters() -> dict[str, dict[str, float]]:
+    """ROUTER_COUNTERS summed over both routers."""
+    pages = [scrape(port) for port in ROUTER_METRICS]
+    return {
+        key: {value: sum(labelled(page, name, label, value) for page in pages) for value in values}
+        for key, (name, label, values) in ROUTER_COUNTERS.items()
+    }
 
 
 def prefix_counters() -> list[tuple[float, float]]:
@@ -295,6 +323,7 @@ async def drive(
     channels = [grpc.aio.insecure_channel(address) for address in ROUTERS]
     stubs = [mesh_pb2_grpc.MeshStub(channel) for channel in channels]
     before = prefix_counters()
+    routed_before = router_counters()
     stop = asyncio.Event()
     sampler = asyncio.create_task(sample_load(run, stop))
     started = time.perf_counter()
@@ -319,6 +348,11 @@ async def drive(
     if killer is not None:
         await killer
     after = prefix_counters()
+    routed = router_counters()
+    run.counters = {
+        key: {value: count - routed_before[key][value] for value, count in counts.items()}
+        for key, counts in routed.items()
+    }
     deltas = [(h1 - h0, q1 - q0) for (h0, q0), (h1, q1) in zip(before, after, strict=True)]
     if processes is None:
         run.per_replica_queries = [q for _, q in deltas]

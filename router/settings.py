@@ -152,6 +152,12 @@ class AffinitySettings(BaseModel):
     # router sees only its own calls, so with a few in flight its view of two replicas'
     # loads is lopsided half the time, and every move is a cold prefix.
     move_factor: float = Field(default=2.0, ge=1.0)
+    # Eject a replica whose first tokens are far slower than its peers' (the breaker's
+    # latency outliers), as p2c's tiers do. Off: here a replica's first tokens are as slow
+    # as the prefixes its conversations have not cached and their turns' bursts, not as
+    # the replica is; and an ejection sends every one of its conversations' turns, cold,
+    # to the others until its trial answer ends. Failures and health checks still eject.
+    eject_latency_outliers: bool = False
 
 
 class TierSettings(BaseModel):

@@ -74,6 +74,7 @@ class PrefixAffine:
         self._settings = settings
         self._known = known
         self._ring = HashRing(())
+        self.ejects_latency_outliers = settings.eject_latency_outliers
 
     def _current_ring(self) -> HashRing:
         # The ring holds every known replica, up or not: one that is down keeps its
@@ -182,7 +183,8 @@ class Balancer:
     Replicas this call already tried (retries, hedges, resumes) are avoided while
     others are available. Tier faults count against the replica's breaker; a first
     token far slower than its serving peers' ejects it as a latency outlier, never more
-    than max_ejected_fraction of the replicas at once.
+    than max_ejected_fraction of the replicas at once, where the picker sends every
+    replica comparable calls (not prefix affinity's, unless its settings say so).
     """
 
     def __init__(self, replicas: ReplicaSet, picker: Picker) -> None:
@@ -190,6 +192,7 @@ class Balancer:
         self._picker = picker
         self._recall = picker.recall if isinstance(picker, Recalling) else None
         self._settings: BreakerSettings = replicas.breaker_settings
+        self._latency_outliers = not isinstance(picker, PrefixAffine) or picker.ejects_latency_outliers
 
     def _candidates(self, call: Call) -> list[Replica]:
         replicas = self.replicas.replicas
@@ -247,7 +250,7 @@ class Balancer:
     def _eject_if_outlier(self, replica: Replica) -> bool:
         s = self._settings
         replicas = self.replicas.replicas
-        if replica.latency.samples < s.outlier_min_samples or len(replicas) < 2:
+        if not self._latency_outliers or replica.latency.samples < s.outlier_min_samples or len(replicas) < 2:
             return False
         # Judged against the peers that serve now: a replica that died keeps the latency
         # it had while it shared the load, and beside it the survivor taking all of it

@@ -8,9 +8,9 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from router.policies.balancer import Balancer, PowerOfTwoChoices, RoundRobin
+from router.policies.balancer import Balancer, PowerOfTwoChoices, RoundRobin, picker
 from router.replicas import ReplicaSet, resolve
-from router.settings import BreakerSettings, TierSettings
+from router.settings import AffinitySettings, BreakerSettings, TierSettings
 from tests.fakes import FakeBackend, Step, a_call, drain, unavailable
 from tiermesh.errors import StatusError
 
@@ -93,6 +93,25 @@ async def test_a_replica_far_slower_than_its_peers_is_ejected() -> None:
             await drain(balancer.generate(a_call()))
         assert replicas.replicas[0].breaker.state == "open"
         assert replicas.replicas[1].breaker.state == "closed"
+
+
+@pytest.mark.parametrize("eject", [False, True])
+async def test_prefix_affinity_ejects_latency_outliers_only_when_told(eject: bool) -> None:
+    # Under prefix affinity a replica's first tokens are as slow as its conversations'
+    # uncached prefixes, not as it is; ejecting it sent its conversations' turns cold to
+    # the others (bench.affinity). So by default it is judged by failures and health only.
+    slow = FakeBackend(Step(first_delay=0.06))
+    backends = (slow, FakeBackend(), FakeBackend())
+    settings = BreakerSettings(outlier_min_samples=2, outlier_floor_s=0.02, outlier_factor=3)
+    async for replicas in replica_set(*backends, expected_ttft_s=0.001, breaker=settings):
+        known = replicas.replicas
+        affine = picker("prefix_affine", replicas, AffinitySettings(eject_latency_outliers=eject))
+        balancer = Balancer(replicas, affine)
+        for i in range(30):  # conversations on every replica, a turn each, one at a time
+            await drain(balancer.generate(a_call(session_id=f"s{i}", npc_id="guard-1")))
+        assert len(slow.calls) >= settings.outlier_min_samples  # enough first tokens to judge
+        assert known[0].breaker.state == ("open" if eject else "closed")
+        assert known[1].breaker.state == "closed"
 
 
 async def test_the_survivor_of_a_dead_replica_is_not_ejected_for_taking_its_load() -> None:
