@@ -158,7 +158,8 @@ class Run:
             "prefix_queries_per_replica": self.per_replica_queries,
             "imbalance": round(statistics.mean(self.imbalance), 3) if self.imbalance else None,
             "seconds": round(self.seconds, 1),
-            **self.counters,
+            # Copies: merging a later repeat into this run must not change this summary.
+            **{name: dict(counts) for name, counts in self.counters.items()},
         }
 
 
@@ -633,8 +634,9 @@ two router processes sharing sessions through redis-server, `max_tokens` {MAX_TO
 conversation (guard, merchant, innkeeper in turn) has {turns} turns of ~60-token player lines,
 each turn through the other router, its history growing to the dialogue budget (768 tokens),
 past which the window's start moves in steps of {step} of it.
-prefix_affine remembers each conversation's replica in Redis, placed by load on its first
-turn; "ring only" places every turn on the hash ring alone (`affinity.remember: false`).
+prefix_affine remembers each conversation's replica in Redis, placed on its first turn where
+the fewest conversations are active; "ring only" places every turn on the hash ring alone
+(`affinity.remember: false`).
 {pace}
 Every balancer starts on freshly started replicas (cold caches). TTFT and answer (the
 stream's end) times as the client sees them; "seconds": the whole run, every turn answered.
@@ -651,12 +653,22 @@ less its repeat's, over the tokens not found cached:
 {by_repeat(data, levels, repeats)}"""
 
 
+def routed(run: dict[str, Any]) -> str:
+    """A prefix-affine run's placement outcomes (the rest of its turns went where the ring
+    said: a retry, or one replica out); "—" for another balancer or an older record."""
+    placements = run.get("placements")
+    if not placements or not any(placements.values()):
+        return "—"
+    return " / ".join(f"{placements[outcome]:.0f}" for outcome in ("placed", "kept", "moved"))
+
+
 def by_repeat(data: dict[str, Any], levels: Sequence[int], repeats: int) -> str:
     """Each repeat's own row, where the table above pools them."""
     if repeats < 2:
         return ""
     headers = ["conversations", "balancer", "repeat", "TTFT p50 ms", "TTFT p95 ms", "TTFT mean ms",
-               "prefix-cache hit rate", "imbalance (stddev/mean running)", "seconds"]  # fmt: skip
+               "prefix-cache hit rate", "imbalance (stddev/mean running)", "turns placed / kept / moved",
+               "latency ejections", "seconds"]  # fmt: skip
     rows = [
         [
             level,
@@ -667,6 +679,8 @@ def by_repeat(data: dict[str, Any], levels: Sequence[int], repeats: int) -> str:
             r.get("ttft_mean_ms", "—"),
             f"{r['hit_rate']:.1%}",
             f"{r['imbalance']:.2f}",
+            routed(r),
+            f"{r['ejections']['latency']:.0f}" if "ejections" in r else "—",
             r["seconds"],
         ]
         for level in levels
@@ -676,7 +690,8 @@ def by_repeat(data: dict[str, Any], levels: Sequence[int], repeats: int) -> str:
     return (
         f"\n## Each repeat\n\nThe table above pools {repeats} repeats (their turns, and the cache "
         "counters' sums); each repeat started every arm afresh, every other repeat in the "
-        "reverse order of arms, its players pausing on a seed of its own.\n\n"
+        "reverse order of arms, its players pausing on a seed of its own. Placements and "
+        "latency ejections: both routers' counters over the run.\n\n"
         f"{table(headers, rows)}\n"
     )
 

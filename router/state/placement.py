@@ -3,7 +3,7 @@ Redis so that every router replica sends a conversation to the same engine.
 
 A hash ring alone places few conversations unevenly (eight keys on two replicas can
 land seven to one), and its load bound then moves the overflow from turn to turn, each
-move a cold prefix. Remembered, a conversation is placed once, by load, and stays.
+move a cold prefix. Remembered, a conversation is placed once and stays.
 
 A new conversation goes where the fewest conversations are active (`held`): every turn
 marks its conversation active on its replica, so every router replica counts the
@@ -111,7 +111,9 @@ class MemoryPlacements:
 
 # A turn's lookup marks its conversation active where it is placed, in the same round
 # trip: KEYS[1] the placement; ARGV: now (s), the key's digest, the active sets' prefix,
-# their TTL (ms). A placement changes only by `put`, so the address read is current.
+# their TTL (ms). A placement changes only by `put`, so the address read is current. The
+# scripts name the active sets themselves, which one Redis (router.state's) allows and a
+# Redis Cluster would not.
 GET_AND_MARK = """
 local address = redis.call('GET', KEYS[1])
 if address then
