@@ -526,6 +526,14 @@ def verdict(data: dict[str, Any], levels: Sequence[int]) -> str:
                 else ""
             )
             + f"imbalance {affine['imbalance']:.2f} vs p2c {p2c['imbalance']:.2f} (≤ 1.25×: {mark(c.even)})"
+            + (
+                # Back-to-back turns are a closed loop: the balancer that answers sooner
+                # sends the next turns sooner, so its TTFT is measured under more load.
+                f"; every turn answered in {affine['seconds']:.0f} vs {p2c['seconds']:.0f} s (back to "
+                "back: the sooner a turn is answered, the more load the next one meets)"
+                if not data.get("think_s")
+                else ""
+            )
         )
         if repeats > 1:
             by_repeat = data["by_repeat"]
