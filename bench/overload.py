@@ -39,6 +39,7 @@ SILVER = ["127.0.0.1:7101", "127.0.0.1:7102"]
 GOLD = "127.0.0.1:7111"
 ROUTERS = {"round-robin proxy": "127.0.0.1:7150", "tiermesh": "127.0.0.1:7151"}
 SLOTS, TOKENS, TTFT_MS, TOKEN_MS = 4, 12, 20.0, 15.0
+GOLD_TOKENS = 4  # Gold's answers are short
 STREAM_S = (TTFT_MS + (TOKENS - 1) * TOKEN_MS) / 1000
 CAPACITY = len(SILVER) * SLOTS / STREAM_S  # Silver streams per second
 DEADLINE_S = 0.5
@@ -117,8 +118,8 @@ async def open_loop(address: str, rate: float, seconds: float, seed: int) -> lis
 
 
 # What each tier's answer is when nothing shortens it: Silver the TOKENS asked for, Gold
-# its own short answers (its engine's --tokens below).
-WHOLE = {"silver": TOKENS, "gold": 4}
+# its own short answers.
+WHOLE = {"silver": TOKENS, "gold": GOLD_TOKENS}
 
 
 def whole(result: Result) -> bool:
@@ -164,7 +165,8 @@ def main() -> None:
     processes = [start([*synth, "--listen", a], work / f"silver{i}.log") for i, a in enumerate(SILVER)]
     processes.append(
         start([py, "-m", "bench.synthetic_tier", "--listen", GOLD, "--tier", str(mesh_pb2.TIER_GOLD),
-               "--slots", "8", "--tokens", "4", "--ttft-ms", "3", "--token-ms", "2"], work / "gold.log")
+               "--slots", "8", "--tokens", str(GOLD_TOKENS), "--ttft-ms", "3", "--token-ms", "2"],
+              work / "gold.log")
     )  # fmt: skip
     for name, listen in ROUTERS.items():
         config = work / f"{name.split()[0]}.yaml"
@@ -209,7 +211,7 @@ def report(levels: dict[str, dict[str, Any]], seconds: float) -> str:
         f"{seconds:.0f} s per run. Goodput counts whole answers a model tier (Silver or Gold) "
         "completed within the deadline (silver, gold: of them). Both routers plan an answer's "
         "length to its deadline, so 'shortened' counts answers in time with fewer tokens than "
-        f"the tier gives (Silver {TOKENS}, Gold 4) or ended at the deadline; canned lines are "
+        f"the tier gives (Silver {TOKENS}, Gold {GOLD_TOKENS}) or ended at the deadline; canned lines are "
         "counted apart.\n\n"
         + table(headers, rows)
         + f"\n\nAt 2× capacity tiermesh's goodput is {gain:.1f}× the round-robin proxy's.\n"
