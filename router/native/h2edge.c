@@ -334,6 +334,10 @@ static int on_data_chunk(nghttp2_session *session, uint8_t flags, int32_t sid, c
   return 0;
 }
 
+/* Never a fatal error to nghttp2 here: libnghttp2 before 1.55 leaks a request's HEADERS
+   item when its stream closes unsent (a GOAWAY came first) and this callback fails
+   (CVE-2023-35945; the tier's fuzzer found it in h2tier.c). What cannot be done breaks the
+   connection instead, which the next call into it reports. */
 static int on_stream_close(nghttp2_session *session, int32_t sid, uint32_t error, void *ud) {
   h2e_conn *c = ud;
   h2e_stream *s = nghttp2_session_get_stream_user_data(session, sid);
@@ -348,7 +352,8 @@ static int on_stream_close(nghttp2_session *session, int32_t sid, uint32_t error
     c->active_ms = h2_now_ms();
     rv = rv || watch(c, c->active_ms + c->limits.idle_ms);
   }
-  return rv ? FAILED : 0;
+  if (rv) c->broken = 1;
+  return 0;
 }
 
 h2e_conn *h2e_new(const uint8_t *native_path, size_t pathlen, const h2e_limits *limits) {
@@ -414,7 +419,9 @@ ssize_t h2e_recv(h2e_conn *c, int from_caller, const uint8_t *data, size_t len) 
   ssize_t n = nghttp2_session_mem_recv(from_caller ? c->down : c->up, data, len);
   if (n >= 0 && !c->broken) return n;
   c->broken = 1;
-  uint32_t code = !from_caller || n == NGHTTP2_ERR_CALLBACK_FAILURE || n == NGHTTP2_ERR_NOMEM ? NGHTTP2_INTERNAL_ERROR
+  /* n >= 0: a callback broke it (memory ran out), not the caller's bytes. */
+  uint32_t code = !from_caller || n >= 0 || n == NGHTTP2_ERR_CALLBACK_FAILURE || n == NGHTTP2_ERR_NOMEM
+                      ? NGHTTP2_INTERNAL_ERROR
                   : n == NGHTTP2_ERR_FLOODED ? NGHTTP2_ENHANCE_YOUR_CALM
                                              : NGHTTP2_PROTOCOL_ERROR;
   nghttp2_session_terminate_session(c->down, code);

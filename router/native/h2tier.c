@@ -68,12 +68,17 @@ static void closed(h2t_conn *c, h2t_stream *s, uint32_t error) {
   release(s);
 }
 
+/* Never a fatal error to nghttp2 here: libnghttp2 before 1.55 leaks a request's HEADERS
+   item when its stream closes unsent (a GOAWAY came first) and this callback fails
+   (CVE-2023-35945). A close that cannot be told to Python breaks the connection instead,
+   as every other memory shortage without a stream to fail does. */
 static int on_stream_close(nghttp2_session *session, int32_t sid, uint32_t error, void *ud) {
+  h2t_conn *c = ud;
   h2t_stream *s = nghttp2_session_get_stream_user_data(session, sid);
   if (!s) return 0;
-  int rv = emit(&((h2t_conn *)ud)->events, H2T_CLOSED, sid);
-  closed(ud, s, error);
-  return rv ? NGHTTP2_ERR_CALLBACK_FAILURE : 0;
+  if (emit(&c->events, H2T_CLOSED, sid)) c->broken = 1;
+  closed(c, s, error);
+  return 0;
 }
 
 h2t_conn *h2t_new(void) {
