@@ -91,11 +91,12 @@ def bounded_owner(ring: HashRing, key: bytes, loads: Mapping[str, int], load_fac
 
 
 def least_loaded(
-    ring: HashRing, key: bytes, loads: Mapping[str, int], conversations: Mapping[str, int] | None = None
+    ring: HashRing, key: bytes, loads: Mapping[str, int], conversations: Mapping[str, int]
 ) -> str:
-    """The candidate among `loads` holding the fewest active `conversations` (none given:
-    all equal), then with the fewest calls in flight; among equals, the first on the
-    key's walk, so that routers seeing the same counts agree."""
+    """The candidate among `loads` holding the fewest active `conversations`, then with
+    the fewest calls in flight; among equals, the first on the key's walk, so that
+    routers seeing the same counts agree."""
     order = {member: i for i, member in enumerate(ring.walk(key))}
-    held = conversations or {}
-    return min(loads, key=lambda member: (held.get(member, 0), loads[member], order.get(member, len(order))))
+    return min(
+        loads, key=lambda member: (conversations.get(member, 0), loads[member], order.get(member, len(order)))
+    )
