@@ -44,6 +44,7 @@ from typing import Any
 
 import grpc
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
 
 from bench.paths import Processes
 from bench.report import table, update_readme, write
@@ -241,22 +242,21 @@ def scrape(metrics_port: int) -> str:
         return ""
 
 
-def metric(text: str, name: str) -> float:
-    """The sum of a metric's samples (any labels) in a Prometheus text page."""
-    return sum(float(v) for v in re.findall(rf"^{re.escape(name)}(?:{{[^}}]*}})? (\S+)$", text, re.M))
-
-
-def labelled(text: str, name: str, label: str, value: str) -> float:
-    """The sum of a metric's samples with `label` = `value` in a Prometheus text page."""
-    pattern = rf'^{re.escape(name)}{{[^}}]*{label}="{re.escape(value)}"[^}}]*}} (\S+)$'
-    return sum(float(v) for v in re.findall(pattern, text, re.M))
+def metric(text: str, name: str, **labels: str) -> float:
+    """The sum of a metric's samples in a Prometheus text page, over those with `labels`."""
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items())
+    )
 
 
 def router_counters() -> dict[str, dict[str, float]]:
     """ROUTER_COUNTERS summed over both routers."""
     pages = [scrape(port) for port in ROUTER_METRICS]
     return {
-        key: {value: sum(labelled(page, name, label, value) for page in pages) for value in values}
+        key: {value: sum(metric(page, name, **{label: value}) for page in pages) for value in values}
         for key, (name, label, values) in ROUTER_COUNTERS.items()
     }
 
