@@ -30,6 +30,10 @@ log = logging.getLogger(__name__)
 
 
 class Picker(Protocol):
+    # Whether the balancer may eject a replica whose first tokens are far slower than its
+    # peers': only where the picker sends every replica comparable calls.
+    ejects_latency_outliers: bool
+
     def pick(self, call: Call, candidates: Sequence[Replica]) -> Replica: ...
 
 
@@ -43,6 +47,8 @@ class Recalling(Protocol):
 class PowerOfTwoChoices:
     """Two random candidates; the one with the lower peak-EWMA × (outstanding + 1)."""
 
+    ejects_latency_outliers = True
+
     def __init__(self, rng: random.Random | None = None) -> None:
         self._rng = rng or random.Random()
 
@@ -55,6 +61,8 @@ class PowerOfTwoChoices:
 
 class RoundRobin:
     """The baseline: every candidate in turn, blind to load and latency."""
+
+    ejects_latency_outliers = True
 
     def __init__(self) -> None:
         self._counter = itertools.count()
@@ -192,7 +200,7 @@ class Balancer:
         self._picker = picker
         self._recall = picker.recall if isinstance(picker, Recalling) else None
         self._settings: BreakerSettings = replicas.breaker_settings
-        self._latency_outliers = not isinstance(picker, PrefixAffine) or picker.ejects_latency_outliers
+        self._latency_outliers = picker.ejects_latency_outliers
 
     def _candidates(self, call: Call) -> list[Replica]:
         replicas = self.replicas.replicas
