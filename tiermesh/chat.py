@@ -31,6 +31,14 @@ def chatml(messages: list[Message] | tuple[Message, ...]) -> str:
     return "".join(parts)
 
 
+def opening(system: str) -> str:
+    """What every ChatML prompt with this system text begins with, up to the user's
+    words: an engine that keeps evaluated prefixes can evaluate it before any call does
+    (Gold warms its personas' openings so)."""
+    marked = chatml([Message("system", system), Message("user", "\0")])
+    return marked[: marked.index("\0")]
+
+
 def from_tier(messages: Iterable[tier_pb2.ChatMessage]) -> list[Message]:
     """Messages of the tier contract; KeyError on a message without a valid role."""
     return [Message(_ROLE_NAMES[m.role], m.content) for m in messages]

@@ -66,7 +66,11 @@ class LlamaPool:
         self._free: asyncio.Queue[Worker] = asyncio.Queue()
         self._grammars: dict[tuple[str, ...], Any] = {}
 
-    def load(self) -> None:
+    def load(self, openings: Sequence[str] = ()) -> None:
+        """Load the instances. `openings`: prompt beginnings (the personas' system text)
+        each instance evaluates and keeps now, so that the first call for a persona after
+        a start costs its situation only, like every later one: a cold persona's first
+        token takes about twice a warm one's, past what a 200 ms bark allows."""
         from llama_cpp import Llama
 
         model = Path(self._settings.model) if self._settings.model else gguf_path()
@@ -81,8 +85,11 @@ class LlamaPool:
             # A first evaluation pays for what llama.cpp sets up lazily (its weights paged
             # in, its buffers): done here, before Triton serves, not on a caller's intent.
             llm.create_completion("Hello", max_tokens=2, temperature=0.0)
+            prefixes = PrefixStates(self._settings.prefix_cache_mib << 20)
+            for text in openings:
+                prefixes.keep(llm, llm.tokenize(text.encode("utf-8"), special=True))
             thread = ThreadPoolExecutor(1, thread_name_prefix=f"llama-{i}")
-            self._free.put_nowait(Worker(llm, thread, PrefixStates(self._settings.prefix_cache_mib << 20)))
+            self._free.put_nowait(Worker(llm, thread, prefixes))
 
     async def _run(self, work: Any, start_by: float | None = None) -> AsyncIterator[Any]:
         """Run `work(worker, emit, stopped)` on a free instance's thread; yield what it emits.

@@ -56,6 +56,13 @@ class PrefixStates:
         llm.n_tokens = usable
         return usable
 
+    def keep(self, llm: Any, tokens: Sequence[int]) -> None:
+        """Evaluate `tokens` (from the longest prefix already held or kept) and keep the
+        state, with no call waiting on it: a warm-up."""
+        common = self.restore(llm, tokens)
+        llm.eval(list(tokens[common:]))
+        self.save(llm)
+
     def save(self, llm: Any) -> None:
         """Keep what the instance has evaluated (its tokens and their KV cells)."""
         import llama_cpp

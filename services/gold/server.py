@@ -17,15 +17,16 @@ import os
 import re
 import signal
 import sysconfig
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import numpy as np
 
 from services.gold.encoder import DIMENSIONS, IntentEncoder
 from services.gold.engine import GaveUp, GiveUp, LlamaPool, PromptTokens
-from services.gold.settings import GoldSettings
+from services.gold.settings import GoldSettings, Personas
 from services.gold.stopping import close_clients_once_triton_exits, remove_orphaned_regions
+from tiermesh.chat import opening
 from tiermesh.config import load_section
 from tiermesh.logs import setup_logging
 from tiermesh.process_exit import skip_exit_collection
@@ -137,7 +138,14 @@ def encoder_infer(encoder: IntentEncoder) -> Any:
     return infer
 
 
-def serve(settings: GoldSettings, tls: TlsSettings | None = None) -> None:
+def openings(settings: GoldSettings, personas: Personas) -> list[str]:
+    """The prompt openings Gold warms: the first `warm_personas` personas' system texts
+    as the router's prompts begin with them."""
+    texts = [persona.system for persona in personas.root.values() if persona.system]
+    return [opening(text) for text in texts[: settings.warm_personas]]
+
+
+def serve(settings: GoldSettings, tls: TlsSettings | None = None, warm: Sequence[str] = ()) -> None:
     # Triton's Python stub links libpython: point it at this interpreter's, or the
     # system's (another patch release) fails model load with an RLock error.
     libdir = str(sysconfig.get_config_var("LIBDIR"))
@@ -146,7 +154,8 @@ def serve(settings: GoldSettings, tls: TlsSettings | None = None) -> None:
     from pytriton.triton import Triton, TritonConfig
 
     pool = LlamaPool(settings)
-    pool.load()
+    pool.load(warm)
+    log.info("gold: %d llama.cpp instances, %d persona openings kept on each", settings.instances, len(warm))
     encoder = (
         IntentEncoder(settings.intent_encoder, settings.encoder_threads, settings.encoder_precision)
         if settings.intent_encoder
@@ -232,9 +241,11 @@ def main() -> None:
     parser.add_argument("--config", "-c", default=None)
     args = parser.parse_args()
     setup_logging()
+    settings = load_section(GoldSettings, "gold", path=args.config)
     serve(
-        load_section(GoldSettings, "gold", path=args.config),
+        settings,
         load_section(TlsSettings, "security", "mesh_tls", path=args.config),
+        openings(settings, load_section(Personas, "personas", path=args.config)),
     )
     skip_exit_collection()
 

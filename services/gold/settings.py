@@ -5,10 +5,21 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, RootModel
 
 # The intent encoder's file Gold serves: int8 weights, or the fp32 graph production uses.
 Precision = Literal["int8", "fp32"]
+
+
+class PersonaText(BaseModel):
+    """What Gold reads of a persona (the `personas` section): its system text, which
+    opens every prompt the router builds for it."""
+
+    system: str = ""
+
+
+# The `personas` section, by NPC id; the router's own model of it has much more.
+Personas = RootModel[dict[str, PersonaText]]
 
 
 class GoldSettings(BaseModel):
@@ -35,6 +46,10 @@ class GoldSettings(BaseModel):
     # Per llama.cpp instance: the KV cells of evaluated prompts kept (LRU, prefix_states.py),
     # so personas that interleave on an instance do not pay for their whole prompt each time.
     prefix_cache_mib: int = Field(default=64, ge=1)
+    # Personas (the first ones in the configuration) whose prompt opening each instance
+    # evaluates and keeps at start, before Triton serves: each costs about one prefill of
+    # its system text then, and its KV cells (~1 MB on the stand-in) in the cache above.
+    warm_personas: int = Field(default=16, ge=0)
     # The intent encoder's folder (make model exports it); Triton serves it as the model
     # `intent_encoder` beside the ensemble. Empty: none.
     intent_encoder: str = ".models/intent-encoder"

@@ -42,6 +42,15 @@ def test_personas_in_turn_reuse_their_own_system_text_and_answer_the_same() -> N
     assert report["refused_same_text"] == [True]
 
 
+def test_warmed_persona_openings_serve_each_personas_first_prompt() -> None:
+    report = run(64 << 20, "warm")
+    assert all(report["same_text"])
+    # Without the warm-up the first three (one per persona) share only the ChatML
+    # opening's few tokens; warmed, each reuses its persona's system text (~40 tokens).
+    assert report["reused"][:3] == report["shared_with_earlier"][:3]
+    assert min(report["reused"][:3]) > 30
+
+
 def test_states_beyond_the_capacity_are_dropped() -> None:
     report = run(2 * STATE_BYTES)
     assert max(report["kept"]) <= 2
