@@ -17,11 +17,18 @@ players read an answer and type the next line; the replicas then queue far less,
 to first token is more prefill than queueing. Written to affinity-think.md; no replica is
 killed in that run.
 
+With --every-s, the load is open loop: each player's turns are due on a schedule fixed
+before the run (the first within that time of the start, each next one 0.5–1.5 × that
+after the last was due, seeded per conversation), whatever the answers do, so every
+balancer is offered the same turns at the same times; a turn whose previous answer is
+still streaming when it is due waits for it, and is counted late. Written to
+affinity-paced.md; no replica is killed in that run.
+
 With --repeats N, every arm runs N times (each on fresh replicas, every other repeat in
 the reverse order of arms, the players' pauses seeded anew), and the table pools them: one
 run's medians moved between runs by about the difference being measured.
 
-    python -m bench.affinity [--turns 8] [--levels 8 16] [--think-s 0] [--repeats 1]
+    python -m bench.affinity [--turns 8] [--levels 8 16] [--think-s 0 | --every-s 0] [--repeats 1]
 """
 
 from __future__ import annotations
@@ -75,6 +82,8 @@ BALANCERS = {
 NPCS = ("guard-1", "merchant-1", "innkeeper-1")
 MAX_TOKENS = 32
 CALL_TIMEOUT_S = 120.0
+# A scheduled turn sent more than this after it was due counts as late (--every-s).
+LATE_S = 0.05
 # What a player says, a few sentences each (~50–70 tokens): with the answers, eight
 # turns fill most of the dialogue task's 768-token history.
 LINES = (
@@ -112,6 +121,7 @@ class TurnResult:
     code: str
     ttft_s: float = float("nan")
     answer_s: float = float("nan")  # to the stream's end
+    late_s: float = 0.0  # sent this long after it was due (--every-s): its last answer was still streaming
 
 
 @dataclass
@@ -154,6 +164,7 @@ class Run:
             "ttft_p95_ms": round(1000 * nearest_rank(ttfts, 0.95), 1) if ttfts else None,
             "ttft_mean_ms": round(1000 * statistics.mean(ttfts), 1) if ttfts else None,
             "answer_p50_ms": round(1000 * nearest_rank(answers, 0.5), 1) if answers else None,
+            "late": sum(t.late_s > LATE_S for t in self.turns),
             "hit_rate": round(self.hits / self.queries, 3) if self.queries else None,
             "hit_tokens": self.hits,
             "prefix_queries_per_replica": self.per_replica_queries,
@@ -289,15 +300,27 @@ async def conversation(
     tag: str,
     think_s: float,
     repeat: int = 0,
+    every_s: float = 0.0,
 ) -> None:
     session = f"{tag}-{index}"
     npc = NPCS[index % len(NPCS)]
     pauses = random.Random(index + 1000 * repeat)  # each repeat its own players' pace
     if think_s:
         await asyncio.sleep(pauses.uniform(0, think_s))  # players do not all begin at once
+    # Open loop: every turn's time is drawn before any is sent, the answers change none.
+    epoch = time.perf_counter()
+    due = [pauses.uniform(0, every_s)]
+    for _ in range(1, turns):
+        due.append(due[-1] + pauses.uniform(0.5, 1.5) * every_s)
     for turn in range(turns):
         if turn and think_s:
             await asyncio.sleep(pauses.uniform(0.5, 1.5) * think_s)  # reads, then types
+        late = 0.0
+        if every_s:
+            wait = epoch + due[turn] - time.perf_counter()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            late = max(0.0, time.perf_counter() - epoch - due[turn])
         stub = stubs[(index + turn) % len(stubs)]  # every turn through the other router
         request = mesh_pb2.GenerateRequest(
             npc_id=npc,
@@ -313,13 +336,20 @@ async def conversation(
             async for response in stub.Generate(request, timeout=CALL_TIMEOUT_S):
                 if first != first and response.text:
                     first = time.perf_counter() - started
-            run.turns.append(TurnResult(index, turn, "OK", first, time.perf_counter() - started))
+            run.turns.append(TurnResult(index, turn, "OK", first, time.perf_counter() - started, late))
         except grpc.aio.AioRpcError as error:
-            run.turns.append(TurnResult(index, turn, f"{error.code().name}: {(error.details() or '')[:120]}"))
+            failed = f"{error.code().name}: {(error.details() or '')[:120]}"
+            run.turns.append(TurnResult(index, turn, failed, late_s=late))
 
 
 async def drive(
-    run: Run, turns: int, tag: str, processes: Processes | None, think_s: float = 0.0, repeat: int = 0
+    run: Run,
+    turns: int,
+    tag: str,
+    processes: Processes | None,
+    think_s: float = 0.0,
+    repeat: int = 0,
+    every_s: float = 0.0,
 ) -> None:
     channels = [grpc.aio.insecure_channel(address) for address in ROUTERS]
     stubs = [mesh_pb2_grpc.MeshStub(channel) for channel in channels]
@@ -341,7 +371,7 @@ async def drive(
 
     killer = asyncio.create_task(kill_halfway()) if processes is not None else None
     await asyncio.gather(
-        *(conversation(stubs, run, i, turns, tag, think_s, repeat) for i in range(run.conversations))
+        *(conversation(stubs, run, i, turns, tag, think_s, repeat, every_s) for i in range(run.conversations))
     )
     run.seconds = time.perf_counter() - started
     stop.set()
@@ -404,6 +434,7 @@ def measure(
     history_step: float | None = None,
     arms: Sequence[str] = tuple(BALANCERS),
     repeats: int = 1,
+    every_s: float = 0.0,
 ) -> dict[str, Any]:
     settings = load_settings(None)
     personas = {npc: settings.personas[npc].model_dump() for npc in NPCS}
@@ -415,6 +446,7 @@ def measure(
         "turns": turns,
         "max_tokens": MAX_TOKENS,
         "think_s": think_s,
+        "every_s": every_s,
         "block_size": block_size,
         "history_step": history_step,
         "arms": list(arms),
@@ -433,7 +465,7 @@ def measure(
                 with mesh(work, balancer, personas, settings.silver.model, block_size, history_step):
                     # The tag begins each session id: letters, digits and '-' only.
                     tag = re.sub(r"[^A-Za-z0-9]+", "-", f"{balancer}-{level}-{repeat}")
-                    asyncio.run(drive(run, turns, tag, None, think_s, repeat))
+                    asyncio.run(drive(run, turns, tag, None, think_s, repeat, every_s))
                     if "prefill_ms_per_token" not in data:  # once, after a run: it changes none
                         data["prefill_ms_per_token"] = round(1000 * asyncio.run(prefill_s_per_token()), 3)
                 key = f"{balancer}/{level}"
@@ -446,7 +478,7 @@ def measure(
                     pooled[key] = run
     for key, run in pooled.items():
         data["runs"][key] = run.summary() | {"seconds": round(run.seconds / repeats, 1)}
-    if think_s:
+    if think_s or every_s:
         return data
     level = max(levels)
     run = Run("prefix_affine", level)
@@ -531,7 +563,14 @@ def verdict(data: dict[str, Any], levels: Sequence[int]) -> str:
                 # sends the next turns sooner, so its TTFT is measured under more load.
                 f"; every turn answered in {affine['seconds']:.0f} vs {p2c['seconds']:.0f} s (back to "
                 "back: the sooner a turn is answered, the more load the next one meets)"
-                if not data.get("think_s")
+                if not data.get("think_s") and not data.get("every_s")
+                else ""
+            )
+            + (
+                # Open loop holds only while turns go when due: a late turn waited for its
+                # conversation's last answer, as in a closed loop.
+                f"; turns sent late {affine.get('late', 0)} vs {p2c.get('late', 0)} of {affine['turns']}"
+                if data.get("every_s")
                 else ""
             )
         )
@@ -615,6 +654,9 @@ def report(data: dict[str, Any], levels: Sequence[int], turns: int) -> str:
     command = f"python -m bench.affinity --turns {turns} --levels {' '.join(map(str, levels))}"
     if think_s:
         command += f" --think-s {think_s:g}"
+    every_s = data.get("every_s") or 0.0
+    if every_s:
+        command += f" --every-s {every_s:g}"
     if chosen is not None:
         command += f" --history-step {chosen:g}"
     if len(data.get("arms", BALANCERS)) < len(BALANCERS):
@@ -626,11 +668,17 @@ def report(data: dict[str, Any], levels: Sequence[int], turns: int) -> str:
         f"Each player pauses {0.5 * think_s:g}–{1.5 * think_s:g} s before each turn after the first "
         f"(seeded per conversation), the conversations starting spread over {think_s:g} s."
         if think_s
+        else f"Open loop: each player's turns are due on a schedule drawn before the run (the first "
+        f"within {every_s:g} s of the start, each next {0.5 * every_s:g}–{1.5 * every_s:g} s after the "
+        f"last was due, seeded per conversation): N conversations are offered about N / {every_s:g} "
+        "turns a second whatever the answers do. A turn due while its conversation's last answer "
+        f"still streams waits for it and counts as late (sent over {1000 * LATE_S:.0f} ms after it was due)."
+        if every_s
         else "Each turn follows the last answer at once."
     )
     loss = (
         ""
-        if think_s
+        if think_s or every_s
         else " Last row: prefix-affine with\nreplica 2 SIGKILLed after half the turns (its keys move to "
         "replica 1; the hit rate is the\nsurvivor's over the whole run)."
     )
@@ -710,7 +758,14 @@ def main() -> None:
     )
     parser.add_argument("--turns", type=int, default=8)
     parser.add_argument("--levels", type=int, nargs="+", default=[8, 16])
-    parser.add_argument("--think-s", type=float, default=0.0, help="a player's pause between turns")
+    pace = parser.add_mutually_exclusive_group()
+    pace.add_argument("--think-s", type=float, default=0.0, help="a player's pause between turns")
+    pace.add_argument(
+        "--every-s",
+        type=float,
+        default=0.0,
+        help="open loop: a player's turns due this often on average, on a schedule fixed in advance",
+    )
     parser.add_argument(
         "--history-step",
         type=float,
@@ -733,9 +788,9 @@ def main() -> None:
     )
     args = parser.parse_args()
     arms = [arm for arm in BALANCERS if arm in {*args.balancers, "prefix_affine", "p2c"}]
-    data = measure(args.levels, args.turns, args.think_s, args.history_step, arms, args.repeats)
+    data = measure(args.levels, args.turns, args.think_s, args.history_step, arms, args.repeats, args.every_s)
     markdown = report(data, args.levels, args.turns)
-    name = "affinity-think" if args.think_s else "affinity"
+    name = "affinity-think" if args.think_s else "affinity-paced" if args.every_s else "affinity"
     if args.history_step is not None:
         name += f"-step-{args.history_step:g}"
     write(name, data, markdown)
