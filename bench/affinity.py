@@ -308,10 +308,13 @@ async def conversation(
     if think_s:
         await asyncio.sleep(pauses.uniform(0, think_s))  # players do not all begin at once
     # Open loop: every turn's time is drawn before any is sent, the answers change none.
+    # (Drawn only then: the think-pace runs keep their seeds' pauses.)
     epoch = time.perf_counter()
-    due = [pauses.uniform(0, every_s)]
-    for _ in range(1, turns):
-        due.append(due[-1] + pauses.uniform(0.5, 1.5) * every_s)
+    due: list[float] = []
+    if every_s:
+        due.append(pauses.uniform(0, every_s))
+        for _ in range(1, turns):
+            due.append(due[-1] + pauses.uniform(0.5, 1.5) * every_s)
     for turn in range(turns):
         if turn and think_s:
             await asyncio.sleep(pauses.uniform(0.5, 1.5) * think_s)  # reads, then types
