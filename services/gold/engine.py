@@ -69,8 +69,8 @@ class LlamaPool:
     def load(self, openings: Sequence[str] = ()) -> None:
         """Load the instances. `openings`: prompt beginnings (the personas' system text)
         each instance evaluates and keeps now, so that the first call for a persona after
-        a start costs its situation only, like every later one: a cold persona's first
-        token takes about twice a warm one's, past what a 200 ms bark allows."""
+        a start costs its situation only, like every later one, rather than its whole
+        system text on a caller's deadline (docs/history.md has the measurements)."""
         from llama_cpp import Llama
 
         model = Path(self._settings.model) if self._settings.model else gguf_path()
