@@ -66,11 +66,16 @@ class Component:
 
 def _yield_cpu() -> None:
     """In the child before exec: SCHED_IDLE where Linux has it and allows it (a seccomp
-    profile may not), else the lowest niceness."""
+    profile may not), else the lowest niceness. And the lowest niceness for its session:
+    where Linux groups each session's processes (autogroup), it weighs the group as one
+    against the router's, whatever its processes' class, so a busy engine's session
+    would otherwise take its even share of the cores with the router waiting."""
     try:
         os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
     except (AttributeError, OSError):
         os.nice(19)
+    with contextlib.suppress(OSError):
+        Path("/proc/self/autogroup").write_text("19")
 
 
 def components(settings: Settings, config_file: Path | None) -> list[Component]:

@@ -162,3 +162,11 @@ def test_the_engines_take_only_the_cpu_the_router_leaves(mesh: Mesh) -> None:
     assert all(policies[name] == {os.SCHED_IDLE} for name in engines & policies.keys()), policies
     assert policies["router"] == {os.SCHED_OTHER}, policies
     assert len(group_members(pids["silver"])) > 1, "vLLM's engine core runs in a child process"
+    # Where Linux weighs each session as one against the others (autogroup), the
+    # engines' sessions are the least: else an engine's class decides nothing beside the
+    # router's own session (bench/results/engine-share.md).
+    autogroups = {name: Path(f"/proc/{pid}/autogroup") for name, pid in pids.items()}
+    if autogroups["router"].exists():
+        niceness = {name: f.read_text().split()[-1] for name, f in autogroups.items() if f.exists()}
+        assert all(niceness[name] == "19" for name in engines & niceness.keys()), niceness
+        assert niceness["router"] == "0", niceness
