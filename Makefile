@@ -147,6 +147,7 @@ bench: setup model bench-tools
 	$(BIN)/python -m bench.gold_prefixes
 	$(BIN)/python -m bench.deadlines --calls 6
 	$(BIN)/python -m bench.engine_share
+	$(BIN)/python -m bench.loop_heartbeat
 	$(BIN)/python -m bench.overload
 	$(BIN)/python -m bench.classes
 	$(BIN)/python -m bench.affinity

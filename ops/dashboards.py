@@ -188,6 +188,16 @@ def overview() -> dash.Dashboard:
                 query("sum by (tier) (tiermesh_router_queue_depth)", "{{tier}}"),
             )
         )
+        .with_panel(
+            slo_lines(
+                graph(
+                    "Router loop lag p99 by instance (deadlines' timers run this late)",
+                    "s",
+                    query(quantile(0.99, "tiermesh_router_loop_lag_seconds", "instance"), "{{instance}}"),
+                ),
+                (0.016, "red"),
+            )
+        )
         .with_row(dash.Row("Caches"))
         .with_panel(
             graph(

@@ -17,6 +17,7 @@ from router.backends.intent_encoder import IntentLabeller
 from router.call import Call
 from router.edge import Edge, coalescing, start_edge
 from router.estimates import TierEstimates
+from router.heartbeat import Heartbeat
 from router.jobs import Jobs
 from router.pipeline import Backend, Layer, compose, describe
 from router.policies.admission import Admission
@@ -222,6 +223,7 @@ class Router:
     sessions: SessionStore | None = None
     quotas: QuotaStore | None = None
     placements: Placements | None = None
+    heartbeat: Heartbeat | None = None
 
     @property
     def port(self) -> int:
@@ -229,6 +231,8 @@ class Router:
 
     async def close(self, grace: float | None = 1.0) -> None:
         await self.serving.set_serving(False)
+        if self.heartbeat is not None:
+            self.heartbeat.stop()
         await self.edge.close(grace)
         await self.serving.server.stop(grace)
         await asyncio.gather(*(replicas.close() for replicas in self.replicas.values()))
@@ -266,7 +270,11 @@ async def start_router(config: RouterConfig) -> Router:
     pipeline = build_pipeline(config, replicas, jobs, sessions, quotas, placements)
     servicer = MeshServicer(config, pipeline, sessions, jobs, coalesce=merging.servicer)
     serving, edge = await start_edge(config, servicer)
-    return Router(serving, edge, replicas, jobs, sessions, quotas, placements)
+    heartbeat = None
+    if router.data_path.loop_heartbeat_s:
+        heartbeat = Heartbeat(router.data_path.loop_heartbeat_s, metrics.LOOP_LAG.observe)
+        heartbeat.start()
+    return Router(serving, edge, replicas, jobs, sessions, quotas, placements, heartbeat)
 
 
 async def serve(config: RouterConfig, worker: int = 0) -> None:

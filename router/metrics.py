@@ -120,6 +120,12 @@ LATE_ANSWERS = Counter(
     "Streamed answers from a tier given up on to keep time for a later one, which answered after all",
     ["task", "tier"],
 )
+LOOP_LAG = Histogram(
+    "tiermesh_router_loop_lag_seconds",
+    "How late the event loop's heartbeat ran (router/heartbeat.py): what a due timer, the "
+    "deadlines' included, waits for a core or behind other callbacks",
+    buckets=(0.0005, 0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.064, 0.128, 0.5, 2.0),
+)
 CANNED = Counter("tiermesh_router_canned", "Calls answered with the persona's canned line", ["task"])
 SHED = Counter(
     "tiermesh_router_shed",

@@ -327,6 +327,11 @@ class DataPathSettings(BaseModel):
     coalesce: bool = True
     # uvloop wakes on gRPC's completions for less than asyncio's own loop.
     event_loop: Literal["uvloop", "asyncio"] = "uvloop"
+    # Wake the event loop this often (router/heartbeat.py): a loop that sleeps long wakes
+    # late and slow on a virtual machine, and the deadlines' timers with it. An idle
+    # router pays for it in CPU (bench/results/loop-heartbeat.md); a busy one's loop is
+    # awake anyway. 0 turns it off (and the loop-lag metric with it).
+    loop_heartbeat_s: float = Field(default=0.01, ge=0, le=1.0)
     # Router processes sharing the listen port (SO_REUSEPORT: the kernel spreads
     # connections). Worker i serves /metrics on metrics_port + i.
     workers: int = Field(default=1, ge=1, le=64)

@@ -203,6 +203,22 @@ async def test_outcomes_are_counted_by_task_tier_and_code(stub: Stub, silver: Sc
     assert count("INVALID_ARGUMENT", "none") == bad + 1  # tier "none": rejected at the edge
 
 
+async def test_the_router_exports_its_loops_lag(router: Router) -> None:
+    # Its heartbeat (router/heartbeat.py) runs from start to close.
+    def beats() -> float:
+        return REGISTRY.get_sample_value("tiermesh_router_loop_lag_seconds_count") or 0.0
+
+    assert router.heartbeat is not None
+    before = beats()
+    await asyncio.sleep(0.1)
+    assert beats() > before
+    settings = router_settings("127.0.0.1:1")
+    settings.router.data_path.loop_heartbeat_s = 0
+    quiet = await start_router(settings.router_config())
+    await quiet.close(None)
+    assert quiet.heartbeat is None
+
+
 async def test_health_is_serving(router: Router) -> None:
     async with grpc.aio.insecure_channel(f"127.0.0.1:{router.port}") as channel:
         health = health_pb2_grpc.HealthStub(channel)
