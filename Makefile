@@ -148,6 +148,7 @@ bench: setup model bench-tools
 	$(BIN)/python -m bench.deadlines --calls 6
 	$(BIN)/python -m bench.engine_share
 	$(BIN)/python -m bench.loop_heartbeat
+	$(BIN)/python -m bench.metrics_scrape
 	$(BIN)/python -m bench.overload
 	$(BIN)/python -m bench.classes
 	$(BIN)/python -m bench.affinity

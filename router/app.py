@@ -284,7 +284,9 @@ async def serve(config: RouterConfig, worker: int = 0) -> None:
     router = await start_router(config)
     REGISTRY.register(metrics.ReplicaCollector(router.replicas, config.hourly_usd))
     metrics_port = config.router.metrics_port
-    start_metrics(metrics_port + worker if metrics_port else 0, config.router.listen)
+    exposition = await start_metrics(metrics_port + worker if metrics_port else 0, config.router.listen)
     log.info("router worker %d listening on port %d", worker, router.port)
     await wait_for_signal()
     await router.close(grace=2.0)
+    if exposition is not None:
+        await exposition.cleanup()

@@ -12,11 +12,12 @@ from typing import Any, Literal, TypeVar
 
 import grpc
 import uvloop
+from aiohttp import web
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from prometheus_client import start_http_server
 
 from tiermesh.errors import StatusError
+from tiermesh.exposition import serve_metrics
 from tiermesh.tls import TlsSettings, server_credentials
 
 log = logging.getLogger(__name__)
@@ -89,12 +90,14 @@ async def start_grpc_server(
     return serving_state
 
 
-def start_metrics(port: int, listen: str = "127.0.0.1:0") -> None:
+async def start_metrics(port: int, listen: str = "127.0.0.1:0") -> web.AppRunner | None:
     """Expose the process's Prometheus registry on http://host:port/metrics (0: off),
-    on the interface the service itself listens on (`listen`'s host)."""
-    if port:
-        host = listen.rpartition(":")[0].strip("[]") or "127.0.0.1"
-        start_http_server(port, addr=host)
+    on the interface the service itself listens on (`listen`'s host), from the event
+    loop (tiermesh/exposition.py says why); `cleanup()` the runner to stop it."""
+    if not port:
+        return None
+    host = listen.rpartition(":")[0].strip("[]") or "127.0.0.1"
+    return await serve_metrics(host, port)
 
 
 def run(main: Coroutine[Any, Any, None], event_loop: Literal["uvloop", "asyncio"] = "asyncio") -> None:

@@ -127,7 +127,7 @@ async def serve(settings: BronzeSettings, tls: TlsSettings) -> None:
     bridge = Bridge(settings)
     await bridge.start()
     bridge.export_metrics()
-    start_metrics(settings.metrics_port, settings.listen)
+    exposition = await start_metrics(settings.metrics_port, settings.listen)
     serving = await start_grpc_server(
         settings.listen,
         lambda server: register(server, bridge),
@@ -141,3 +141,5 @@ async def serve(settings: BronzeSettings, tls: TlsSettings) -> None:
     health.cancel()
     await bridge.close()
     await serving.server.stop(2.0)
+    if exposition is not None:
+        await exposition.cleanup()

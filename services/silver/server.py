@@ -219,7 +219,7 @@ async def serve(settings: SilverSettings, tls: TlsSettings, tracing_settings: Tr
     tracing.setup_tracing(tracing_settings, "silver")
     engine = SilverEngine(settings)
     ENGINE_UNFINISHED.set_function(engine.unfinished_requests)
-    start_metrics(settings.metrics_port, settings.listen)
+    exposition = await start_metrics(settings.metrics_port, settings.listen)
     tools = ToolBox(settings.mcp_servers, settings.tool_timeout_s)
     await tools.start()
     silver = await start_silver(settings, tls, engine, tools)
@@ -235,5 +235,7 @@ async def serve(settings: SilverSettings, tls: TlsSettings, tracing_settings: Tr
         await signalled
     await silver.close()
     await tools.close()
+    if exposition is not None:
+        await exposition.cleanup()
     if failed:
         raise SystemExit(1)
