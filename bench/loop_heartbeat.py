@@ -33,6 +33,7 @@ import grpc
 import yaml
 
 from bench.report import median, table, update_readme, write
+from bench.spawn import start, stop
 from ops.mesh import wait_serving
 from router.heartbeat import Heartbeat
 from tiermesh.v1 import mesh_pb2, mesh_pb2_grpc
@@ -130,11 +131,6 @@ def cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / 100  # utime, stime in clock ticks
 
 
-def start(argv: list[str], log: Path) -> subprocess.Popen[bytes]:
-    with log.open("wb") as out:
-        return subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--calls", type=int, default=20, help="per router and deadline")
@@ -165,10 +161,7 @@ def main() -> None:
         time.sleep(args.idle_s)
         idle = {name: (cpu_s(p.pid) - before[name]) / args.idle_s for name, p in routers.items()}
     finally:
-        for process in processes:
-            process.terminate()
-        for process in processes:
-            process.wait(10)
+        stop(processes)
     data, markdown = summarize(outcomes, idle, args)
     write("loop-heartbeat", data, markdown)
     update_readme("loop-heartbeat", markdown)

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -31,6 +30,7 @@ import grpc
 import yaml
 
 from bench.report import median, table, update_readme, write
+from bench.spawn import start, stop
 from ops.mesh import wait_serving
 from tiermesh.v1 import mesh_pb2, mesh_pb2_grpc
 
@@ -102,11 +102,6 @@ while True:
 """
 
 
-def start(argv: list[str], log: Path) -> subprocess.Popen[bytes]:
-    with log.open("wb") as out:
-        return subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--window-s", type=float, default=10.0)
@@ -154,10 +149,7 @@ def main() -> None:
                           f"{quantile(took, 0.99):.2f} ms", flush=True)  # fmt: skip
         size = exposition_size(ROUTERS["event loop"][1])
     finally:
-        for process in processes:
-            process.terminate()
-        for process in processes:
-            process.wait(10)
+        stop(processes)
     data, markdown = summarize(results, scrapes, size, args)
     write("metrics-scrape", data, markdown)
     update_readme("metrics-scrape", markdown)

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import random
-import subprocess
 import sys
 import tempfile
 import time
@@ -32,6 +31,7 @@ import grpc
 import yaml
 
 from bench.report import median, table, write
+from bench.spawn import start, stop
 from ops.mesh import wait_serving
 from tiermesh.v1 import mesh_pb2, mesh_pb2_grpc
 
@@ -149,11 +149,6 @@ def summarize(results: list[Result], offered: float, seconds: float) -> dict[str
     }
 
 
-def start(argv: list[str], log: Path) -> subprocess.Popen[bytes]:
-    with log.open("wb") as out:
-        return subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--seconds", type=float, default=8.0)
@@ -184,10 +179,7 @@ def main() -> None:
                 print(f"{factor}x {name}: {levels[f'{factor}x'][name]}", flush=True)
                 time.sleep(1.0)  # let queues drain between runs
     finally:
-        for process in processes:
-            process.terminate()
-        for process in processes:
-            process.wait(10)
+        stop(processes)
     print(report(levels, args.seconds))
 
 
