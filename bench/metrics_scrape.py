@@ -32,6 +32,7 @@ import yaml
 from bench.report import median, table, update_readme, write
 from bench.spawn import start, stop
 from ops.mesh import wait_serving
+from router.stats import nearest_rank
 from tiermesh.v1 import mesh_pb2, mesh_pb2_grpc
 
 SILVER = "127.0.0.1:7301"
@@ -54,23 +55,18 @@ def router_config(listen: str, metrics_port: int) -> dict[str, Any]:
 
 
 def threaded_router(config: str) -> None:
-    """The router as it was: prometheus_client's threaded /metrics server."""
+    """`tiermesh router` as it was: prometheus_client's threaded /metrics server."""
     from prometheus_client import start_http_server
 
+    import ops.cli
     import router.app
-    from ops.settings import load_settings
-    from router.heap import restart_on_huge_pages
-    from router.workers import run
 
     async def start_metrics(port: int, listen: str = "127.0.0.1:0") -> None:
         if port:
             start_http_server(port, addr=listen.rpartition(":")[0] or "127.0.0.1")
 
-    settings = load_settings(Path(config))
-    if settings.router.data_path.huge_page_heap:
-        restart_on_huge_pages()  # as `tiermesh router` does; returns in the restarted process
     router.app.start_metrics = start_metrics  # type: ignore[attr-defined]
-    run(settings.router_config())
+    ops.cli.router(Path(config))
 
 
 async def calls(address: str, seconds: float) -> list[float]:
@@ -146,7 +142,7 @@ def main() -> None:
                         scrapes[name].append(next((line for line in reversed(lines) if line), ""))
                     results[name][scraping] += took
                     print(f"{name} scrapes {scraping}: {len(took)} calls, p99 "
-                          f"{quantile(took, 0.99):.2f} ms", flush=True)  # fmt: skip
+                          f"{nearest_rank(sorted(took), 0.99):.2f} ms", flush=True)  # fmt: skip
         size = exposition_size(ROUTERS["event loop"][1])
     finally:
         stop(processes)
@@ -163,11 +159,6 @@ def exposition_size(port: int) -> tuple[int, int]:
     return body.count(b"\n"), len(body)
 
 
-def quantile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
-
-
 def summarize(
     results: dict[str, dict[str, list[float]]],
     scrapes: dict[str, list[str]],
@@ -182,7 +173,7 @@ def summarize(
             cell = {
                 "calls": len(took),
                 "p50_ms": round(median(took), 2),
-                "p99_ms": round(quantile(took, 0.99), 2),
+                "p99_ms": round(nearest_rank(sorted(took), 0.99), 2),
                 "max_ms": round(max(took), 2),
                 "mean_ms": round(statistics.fmean(took), 2),
             }
