@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import shutil
 import subprocess
 import tempfile
 import time
@@ -27,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 import numpy as np
+from onnxruntime.quantization import QuantType, quantize_dynamic
 
 from bench.gold_near import embedder_of, near_duplicates, quality
 from bench.paths import running
@@ -39,6 +41,7 @@ from router.backends.intent_encoder import IntentLabeller, guide_texts
 from router.backends.triton import TritonTier
 from router.stats import nearest_rank
 from router.validation import resolve
+from services.gold.encoder import ENCODER_FILE, INT8_FILE, TOKENIZER_FILE
 from tiermesh.chat import chatml
 from tiermesh.v1 import mesh_pb2, mesh_pb2_grpc
 
@@ -264,13 +267,20 @@ def encoder_variants(settings: Settings) -> dict[str, Any]:
              "--out", str(ENCODER_VARIANTS / name), *flags],
             cwd=REPO, capture_output=True, check=True, timeout=900,
         )  # fmt: skip
-    served = str(REPO / settings.gold.intent_encoder)
+    served = REPO / settings.gold.intent_encoder
+    per_matrix = ENCODER_VARIANTS / "tuned-4-layers-per-matrix"
+    per_matrix.mkdir(parents=True, exist_ok=True)
+    for name in (ENCODER_FILE, TOKENIZER_FILE):
+        shutil.copy(served / name, per_matrix / name)
+    quantize_dynamic(str(per_matrix / ENCODER_FILE), str(per_matrix / INT8_FILE), weight_type=QuantType.QInt8)
+    # (name, folder, precision, the fp32 variant an int8 one was quantised from)
     variants = [
-        ("published, 6 layers, fp32", str(ENCODER_VARIANTS / "published"), "fp32"),
-        ("tuned, 6 layers, fp32", str(ENCODER_VARIANTS / "tuned-6-layers"), "fp32"),
-        ("tuned, 6 layers, int8", str(ENCODER_VARIANTS / "tuned-6-layers"), "int8"),
-        ("tuned, 4 layers, fp32", served, "fp32"),
-        ("tuned, 4 layers, int8", served, "int8"),
+        ("published, 6 layers, fp32", str(ENCODER_VARIANTS / "published"), "fp32", None),
+        ("tuned, 6 layers, fp32", str(ENCODER_VARIANTS / "tuned-6-layers"), "fp32", None),
+        ("tuned, 6 layers, int8", str(ENCODER_VARIANTS / "tuned-6-layers"), "int8", "tuned, 6 layers, fp32"),
+        ("tuned, 4 layers, fp32", str(served), "fp32", None),
+        ("tuned, 4 layers, int8, one scale per matrix", str(per_matrix), "int8", "tuned, 4 layers, fp32"),
+        ("tuned, 4 layers, int8", str(served), "int8", "tuned, 4 layers, fp32"),
     ]
     splits = {"val": load_set(split="val"), "held_out": HELD_OUT}
     guides = {
@@ -281,7 +291,7 @@ def encoder_variants(settings: Settings) -> dict[str, Any]:
     }
     texts = sorted(guides | {s.text for chosen in splits.values() for s in chosen})
     job = {
-        "variants": [{"name": n, "folder": f, "precision": p} for n, f, p in variants],
+        "variants": [{"name": n, "folder": f, "precision": p} for n, f, p, _ in variants],
         "texts": texts,
         "timed": [s.text for s in HELD_OUT[:64]],
     }
@@ -292,8 +302,9 @@ def encoder_variants(settings: Settings) -> dict[str, Any]:
     measured = json.loads(out.stdout.strip().splitlines()[-1])
     config = settings.router_config()
     results: dict[str, Any] = {}
-    for name, _, _ in variants:
-        rows = dict(zip(texts, np.asarray(measured[name]["embeddings"], dtype=np.float32), strict=True))
+    embeddings = {name: np.asarray(measured[name]["embeddings"], dtype=np.float32) for name, *_ in variants}
+    for name, _, _, fp32 in variants:
+        rows = dict(zip(texts, embeddings[name], strict=True))
 
         async def encode(chosen: Sequence[str]) -> np.ndarray[Any, np.dtype[np.float32]]:
             return np.stack([rows[text] for text in chosen])  # noqa: B023 (used at once)
@@ -308,6 +319,10 @@ def encoder_variants(settings: Settings) -> dict[str, Any]:
 
         results[name] = {
             **{split: asyncio.run(accuracy(chosen)) for split, chosen in splits.items()},
+            # How far quantising moved the embeddings (1 is not at all), over every text.
+            "cosine_to_fp32": None
+            if fp32 is None
+            else round(float(np.mean(np.sum(embeddings[name] * embeddings[fp32], axis=1))), 4),
             "one_ms_p50": measured[name]["one_ms_p50"],
             "batch16_ms_p50": measured[name]["batch16_ms_p50"],
         }
@@ -383,7 +398,14 @@ def report(
         for m in ("trie", "grammar")
     ]
     encoder_rows = [
-        (name, f"{e['val']:.1%}", f"{e['held_out']:.1%}", e["one_ms_p50"], e["batch16_ms_p50"])
+        (
+            name,
+            f"{e['val']:.1%}",
+            f"{e['held_out']:.1%}",
+            "—" if e.get("cosine_to_fp32") is None else e["cosine_to_fp32"],
+            e["one_ms_p50"],
+            e["batch16_ms_p50"],
+        )
         for name, e in encoders.items()
     ]
     scores = results["encoder_scores"]
@@ -391,7 +413,7 @@ def report(
         "# Gold: intents and barks (CPU stand-in)\n\n"
         "`python -m bench.gold` on the local mesh: Triton 2.51 (PyTriton) serving llama.cpp "
         "(SmolLM2-135M Q4_1, 2 instances × 1 thread) and the intent encoder (all-MiniLM-L6-v2 tuned "
-        "to the intents, 4 layers, int8, ONNX Runtime, the situations of a batch "
+        "to the intents, 4 layers, int8 weights per output channel, ONNX Runtime, the situations of a batch "
         f"{results['encoder_threads']} at a time on a thread each, dynamic batching), on 2 shared vCPUs. "
         "Situations: the held-out part of "
         f"eval/intents.yaml ({len(HELD_OUT)} situations, 5 personas, never used to tune), cache "
@@ -409,8 +431,13 @@ def report(
         + "\n\nThe encoders tried, in-process (Gold's venv, ONNX Runtime, one thread), scored by the "
         "router's labeller; the mesh serves the last. Tuned: on the personas' guide examples and the "
         "dev split (services/gold/encoder_tune.py); val chose the settings; held-out was never used "
-        "to choose:\n\n"
-        + table(("encoder", "val", "held-out", "one situation p50 ms", "batch of 16 p50 ms"), encoder_rows)
+        "to choose. int8 weights have one scale per output channel unless the row says otherwise; "
+        "cosine to fp32 is the mean over every text of an int8 embedding's cosine to its fp32 "
+        "model's:\n\n"
+        + table(
+            ("encoder", "val", "held-out", "cosine to fp32", "one situation p50 ms", "batch of 16 p50 ms"),
+            encoder_rows,
+        )
         + "\n\nAn encoder miss is one ~20-token forward pass of a 4-layer MiniLM encoder plus a dot "
         "product in the router; an LLM miss evaluates the persona and situation (~60 tokens) on a "
         "135M-parameter model, which scores its labels by their first tokens and mostly picks GREET. "

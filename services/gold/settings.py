@@ -57,7 +57,8 @@ class GoldSettings(BaseModel):
     # llama.cpp, which is idle while intents are labelled).
     encoder_threads: int = Field(default=2, ge=1)
     # int8 weights (ONNX Runtime's dynamic quantisation) or the fp32 graph production
-    # gives TensorRT; on this CPU int8 takes about half the time and chose alike on `val`.
+    # gives TensorRT; on this CPU int8 takes about half the time, and its embeddings stay at
+    # a cosine of ~0.99 to fp32's (weights quantised per output channel).
     encoder_precision: Precision = "int8"
     # Gold answers short: longer requests are refused here (the router sends them
     # to the next tier of their chain instead).
