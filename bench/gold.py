@@ -2,7 +2,7 @@
 concurrent callers; exact and near-duplicate cache hits (and, in-process, which labelled
 pairs the near-duplicate stage counts as near: bench/gold_near.py); bark tokens/s.
 
-    python -m bench.gold [--calls 48]
+    python -m bench.gold [--calls 154]
 
 Uses the local mesh (started here unless already up) and the held-out part of
 eval/intents.yaml (never used to tune). Methods: the intent encoder through the router
@@ -402,7 +402,7 @@ def report(
             name,
             f"{e['val']:.1%}",
             f"{e['held_out']:.1%}",
-            "—" if e.get("cosine_to_fp32") is None else e["cosine_to_fp32"],
+            "—" if e.get("cosine_to_fp32") is None else f"{e['cosine_to_fp32']:.3f}",
             e["one_ms_p50"],
             e["batch16_ms_p50"],
         )
@@ -449,7 +449,9 @@ def report(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--calls", type=int, default=48)
+    # Each held-out situation twice per path and level: at 16 callers that is ten blocks
+    # of the paths in turn, so one slow stretch of the machine moves a p95 less than in 3.
+    parser.add_argument("--calls", type=int, default=2 * len(HELD_OUT))
     parser.add_argument("--config", default=None)
     args = parser.parse_args()
     settings = load_settings(args.config)
