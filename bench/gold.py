@@ -28,7 +28,6 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 import numpy as np
-from onnxruntime.quantization import QuantType, quantize_dynamic
 
 from bench.gold_near import embedder_of, near_duplicates, quality
 from bench.paths import running
@@ -42,6 +41,7 @@ from router.backends.triton import TritonTier
 from router.stats import nearest_rank
 from router.validation import resolve
 from services.gold.encoder import ENCODER_FILE, INT8_FILE, TOKENIZER_FILE
+from services.gold.encoder_export import quantize
 from tiermesh.chat import chatml
 from tiermesh.v1 import mesh_pb2, mesh_pb2_grpc
 
@@ -272,7 +272,7 @@ def encoder_variants(settings: Settings) -> dict[str, Any]:
     per_matrix.mkdir(parents=True, exist_ok=True)
     for name in (ENCODER_FILE, TOKENIZER_FILE):
         shutil.copy(served / name, per_matrix / name)
-    quantize_dynamic(str(per_matrix / ENCODER_FILE), str(per_matrix / INT8_FILE), weight_type=QuantType.QInt8)
+    quantize(per_matrix / ENCODER_FILE, per_matrix / INT8_FILE, per_channel=False)
     # (name, folder, precision, the fp32 variant an int8 one was quantised from)
     variants = [
         ("published, 6 layers, fp32", str(ENCODER_VARIANTS / "published"), "fp32", None),

@@ -102,16 +102,17 @@ def piece_embeddings(model: Any, tokenizer: Any, batch: int = 1024) -> Any:
     return torch.cat(rows).numpy()
 
 
-def quantize(fp32: Path, int8: Path) -> None:
+def quantize(fp32: Path, int8: Path, per_channel: bool = True) -> None:
     """Weights to int8; activations are quantised as each run goes, so no calibration set.
 
     One scale per output channel of each weight matrix, not one per matrix: a tuned
     matrix's columns differ in range, and one scale for all of them bent every embedding
     (cosine to the fp32 model's ~0.95 against ~0.99), enough to change some situations'
-    intents. It costs the same time per situation (docs/history.md)."""
+    intents. It costs the same time per situation (docs/history.md). `per_channel=False`
+    is the old way, which bench/gold.py keeps beside it."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    quantize_dynamic(str(fp32), str(int8), weight_type=QuantType.QInt8, per_channel=True)
+    quantize_dynamic(str(fp32), str(int8), weight_type=QuantType.QInt8, per_channel=per_channel)
 
 
 def main() -> None:
