@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
@@ -15,12 +15,14 @@ log = logging.getLogger(__name__)
 
 
 class Attempt(Generic[T]):
-    """One stream being started. `first` is its pending first message: waiting on it
-    with a timeout does not cancel it, so a slow attempt can still win later."""
+    """One stream being started. `first` is its pending first message, or what else is
+    awaited on it first (an intent's whole label): waiting on it with a timeout does not
+    cancel it, so a slow attempt can still win later, and one given up on is unwound
+    (`cancel`) when its caller chooses, not while the caller's answer waits."""
 
-    def __init__(self, stream: AsyncIterator[T]) -> None:
+    def __init__(self, stream: AsyncIterator[T], first: Awaitable[T] | None = None) -> None:
         self.stream = stream
-        self.first: asyncio.Future[T] = asyncio.ensure_future(anext(stream))
+        self.first: asyncio.Future[T] = asyncio.ensure_future(anext(stream) if first is None else first)
 
     async def cancel(self) -> None:
         """Stop the attempt; closing its stream cancels the tier call below it."""
@@ -89,20 +91,14 @@ class Cutoff:
 
     def __init__(self, when: float) -> None:
         self._task = asyncio.current_task()
-        self._loop = asyncio.get_running_loop()
         self._waiting = False
         self.passed = False
-        self._timer = self._loop.call_at(when, self._fire)
+        self._timer = asyncio.get_running_loop().call_at(when, self._fire)
 
     def _fire(self) -> None:
         self.passed = True
         if self._waiting and self._task is not None:
             self._task.cancel()
-
-    def reschedule(self, when: float) -> None:
-        self._timer.cancel()
-        self.passed = False
-        self._timer = self._loop.call_at(when, self._fire)
 
     def cancel(self) -> None:
         self._timer.cancel()

@@ -35,7 +35,7 @@ from router.pipeline import Backend
 from router.policies.planner import WHOLE, Need, Step, TierPlanner
 from router.policies.shaping import shaped
 from router.stats import Clock
-from router.streams import Attempt, Cut, Cutoff, close, first_ready
+from router.streams import Attempt, Cutoff, close, first_ready
 from tiermesh.config import TierName
 from tiermesh.errors import StatusError
 from tiermesh.v1 import mesh_pb2
@@ -95,10 +95,11 @@ class Fallback:
         passed_over: set[TierName] = set()
         slow: list[TierName] = []
         failures: list[StatusError] = []
-        # The attempt last given up on: closed (its tier call cancelled) when the next
-        # one starts, or only once the canned answer is out: at the cut-off every call
-        # that waited lands at once, and the answer comes first.
-        given_up: AsyncIterator[mesh_pb2.GenerateResponse] | None = None
+        # The attempt last given up on: left as it is, and unwound (its tier call
+        # cancelled, its layers' bookkeeping done) when the next one starts, or only once
+        # the canned answer is out: unwinding takes milliseconds, at the cut-off every
+        # call that waited lands at once, and the answer comes first.
+        given_up: Attempt[mesh_pb2.GenerateResponse] | None = None
         # Streamed attempts that may still answer first (see the module's docstring).
         running: list[Running] = []
         try:
@@ -108,7 +109,7 @@ class Fallback:
                 if step is None:
                     break
                 if given_up is not None:
-                    await close(given_up)
+                    await given_up.cancel()
                     given_up = None
                 self._log_step(call, step, cut_at)
                 if step.probe:
@@ -120,15 +121,16 @@ class Fallback:
                         call, first_token_by=step.start_by, max_tokens=step.max_tokens
                     )
                 stream = self._tiers[step.tier].generate(attempt)
-                cutoff: Cutoff | None = None  # a race has its own timers (first_ready)
+                waited: Attempt[mesh_pb2.GenerateResponse] | None = None  # a race's are in `running`
+                cutoff: Cutoff | None = None
                 try:
                     started = self._clock()
                     if call.task in WHOLE:
-                        cutoff = Cutoff(step.start_by)
-                        whole = await self._whole(call, step, stream, cutoff, started)
+                        waited = Attempt(stream, self._label(call, step, stream))
+                        whole = await self._wait(call, step, waited, started)
                         if isinstance(whole, StatusError):
                             failures.append(whole)
-                            given_up = stream
+                            given_up = waited
                             continue
                         yield whole
                         return
@@ -148,14 +150,14 @@ class Fallback:
                         async for response in self._commit(call, *won, running, cut_at):
                             yield response
                         return
-                    cutoff = Cutoff(step.start_by)
-                    first = await self._first(call, step, stream, cutoff, started)
+                    waited = Attempt(stream)
+                    first = await self._wait(call, step, waited, started)
                     if isinstance(first, StatusError):
                         failures.append(first)
-                        given_up = stream
+                        given_up = waited
                         continue
                     yield first
-                    cutoff.reschedule(cut_at)
+                    cutoff = Cutoff(cut_at)
                     async for response in self._rest(call, step, first, stream, cutoff, cut_at):
                         yield response
                     return
@@ -166,7 +168,10 @@ class Fallback:
                         cutoff.cancel()
                     if step.probe:
                         self._estimates[step.tier].task(call.task).end_probe()
-                    if stream is not given_up and not any(r.attempt.stream is stream for r in running):
+                    if waited is not None:
+                        if waited is not given_up:
+                            await waited.cancel()
+                    elif not any(r.attempt.stream is stream for r in running):
                         await close(stream)
             if running:
                 # No step left to start: what is still running has until the cut-off.
@@ -186,7 +191,7 @@ class Fallback:
             for late in running:
                 await late.attempt.cancel()
             if given_up is not None:
-                await close(given_up)
+                await given_up.cancel()
 
     async def _race(
         self,
@@ -299,56 +304,44 @@ class Fallback:
                 step.start_by - now, step.max_tokens, cut_at - now,
             )  # fmt: skip
 
-    async def _first(
+    async def _wait(
         self,
         call: Call,
         step: Step,
-        stream: AsyncIterator[mesh_pb2.GenerateResponse],
-        cutoff: Cutoff,
+        attempt: Attempt[mesh_pb2.GenerateResponse],
         started: float,
     ) -> mesh_pb2.GenerateResponse | StatusError:
-        """The tier's first message; or why this tier is given up."""
-        try:
-            first = await cutoff.next(stream)
-        except Cut:
+        """The attempt's first message (an intent's: its whole label) by the step's
+        start-by time; or why this tier is given up. A late attempt is not cancelled
+        here: the caller decides when it is unwound (`given_up`)."""
+        if await first_ready([attempt], max(0.0, step.start_by - self._clock())) is None:
             return self._slow(call, step, started)
-        except StopAsyncIteration:
+        error = attempt.first.exception()
+        if error is None:
+            self._observe_first(call, step, started)
+            return attempt.first.result()
+        if isinstance(error, StopAsyncIteration):
             return self._sent_nothing(step)
-        except StatusError as error:
+        if isinstance(error, StatusError):
             return self._failed(call, step, error, started)
-        self._observe_first(call, step, started)
-        return first
+        raise error
 
-    async def _whole(
-        self,
-        call: Call,
-        step: Step,
-        stream: AsyncIterator[mesh_pb2.GenerateResponse],
-        cutoff: Cutoff,
-        started: float,
-    ) -> mesh_pb2.GenerateResponse | StatusError:
+    @staticmethod
+    async def _label(
+        call: Call, step: Step, stream: AsyncIterator[mesh_pb2.GenerateResponse]
+    ) -> mesh_pb2.GenerateResponse:
         """An intent's label, gathered whole and checked (the reply is always one of the
-        call's labels), as one message; or why this tier is given up."""
+        call's labels), as one message."""
         parts: list[str] = []
         last = None
-        try:
-            while True:
-                response = await cutoff.next(stream)
-                parts.append(response.text)
-                last = response
-        except StopAsyncIteration:
-            pass
-        except Cut:
-            return self._slow(call, step, started)
-        except StatusError as error:
-            return self._failed(call, step, error, started)
+        async for response in stream:
+            parts.append(response.text)
+            last = response
         label = "".join(parts).strip()
         if last is None or label not in call.intents:
-            metrics.FALLBACKS.labels(call.task, step.tier, "failed").inc()
-            return StatusError(
+            raise StatusError(
                 grpc.StatusCode.UNAVAILABLE, f"{step.tier} answered {label[:40]!r}, not one of the intents"
             )
-        self._observe_first(call, step, started)
         answer = mesh_pb2.GenerateResponse(
             text=label, tier=last.tier, finish_reason=mesh_pb2.FINISH_REASON_STOP
         )

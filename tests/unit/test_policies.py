@@ -692,6 +692,41 @@ async def test_with_a_canned_answer_a_tier_given_up_on_is_cancelled() -> None:
     assert silver.cancelled == 1
 
 
+def running(*tiers: FakeBackend) -> int:
+    """Tier calls started and not yet unwound."""
+    return sum(len(tier.calls) - tier.cancelled for tier in tiers)
+
+
+async def test_the_canned_answer_leaves_before_the_late_tier_is_unwound() -> None:
+    # Unwinding a tier call (its cancellation, its layers' bookkeeping) takes time the
+    # caller's answer, due at the cut-off, does not wait for.
+    calls: dict[TaskName, Callable[[], Call]] = {
+        "dialogue": lambda: a_call(deadline_s=0.2),
+        "intent": lambda: a_call(mesh_pb2.TASK_INTENT, 0.1, intents=["WARN"]),
+    }
+    for task, call in calls.items():
+        silver = FakeBackend(Step(first_delay=10.0))
+        gold = FakeBackend(Step(first_delay=10.0), tier=mesh_pb2.TIER_GOLD)
+        stream = fallback(silver, gold, canned=True, task=task).generate(call())
+        answer = await anext(stream)
+        assert answer.tier == mesh_pb2.TIER_FALLBACK, task
+        assert running(silver, gold) == 1, task  # the last tier tried, not yet unwound
+        assert await drain(stream) == []
+        assert running(silver, gold) == 0, task
+
+
+async def test_a_caller_that_leaves_while_a_tier_is_awaited_ends_its_tier_call() -> None:
+    silver = FakeBackend(Step(first_delay=10.0))
+    policy = fallback(silver, FakeBackend(tier=mesh_pb2.TIER_GOLD), canned=True)
+    caller = asyncio.ensure_future(drain(policy.generate(a_call(deadline_s=2.0))))
+    await asyncio.sleep(0.05)  # silver's first token is due in 10 s
+    assert len(silver.calls) == 1
+    caller.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await caller
+    assert silver.cancelled == 1
+
+
 async def test_a_probe_that_answers_renews_the_record_for_the_calls_after_it() -> None:
     silver = FakeBackend(Step(tokens=["Halt.", " Who", " goes", " there?"]))
     policy = fallback(silver, FakeBackend(Step(fail_before=unavailable())), canned=True)
