@@ -67,11 +67,13 @@ class FakeBackend:
         self.steps = list(steps) or [Step()]
         self.tier = tier
         self.calls: list[Call] = []
+        self.called = asyncio.Event()  # set at the first call
         self.cancelled = 0
 
     async def generate(self, call: Call) -> AsyncIterator[mesh_pb2.GenerateResponse]:
         step = self.steps[min(len(self.calls), len(self.steps) - 1)]
         self.calls.append(call)
+        self.called.set()
         try:
             if step.first_delay:
                 await asyncio.sleep(step.first_delay)
