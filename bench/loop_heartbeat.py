@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import subprocess
 import sys
 import tempfile
@@ -33,9 +32,10 @@ from typing import Any
 import grpc
 import yaml
 
+from bench.paths import cpu_s
 from bench.report import median, table, update_readme, write
 from bench.spawn import start, stop
-from ops.mesh import proc_stat, wait_serving
+from ops.mesh import wait_serving
 from router.heartbeat import Heartbeat
 from tiermesh.v1 import mesh_pb2, mesh_pb2_grpc
 
@@ -124,12 +124,6 @@ async def measure(calls: int) -> dict[str, dict[float, list[Outcome]]]:
         for channel in channels.values():
             await channel.close()
     return outcomes
-
-
-def cpu_s(pid: int) -> float:
-    """The process's user + system CPU time so far (/proc/<pid>/stat)."""
-    fields = proc_stat(pid)  # from field 3: utime and stime are fields 14 and 15
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def main() -> None:
