@@ -71,7 +71,16 @@ class TierConnection(asyncio.Protocol):
         return self.native is not None and bool(lib.h2t_usable(self.native))
 
     def pump(self) -> None:
-        """Act on nghttp2's events, then write what it has ready (window updates too)."""
+        """Act on nghttp2's events and write what it has ready, until neither is left:
+        writing raises events too (a cancelled stream closes once its RST_STREAM is out,
+        and would otherwise stay open until the replica next sends something)."""
+        while self._dispatch() and self._write():
+            pass
+        if self.native is not None and not lib.h2t_alive(self.native):
+            self.close()  # a connection error: nghttp2 wrote its GOAWAY and is done
+
+    def _dispatch(self) -> bool:
+        """Act on the events nghttp2 has queued; False once the connection is gone."""
         while self.native is not None and (kind := lib.h2t_event(self.native, self._sid)):
             stream = self.streams.get(self._sid[0])
             if stream is None:
@@ -82,12 +91,16 @@ class TierConnection(asyncio.Protocol):
                 del self.streams[self._sid[0]]
                 stream.take()
                 stream.end()
+        return self.native is not None
+
+    def _write(self) -> bool:
+        """Write what nghttp2 has ready; whether there was anything."""
         if self.native is None or self.transport is None:
-            return
-        if (data := lib.h2t_pending(self.native, self._size)) != ffi.NULL:
-            self.transport.write(ffi.buffer(data, self._size[0])[:])
-        if not lib.h2t_alive(self.native):
-            self.close()  # a connection error: nghttp2 wrote its GOAWAY and is done
+            return False
+        if (data := lib.h2t_pending(self.native, self._size)) == ffi.NULL:
+            return False
+        self.transport.write(ffi.buffer(data, self._size[0])[:])
+        return True
 
     def request(self, fields: bytes, body: bytes, deadline: float) -> TierStream | None:
         """A new stream with this request (`deadline` in loop time), or None when the

@@ -318,6 +318,26 @@ async def test_a_silent_replica_is_found_by_keepalive_and_a_live_one_kept(vanish
         await serving.server.stop(None)
 
 
+async def test_a_cancelled_tier_stream_leaves_its_connection_at_once() -> None:
+    """Its RST_STREAM goes out as it is cancelled, and nghttp2 closes the stream as it
+    sends it: the stream is gone from the connection then, not when the replica next
+    sends something (a quiet replica may send nothing for a keepalive interval)."""
+    silver = ScriptedTier()
+    silver.reset(Script(hang=True))
+    serving = await start_scripted_tier(silver)
+    connection, stream = await open_tier_stream(serving.port, keepalive_s=30, timeout_s=20)
+    try:
+        await silver.wait_for_streams(1)
+        stream.cancel()
+        assert not connection.streams
+        stream.release()
+        assert stream.handle is None  # freed: nghttp2 is done with it too
+        await asyncio.wait_for(silver.cancelled_event.wait(), 5)
+    finally:
+        connection.close()
+        await serving.server.stop(None)
+
+
 def h2_frame(kind: int, flags: int, sid: int, payload: bytes = b"") -> bytes:
     return len(payload).to_bytes(3, "big") + bytes([kind, flags]) + sid.to_bytes(4, "big") + payload
 
