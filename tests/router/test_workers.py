@@ -18,7 +18,7 @@ import pytest_asyncio
 import yaml
 
 from bench.paths import children, proc_kb
-from ops.mesh import wait_serving
+from ops.mesh import wait_http_ready, wait_serving
 from ops.settings import load_settings
 from tests.doubles import ScriptedTier
 from tiermesh.v1 import mesh_pb2, mesh_pb2_grpc
@@ -101,12 +101,16 @@ def config(
 
 
 @pytest_asyncio.fixture
-async def workers(config: Path) -> AsyncIterator[asyncio.subprocess.Process]:
+async def workers(config: Path, data_path: dict[str, Any]) -> AsyncIterator[asyncio.subprocess.Process]:
     parent = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "ops.cli", "router", "--config", str(config)
     )
     try:
         await asyncio.to_thread(wait_serving, "router", LISTEN, 60)
+        # SERVING is the first worker's word only: each worker serves /metrics once it
+        # listens, and until every one does the kernel spreads connections over fewer.
+        urls = tuple(f"http://127.0.0.1:{METRICS_PORT + i}/metrics" for i in range(data_path["workers"]))
+        await asyncio.to_thread(wait_http_ready, "router workers", urls, 60)
         yield parent
     finally:
         if parent.returncode is None:
