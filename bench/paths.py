@@ -18,7 +18,8 @@ from typing import Any
 
 import yaml
 
-from ops.mesh import group_alive, group_members, proc_stat, wait_serving
+from ops.mesh import group_alive, wait_serving
+from tiermesh.process_group import group_members, proc_stat
 from tiermesh.v1 import mesh_pb2
 
 MESSAGES = 16

@@ -26,6 +26,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from ops.observability import RULES, prometheus_config
 from ops.settings import Settings
+from tiermesh.process_group import EXITED, group_members, proc_stat
 from tiermesh.tls import TlsSettings, sync_channel
 
 REPO = Path(__file__).resolve().parents[1]
@@ -309,16 +310,6 @@ def _alive(pid: int) -> bool:
     return not _zombie(pid)
 
 
-def proc_stat(pid: int) -> list[str]:
-    """/proc/<pid>/stat's fields after the command name (which may hold spaces): the
-    state first, then the parent, the process group… (proc(5), from field 3)."""
-    return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-
-
-# Process states of one that has exited and awaits its parent's reaping.
-EXITED = ("Z", "X")
-
-
 def _zombie(pid: int) -> bool:
     """Exited, and waiting for a parent to reap it: another shell's `tiermesh up
     --detach` has exited, and whoever inherits its children (init, a container's first
@@ -332,17 +323,6 @@ def _zombie(pid: int) -> bool:
 def _signal(pid: int, sig: signal.Signals) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, sig)
-
-
-def group_members(pid: int) -> dict[int, str]:
-    """The processes of the group `pid` leads, each with its state (proc(5))."""
-    members = {}
-    for process in Path("/proc").glob("[0-9]*"):
-        with contextlib.suppress(OSError, IndexError, ValueError):
-            fields = proc_stat(int(process.name))
-            if int(fields[2]) == pid:  # the process group
-                members[int(process.name)] = fields[0]
-    return members
 
 
 def group_alive(pid: int) -> bool:

@@ -1,5 +1,6 @@
-"""What a stopped mesh left behind: ports still bound, shared-memory segments, and
-tracebacks its components logged while stopping.
+"""What a stopped mesh left behind: ports still bound, shared-memory segments,
+tracebacks its components logged while stopping, and processes a component had to kill
+to stop.
 
 A clean stop (#28) is judged from outside, as a developer would see it after Ctrl-C:
 the engine tests fail on any of these, and bench.stop records them beside the times.
@@ -15,6 +16,8 @@ import socket
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from tiermesh.process_group import KILLED_STRAGGLERS
 
 TRACEBACK = b"Traceback (most recent call last)"
 
@@ -71,6 +74,10 @@ class Leftovers:
     shared_memory: list[str]
     ports: list[int]
     tracebacks: list[str]  # the logs (by file name) that logged one while stopping
+    # The logs of components that killed processes of their own group that outlived
+    # their stop (tiermesh/process_group.py): killed by the component, not by `down`, but
+    # killed all the same.
+    killed_own: list[str]
 
     def problems(self) -> list[str]:
         found = []
@@ -79,6 +86,7 @@ class Leftovers:
         if self.ports:
             found.append(f"ports still bound: {self.ports}")
         found += [f"{name} logged a traceback while stopping" for name in self.tracebacks]
+        found += [f"{name}: {KILLED_STRAGGLERS}" for name in self.killed_own]
         return found
 
 
@@ -90,8 +98,10 @@ def before_stop(logs: Path, memory: set[str] | None = None) -> BeforeStop:
 
 
 def left_after(before: BeforeStop, config: dict[str, Any]) -> Leftovers:
+    killed = KILLED_STRAGGLERS.encode()
     return Leftovers(
         shared_memory=sorted(shared_memory() - before.memory),
         ports=[port for port in config_ports(config) if bound(port)],
         tracebacks=[log.name for log in before.log_sizes if TRACEBACK in before.written_since(log)],
+        killed_own=[log.name for log in before.log_sizes if killed in before.written_since(log)],
     )

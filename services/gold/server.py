@@ -25,11 +25,16 @@ import numpy as np
 from services.gold.encoder import DIMENSIONS, IntentEncoder
 from services.gold.engine import GaveUp, GiveUp, LlamaPool, PromptTokens
 from services.gold.settings import GoldSettings, Personas
-from services.gold.stopping import close_clients_once_triton_exits, remove_orphaned_regions
+from services.gold.stopping import (
+    STRAGGLERS_GRACE_S,
+    close_clients_once_triton_exits,
+    remove_orphaned_regions,
+)
 from tiermesh.chat import opening
 from tiermesh.config import load_section
 from tiermesh.logs import setup_logging
 from tiermesh.process_exit import skip_exit_collection
+from tiermesh.process_group import end_own_group
 from tiermesh.tls import TlsSettings
 
 log = logging.getLogger("tiermesh.gold")
@@ -233,6 +238,8 @@ def serve(settings: GoldSettings, tls: TlsSettings | None = None, warm: Sequence
             [MODEL, ENCODER] if encoder else [MODEL],
         )
         triton.serve()
+    # Triton has exited; a model stub it gave up on may not have (stopping.py).
+    end_own_group(STRAGGLERS_GRACE_S)
     remove_orphaned_regions()
 
 

@@ -14,6 +14,11 @@ from pathlib import Path
 
 log = logging.getLogger("tiermesh.gold")
 SHM = Path("/dev/shm")
+# How long Gold waits, once Triton has exited, for the rest of its process group (a
+# model stub Triton gave up on at its exit timeout, that stub's resource tracker) to
+# notice and exit on its own, before it kills them (tiermesh/process_group.py). Within
+# `down`'s 5 s target for the usual stop (Triton out at ~3.5 s, nothing left over).
+STRAGGLERS_GRACE_S = 1.5
 
 
 def close_clients_once_triton_exits(triton: object) -> None:

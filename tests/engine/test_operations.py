@@ -17,10 +17,10 @@ import pytest
 
 from ops import dashboards
 from ops.cost import api, instant
-from ops.mesh import group_members
 from ops.observability import rule_expressions, used_series
 from tests.engine.conftest import PROMETHEUS, ROUTER, Mesh, scrape
 from tests.fakes import request
+from tiermesh.process_group import group_members
 from tiermesh.v1 import mesh_pb2
 
 if TYPE_CHECKING:

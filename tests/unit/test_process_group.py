@@ -1,0 +1,74 @@
+"""A component's stop waits for the stragglers of its process group
+(tiermesh/process_group.py), in real processes: a leader started in a session of its
+own, as the mesh starts each component, with an orphaned grandchild standing in for an
+engine's worker and a child of its own for its resource tracker."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from typing import Any
+
+from tiermesh.process_group import KILLED_STRAGGLERS
+
+# The leader: starts an engine that leaves a worker in its group when it exits (as
+# Triton leaves a model stub it gave up on) and a child of its own (as multiprocessing's
+# resource tracker is Gold's), ends its group with a grace, and reports.
+LEADER = textwrap.dedent(
+    """
+    import json, logging, os, subprocess, sys, time
+    from tiermesh.process_group import end_own_group, stragglers
+    logging.basicConfig(level=logging.WARNING)
+    engine = subprocess.run(
+        ["sh", "-c", f"sleep {sys.argv[1]} >/dev/null 2>&1 & echo $!"],
+        capture_output=True, text=True, check=True,
+    )
+    worker = int(engine.stdout)
+    own = subprocess.Popen(["sleep", "60"])
+    time.sleep(0.1)
+    started = time.monotonic()
+    killed = end_own_group(float(sys.argv[2]))
+    took = time.monotonic() - started
+    left = stragglers(os.getpgrp())
+    own_ran_on = own.poll() is None
+    own.kill()
+    own.wait()
+    print(json.dumps({"killed": killed, "worker": worker, "took": took, "left": left,
+                      "own_ran_on": own_ran_on}))
+    """
+)
+
+
+def lead(child_s: float, grace_s: float, own_session: bool = True) -> tuple[dict[str, Any], str]:
+    done = subprocess.run(
+        [sys.executable, "-c", LEADER, str(child_s), str(grace_s)],
+        capture_output=True, text=True, timeout=30, check=True, start_new_session=own_session,
+        cwd=os.getcwd(),
+    )  # fmt: skip
+    return json.loads(done.stdout), done.stderr
+
+
+def test_a_leader_waits_for_a_straggler_that_exits_within_the_grace() -> None:
+    report, log = lead(child_s=0.5, grace_s=5.0)
+    assert report["killed"] == []
+    assert 0.2 < report["took"] < 5.0  # waited for the worker, not the whole grace
+    assert report["own_ran_on"], "its own child is its own to end, not a straggler"
+    assert KILLED_STRAGGLERS not in log
+
+
+def test_a_straggler_that_outlives_the_grace_is_killed_and_logged() -> None:
+    report, log = lead(child_s=60, grace_s=0.3)
+    assert report["killed"] == [report["worker"]]
+    assert report["left"] == []
+    assert report["own_ran_on"]
+    assert KILLED_STRAGGLERS in log
+
+
+def test_a_process_that_leads_no_group_kills_nothing() -> None:
+    # Started from a shell or a test, its group is its starter's: its siblings are not its own.
+    report, _ = lead(child_s=0.5, grace_s=0.3, own_session=False)
+    assert report["killed"] == []
+    assert report["took"] < 0.3
