@@ -27,6 +27,7 @@ from services.gold.engine import GaveUp, GiveUp, LlamaPool, PromptTokens
 from services.gold.settings import GoldSettings, Personas
 from services.gold.stopping import (
     STRAGGLERS_GRACE_S,
+    StopWhileStarting,
     close_clients_once_triton_exits,
     remove_orphaned_regions,
 )
@@ -151,6 +152,24 @@ def openings(settings: GoldSettings, personas: Personas) -> list[str]:
 
 
 def serve(settings: GoldSettings, tls: TlsSettings | None = None, warm: Sequence[str] = ()) -> None:
+    # Until Triton serves, a stop unwinds the start-up (stopping.py); what Triton leaves
+    # is cleared below, as after any stop.
+    starting = StopWhileStarting()
+    signal.signal(signal.SIGTERM, starting)
+    signal.signal(signal.SIGINT, starting)
+    try:
+        _start_and_serve(settings, tls, warm, starting)
+    except KeyboardInterrupt:
+        log.info("stopped while starting")
+    finally:
+        # Triton has exited; a model stub it gave up on may not have (stopping.py).
+        end_own_group(STRAGGLERS_GRACE_S)
+        remove_orphaned_regions()
+
+
+def _start_and_serve(
+    settings: GoldSettings, tls: TlsSettings | None, warm: Sequence[str], starting: StopWhileStarting
+) -> None:
     # Triton's Python stub links libpython: point it at this interpreter's, or the
     # system's (another patch release) fails model load with an RLock error.
     libdir = str(sysconfig.get_config_var("LIBDIR"))
@@ -160,6 +179,7 @@ def serve(settings: GoldSettings, tls: TlsSettings | None = None, warm: Sequence
 
     pool = LlamaPool(settings)
     pool.load(warm)
+    starting.check()
     log.info("gold: %d llama.cpp instances, %d persona openings kept on each", settings.instances, len(warm))
     encoder = (
         IntentEncoder(settings.intent_encoder, settings.encoder_threads, settings.encoder_precision)
@@ -168,6 +188,7 @@ def serve(settings: GoldSettings, tls: TlsSettings | None = None, warm: Sequence
     )
     if encoder is not None:
         encoder.encode(["warm up"])  # the first run allocates; no caller should pay for it
+    starting.check()
     config = TritonConfig(
         grpc_address=settings.host,
         grpc_port=settings.grpc_port,
@@ -196,7 +217,11 @@ def serve(settings: GoldSettings, tls: TlsSettings | None = None, warm: Sequence
         Tensor(name="guided_decoding_guide_type", dtype=bytes, shape=(1,), optional=True),
         Tensor(name="guided_decoding_guide", dtype=bytes, shape=(1,), optional=True),
     ]
+    # Triton is started and stopped by PyTriton's context only: a stop now waits for
+    # the next check inside it (stopping.py).
+    starting.defer()
     with Triton(config=config) as triton:
+        starting.check()
         triton.bind(
             model_name=MODEL,
             infer_func=Ensemble(pool, settings),
@@ -214,6 +239,7 @@ def serve(settings: GoldSettings, tls: TlsSettings | None = None, warm: Sequence
             strict=True,
         )
         if encoder is not None:
+            starting.check()
             triton.bind(
                 model_name=ENCODER,
                 infer_func=encoder_infer(encoder),
@@ -229,18 +255,17 @@ def serve(settings: GoldSettings, tls: TlsSettings | None = None, warm: Sequence
             triton.stop()
 
         # A stray SIGINT/SIGTERM must still stop Triton cleanly, or its shared-memory
-        # regions and workspace stay behind.
+        # regions and workspace stay behind. A stop that came before this handler did is
+        # raised after it is set, so none falls between the two.
         signal.signal(signal.SIGTERM, stop)
         signal.signal(signal.SIGINT, stop)
+        starting.check()
         log.info(
             "gold: Triton on %s (gRPC), models %r",
             settings.grpc_address,
             [MODEL, ENCODER] if encoder else [MODEL],
         )
         triton.serve()
-    # Triton has exited; a model stub it gave up on may not have (stopping.py).
-    end_own_group(STRAGGLERS_GRACE_S)
-    remove_orphaned_regions()
 
 
 def main() -> None:

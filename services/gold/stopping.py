@@ -21,6 +21,37 @@ SHM = Path("/dev/shm")
 STRAGGLERS_GRACE_S = 1.5
 
 
+class StopWhileStarting:
+    """The signal handler while Gold starts. With SIGTERM's default, the mesh's stop
+    during start-up killed Gold at once, and Triton and its model stubs, mid-load, ran
+    on until `down` killed them, now and then with their shared memory left behind.
+
+    Before Triton starts, a stop ends the start-up as Ctrl-C does (KeyboardInterrupt).
+    Once Triton is starting, it is only remembered: a KeyboardInterrupt raised while
+    PyTriton waits for a model to load is swallowed in a callback and the load then
+    hangs for half a minute. `check`, between the start's steps, raises it then, inside
+    PyTriton's context, which stops Triton on its way out. It also catches a stop that a
+    C library swallowed before Triton (llama.cpp's load-progress callback).
+    """
+
+    def __init__(self) -> None:
+        self.asked = False
+        self._interrupt = True
+
+    def __call__(self, signum: int, frame: object) -> None:
+        self.asked = True
+        if self._interrupt:
+            raise KeyboardInterrupt
+
+    def defer(self) -> None:
+        """From here a stop waits for the next `check`."""
+        self._interrupt = False
+
+    def check(self) -> None:
+        if self.asked:
+            raise KeyboardInterrupt
+
+
 def close_clients_once_triton_exits(triton: object) -> None:
     """Close every model's request client in this process the moment Triton's process
     has exited, all at once (from PyTriton's own exit callback; returns at once).

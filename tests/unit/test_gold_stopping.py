@@ -5,11 +5,14 @@ checked by the engine tests' clean-stop check and measured by bench.stop."""
 from __future__ import annotations
 
 import os
+import signal
 import threading
 from collections.abc import Callable
 from pathlib import Path
 
-from services.gold.stopping import close_clients_once_triton_exits, remove_orphaned_regions
+import pytest
+
+from services.gold.stopping import StopWhileStarting, close_clients_once_triton_exits, remove_orphaned_regions
 
 
 class TritonProcess:
@@ -82,3 +85,15 @@ def test_only_this_process_regions_are_removed(tmp_path: Path) -> None:
     assert not any(r.exists() for r in ours)
     assert all(r.exists() for r in others)
     assert remove_orphaned_regions(tmp_path) == []
+
+
+def test_a_stop_while_starting_interrupts_until_triton_starts_then_waits_for_a_check() -> None:
+    starting = StopWhileStarting()
+    starting.check()  # nothing asked: the start goes on
+    with pytest.raises(KeyboardInterrupt):
+        starting(signal.SIGTERM, None)
+    starting = StopWhileStarting()
+    starting.defer()
+    starting(signal.SIGTERM, None)  # Triton is starting: remembered, not raised
+    with pytest.raises(KeyboardInterrupt):
+        starting.check()

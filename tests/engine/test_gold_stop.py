@@ -1,0 +1,57 @@
+"""Gold stopped while it starts (services/gold/stopping.py): the real Gold process, as the
+mesh starts it (a session of its own), sent SIGTERM while Triton loads its models, the
+moment the mesh's stop during start-up used to kill it and leave Triton behind."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from ops.mesh import group_alive
+from ops.stop_check import TRACEBACK
+
+pytestmark = pytest.mark.engine
+
+REPO = Path(__file__).resolve().parents[2]
+GOLD_PYTHON = REPO / ".venv-gold/bin/python"
+# Triton has started and is loading the LLM ensemble (its log line).
+LOADING = b"loading: ensemble"
+
+
+def wait_for_log(log: Path, line: bytes, process: subprocess.Popen[bytes], within_s: float) -> None:
+    deadline = time.monotonic() + within_s
+    while line not in log.read_bytes():
+        assert process.poll() is None, log.read_text(errors="replace")[-2000:]
+        assert time.monotonic() < deadline, f"no {line!r} in Gold's log after {within_s} s"
+        time.sleep(0.02)
+
+
+def test_a_gold_stopped_while_triton_loads_stops_it_and_leaves_nothing(tmp_path: Path) -> None:
+    config = yaml.safe_load((REPO / "config/mesh.yaml").read_text())
+    config["gold"].update(grpc_port=8401, http_port=8400, metrics_port=8402, instances=1)
+    path = tmp_path / "mesh.yaml"
+    path.write_text(yaml.safe_dump(config))
+    log = tmp_path / "gold.log"
+    with log.open("wb") as out:
+        gold = subprocess.Popen(
+            [str(GOLD_PYTHON), "-m", "services.gold.server", "--config", str(path)],
+            cwd=REPO, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+    try:
+        wait_for_log(log, LOADING, gold, 120)
+        os.kill(gold.pid, signal.SIGTERM)
+        assert gold.wait(timeout=20) == 0  # not killed by the signal: it stopped itself
+        assert not group_alive(gold.pid), "Triton and its model stubs are gone with it"
+        regions = [name for name in os.listdir("/dev/shm") if name.startswith(f"pytrtion{gold.pid}-")]
+        assert regions == []
+        assert TRACEBACK not in log.read_bytes()
+        assert b"stopped while starting" in log.read_bytes()
+    finally:
+        if group_alive(gold.pid):
+            os.killpg(gold.pid, signal.SIGKILL)
