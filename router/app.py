@@ -234,7 +234,7 @@ class Router:
         if self.heartbeat is not None:
             self.heartbeat.stop()
         await self.edge.close(grace)
-        await self.serving.server.stop(grace)
+        await self.serving.stop(grace)
         await asyncio.gather(*(replicas.close() for replicas in self.replicas.values()))
         if self.jobs is not None:
             await self.jobs.close()

@@ -26,10 +26,40 @@ SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 
+class Health(health.aio.HealthServicer):  # type: ignore[misc]  # grpc_health is untyped
+    """gRPC's health service, whose Watch streams end (OK) when their server stops.
+
+    A Watch streams until its caller leaves. Still open when the server stops, it is
+    cancelled by grpc.aio; if its caller leaves at that moment too (`tiermesh down`
+    stops the router, the Watch's caller, beside its tiers), grpc.aio now and then logs
+    the cancellation as an unhandled CancelledError with a traceback. Ended here first,
+    nothing is open to cancel; the caller has seen NOT_SERVING, and watches again.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._stopping = asyncio.Event()
+
+    async def Watch(self, request: health_pb2.HealthCheckRequest, context: Any) -> None:
+        watch = asyncio.ensure_future(super().Watch(request, context))
+        stopping = asyncio.ensure_future(self._stopping.wait())
+        try:
+            await asyncio.wait({watch, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (watch, stopping):
+                task.cancel()
+            await asyncio.gather(watch, stopping, return_exceptions=True)
+        if watch.done() and not watch.cancelled() and (error := watch.exception()) is not None:
+            raise error
+
+    def end_watches(self) -> None:
+        self._stopping.set()
+
+
 @dataclass
 class Serving:
     server: grpc.aio.Server
-    health: health.aio.HealthServicer
+    health: Health
     port: int
     service_names: Sequence[str]
 
@@ -38,6 +68,13 @@ class Serving:
         status = SERVING if serving else NOT_SERVING
         for name in ("", *self.service_names):
             await self.health.set(name, status)
+
+    async def stop(self, grace: float | None) -> None:
+        """NOT_SERVING to every watcher, their Watch streams ended, then the server's own
+        stop: calls in flight get `grace` to finish, new ones are refused."""
+        await self.set_serving(False)
+        self.health.end_watches()
+        await self.server.stop(grace)
 
 
 async def start_grpc_server(
@@ -75,7 +112,7 @@ async def start_grpc_server(
         ],
     )
     register(server)
-    health_servicer = health.aio.HealthServicer()
+    health_servicer = Health()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
         [*service_names, health.SERVICE_NAME, reflection.SERVICE_NAME], server

@@ -140,6 +140,6 @@ async def serve(settings: BronzeSettings, tls: TlsSettings) -> None:
     await wait_for_signal()
     health.cancel()
     await bridge.close()
-    await serving.server.stop(2.0)
+    await serving.stop(2.0)
     if exposition is not None:
         await exposition.cleanup()

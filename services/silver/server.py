@@ -189,8 +189,7 @@ class Silver:
 
     async def close(self, grace: float | None = 2.0) -> None:
         self.loading.cancel()
-        await self.serving.set_serving(False)
-        await self.serving.server.stop(grace)
+        await self.serving.stop(grace)
         await self.engine.close()
 
 
