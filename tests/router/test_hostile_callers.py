@@ -466,6 +466,10 @@ async def test_connections_past_the_limit_are_refused_with_goaway(router: Router
     assert stream.status == GRPC_OK
 
 
+# nghttp2's limit on streams reset (nghttp2_session_new: nghttp2_ratelim_init(1000, 33)).
+RESETS_BURST = 1000
+
+
 async def test_a_rapid_reset_flood_leaves_the_router_unharmed(router: RouterProcess) -> None:
     async with attack(router) as watch:
         caller = await RawCaller.connect(PORT)
@@ -483,9 +487,16 @@ async def test_a_rapid_reset_flood_leaves_the_router_unharmed(router: RouterProc
             await caller.drain()
         await asyncio.sleep(0.5)
         caller.close()
-    # nghttp2 rate-limits resets: the flood ends with GOAWAY (ENHANCE_YOUR_CALM), or is
-    # taken in stride; either way the router is unharmed.
-    assert caller.goaway is None or caller.goaway[1] == h2raw.ENHANCE_YOUR_CALM
+    # The flood is taken in stride, or ended by GOAWAY: ENHANCE_YOUR_CALM from the edge, or
+    # INTERNAL_ERROR from nghttp2's own rapid-reset limit (CVE-2023-44487: a burst of
+    # RESETS_BURST resets, then 33 a second), which of them comes first is the machine's
+    # speed. Either way the router is unharmed. An INTERNAL_ERROR before that burst was
+    # spent would be the edge failing, not the limit.
+    if caller.goaway is not None:
+        last_sid, code, _ = caller.goaway
+        assert code in (h2raw.ENHANCE_YOUR_CALM, h2raw.INTERNAL_ERROR), caller.goaway
+        if code == h2raw.INTERNAL_ERROR:
+            assert last_sid >= 2 * RESETS_BURST - 1, caller.goaway
     watch.unharmed()
     await watch.settles()
 
