@@ -49,7 +49,7 @@ class Health(health.aio.HealthServicer):  # type: ignore[misc]  # grpc_health is
             for task in (watch, stopping):
                 task.cancel()
             await asyncio.gather(watch, stopping, return_exceptions=True)
-        if watch.done() and not watch.cancelled() and (error := watch.exception()) is not None:
+        if not watch.cancelled() and (error := watch.exception()) is not None:
             raise error
 
     def end_watches(self) -> None:
