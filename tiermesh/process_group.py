@@ -19,6 +19,8 @@ EXITED = ("Z", "X")
 # What `end_own_group` logs when it had to kill: a stop that did is not a clean one
 # (ops/stop_check.py looks for it).
 KILLED_STRAGGLERS = "killed processes of its group that outlived its stop"
+# How long a killed straggler may take to exit: it needs the CPU once more to do so.
+KILL_TAKES_S = 2.0
 
 
 def proc_stat(pid: int) -> list[str]:
@@ -57,7 +59,7 @@ def stragglers(group: int) -> list[int]:
 
 def end_own_group(grace_s: float, poll_s: float = 0.05) -> list[int]:
     """Wait up to `grace_s` for the stragglers of the group this process leads to exit,
-    then kill what is left; the pids killed.
+    then kill what is left and wait for it to exit; the pids killed.
 
     An engine's processes may outlive the engine's own exit: Triton gives up on a model
     still unloading at its exit timeout, and that model's stub runs on until it notices
@@ -84,7 +86,25 @@ def end_own_group(grace_s: float, poll_s: float = 0.05) -> list[int]:
     for pid in left:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
+    _wait_exited(left, KILL_TAKES_S, poll_s)
     return left
+
+
+def _wait_exited(pids: list[int], timeout_s: float, poll_s: float) -> None:
+    """Wait up to `timeout_s` for `pids` to have exited. A SIGKILL is not an exit: the
+    killed process exits only once it runs again, and freeing its memory is part of its
+    exit; until then /proc shows it running, and a check right after the stop would
+    find it left behind."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and any(_running(pid) for pid in pids):
+        time.sleep(poll_s)
+
+
+def _running(pid: int) -> bool:
+    try:
+        return proc_stat(pid)[0] not in EXITED
+    except (OSError, IndexError):
+        return False
 
 
 def command(pid: int) -> str:

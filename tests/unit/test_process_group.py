@@ -19,32 +19,51 @@ from tiermesh.process_group import KILLED_STRAGGLERS
 # resource tracker is Gold's), ends its group with a grace, and reports.
 LEADER = textwrap.dedent(
     """
-    import json, logging, os, subprocess, sys, time
-    from tiermesh.process_group import end_own_group, stragglers
+    import json, logging, os, shlex, subprocess, sys, time
+    from tiermesh.process_group import end_own_group, proc_stat, stragglers
     logging.basicConfig(level=logging.WARNING)
+    worker_s, grace_s, worker_mib = float(sys.argv[1]), float(sys.argv[2]), int(sys.argv[3])
+    if worker_mib:  # a worker whose exit takes a while: its memory is freed as it exits
+        ready = f"/tmp/tiermesh-straggler-{os.getpid()}"
+        held = f"b = b'x' * ({worker_mib} << 20); open({ready!r}, 'w').close()"
+        run = shlex.join([sys.executable, "-c", f"{held}; import time; time.sleep({worker_s})"])
+    else:
+        run = f"sleep {worker_s}"
     engine = subprocess.run(
-        ["sh", "-c", f"sleep {sys.argv[1]} >/dev/null 2>&1 & echo $!"],
+        ["sh", "-c", f"{run} >/dev/null 2>&1 & echo $!"],
         capture_output=True, text=True, check=True,
     )
     worker = int(engine.stdout)
     own = subprocess.Popen(["sleep", "60"])
     time.sleep(0.1)
+    while worker_mib and not os.path.exists(ready):
+        time.sleep(0.01)
     started = time.monotonic()
-    killed = end_own_group(float(sys.argv[2]))
+    killed = end_own_group(grace_s)
     took = time.monotonic() - started
+    states = []
+    for pid in killed:
+        try:
+            states.append(proc_stat(pid)[0])
+        except OSError:
+            states.append("gone")
+    if worker_mib:
+        os.remove(ready)
     left = stragglers(os.getpgrp())
     own_ran_on = own.poll() is None
     own.kill()
     own.wait()
     print(json.dumps({"killed": killed, "worker": worker, "took": took, "left": left,
-                      "own_ran_on": own_ran_on}))
+                      "states": states, "own_ran_on": own_ran_on}))
     """
 )
 
 
-def lead(child_s: float, grace_s: float, own_session: bool = True) -> tuple[dict[str, Any], str]:
+def lead(
+    child_s: float, grace_s: float, own_session: bool = True, child_mib: int = 0
+) -> tuple[dict[str, Any], str]:
     done = subprocess.run(
-        [sys.executable, "-c", LEADER, str(child_s), str(grace_s)],
+        [sys.executable, "-c", LEADER, str(child_s), str(grace_s), str(child_mib)],
         capture_output=True, text=True, timeout=30, check=True, start_new_session=own_session,
         cwd=os.getcwd(),
     )  # fmt: skip
@@ -65,6 +84,15 @@ def test_a_straggler_that_outlives_the_grace_is_killed_and_logged() -> None:
     assert report["left"] == []
     assert report["own_ran_on"]
     assert KILLED_STRAGGLERS in log
+
+
+def test_a_killed_straggler_has_exited_when_the_stop_returns() -> None:
+    # A SIGKILL is not an exit: one that frees 256 MiB as it exits shows as running for
+    # milliseconds after its kill, and a stop that returned then would leave it behind.
+    report, _ = lead(child_s=60, grace_s=0.3, child_mib=256)
+    assert report["killed"] == [report["worker"]]
+    assert set(report["states"]) <= {"Z", "X", "gone"}, report["states"]
+    assert report["left"] == []
 
 
 def test_a_process_that_leads_no_group_kills_nothing() -> None:
