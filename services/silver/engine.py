@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import threading
 from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -64,6 +65,10 @@ class SilverEngine:
         self._settings = settings
         self._llm: Any = None
         self._tokenizer: Any = None
+        # The build's thread hands its engine over under this lock, unless `close` came
+        # first: a stop cannot cancel that thread, only tell it the engine is unwanted.
+        self._handover = threading.Lock()
+        self._closing = False
 
     @property
     def ready(self) -> bool:
@@ -74,8 +79,9 @@ class SilverEngine:
         return self._settings.max_model_len
 
     async def start(self) -> None:
-        self._llm = await asyncio.to_thread(self._build)
-        self._tokenizer = self._llm.get_tokenizer()
+        await asyncio.to_thread(self._build)
+        if self._llm is None:
+            return  # closed while it loaded
         await self.warm()
         log.info("silver engine ready: %s", self._settings.model)
 
@@ -88,7 +94,7 @@ class SilverEngine:
             async for _ in self.generate(f"warm-{len(choices)}", [Message("user", "Hello")], sampling):
                 pass
 
-    def _build(self) -> Any:
+    def _build(self) -> None:
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM
 
@@ -107,7 +113,18 @@ class SilverEngine:
             # process's registry, served on Silver's metrics port.
             disable_log_stats=False,
         )
-        return AsyncLLM.from_engine_args(args)
+        llm = AsyncLLM.from_engine_args(args)
+        tokenizer = llm.get_tokenizer()
+        with self._handover:
+            if not self._closing:
+                # The tokenizer first: a call sees the engine as loaded once `_llm` is set.
+                self._tokenizer = tokenizer
+                self._llm = llm
+                return
+        # A stop came while the engine loaded, and the process cannot exit before this
+        # thread ends: shut it down now, not when it is collected at interpreter exit,
+        # where its shutdown fails.
+        self._shut_down(llm)
 
     def unfinished_requests(self) -> int:
         """Requests the engine still holds: 0 once every caller finished or was aborted."""
@@ -189,6 +206,8 @@ class SilverEngine:
         """Stop the engine, from the loop that serves it. vLLM's output handler task still
         awaits the engine's outputs: cancelled first, or it wakes to the dead engine and
         logs EngineDeadError's traceback. The shutdown itself blocks: in a thread."""
+        with self._handover:
+            self._closing = True
         handler = getattr(self._llm, "output_handler", None)
         if handler is not None:
             handler.cancel()
@@ -197,10 +216,14 @@ class SilverEngine:
     def shutdown(self) -> None:
         llm, self._llm = self._llm, None
         if llm is not None:
-            # vLLM waits 5 s by default for its engine process; its worker is done in
-            # ~3 s and then sits on teardown. A mesh's stop must take under 5 s.
-            llm.shutdown(timeout=SHUTDOWN_TIMEOUT_S)
-            # AsyncLLM shuts down again when it is collected, which for vLLM's own
-            # references is at interpreter exit, when its module globals are gone
-            # (TypeError in __del__): once is enough.
-            llm.shutdown = lambda timeout=None: None
+            self._shut_down(llm)
+
+    @staticmethod
+    def _shut_down(llm: Any) -> None:
+        # vLLM waits 5 s by default for its engine process; its worker is done in
+        # ~3 s and then sits on teardown. A mesh's stop must take under 5 s.
+        llm.shutdown(timeout=SHUTDOWN_TIMEOUT_S)
+        # AsyncLLM shuts down again when it is collected, which for vLLM's own
+        # references is at interpreter exit, when its module globals are gone
+        # (TypeError in __del__): once is enough.
+        llm.shutdown = lambda timeout=None: None

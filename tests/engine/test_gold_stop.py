@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
@@ -15,6 +14,7 @@ import yaml
 
 from ops.mesh import group_alive
 from ops.stop_check import TRACEBACK
+from tests.engine.component_log import wait_for_log
 
 pytestmark = pytest.mark.engine
 
@@ -22,14 +22,6 @@ REPO = Path(__file__).resolve().parents[2]
 GOLD_PYTHON = REPO / ".venv-gold/bin/python"
 # Triton has started and is loading the LLM ensemble (its log line).
 LOADING = b"loading: ensemble"
-
-
-def wait_for_log(log: Path, line: bytes, process: subprocess.Popen[bytes], within_s: float) -> None:
-    deadline = time.monotonic() + within_s
-    while line not in log.read_bytes():
-        assert process.poll() is None, log.read_text(errors="replace")[-2000:]
-        assert time.monotonic() < deadline, f"no {line!r} in Gold's log after {within_s} s"
-        time.sleep(0.02)
 
 
 def test_a_gold_stopped_while_triton_loads_stops_it_and_leaves_nothing(tmp_path: Path) -> None:
