@@ -300,14 +300,17 @@ def up(
         stop_on_signals()
     settings = _settings(config)
     mesh = LocalMesh(settings, config_path(config))
-    with console.status("starting the local mesh (Silver loads its model: ~30-60 s)…"):
-        try:
-            mesh.up()
-        except MeshError as e:
-            err.print(f"[red]{e}[/]")
-            raise typer.Exit(1) from None
-    console.print(f"[green]mesh up[/]: router on {settings.router.listen}; logs in {mesh.run_dir}/logs")
     try:
+        mesh.check_not_running()  # before the `try` whose `finally` stops the mesh
+    except MeshError as e:
+        err.print(f"[red]{e}[/]")
+        raise typer.Exit(1) from None
+    started = False
+    try:
+        with console.status("starting the local mesh (Silver loads its model: ~30-60 s)…"):
+            mesh.up(stop_if_unfinished=False)
+        started = True
+        console.print(f"[green]mesh up[/]: router on {settings.router.listen}; logs in {mesh.run_dir}/logs")
         if demo:
             from ops.demo import run_demo
 
@@ -319,14 +322,19 @@ def up(
             time.sleep(1.0)
         err.print("[red]a component exited[/]")
         raise typer.Exit(1)
+    except MeshError as e:
+        err.print(f"[red]{e}[/]")
+        raise typer.Exit(1) from None
     except KeyboardInterrupt:
-        pass
+        if not started:
+            err.print("stopped while starting")
     finally:
-        if not detach:
+        if not (detach and started):
             # A second Ctrl-C must not cut the stop short: `down` is bounded on its own.
             for sig in STOP_SIGNALS:
                 signal.signal(sig, signal.SIG_IGN)
-            console.print(f"stopped: {', '.join(map(str, mesh.down()))}")
+            stopped = mesh.down()
+            console.print(f"stopped: {', '.join(map(str, stopped))}" if stopped else "nothing was started")
 
 
 @app.command()

@@ -171,9 +171,16 @@ class LocalMesh:
         pids: dict[str, int] = json.loads(self.state_file.read_text())
         return {name: pid for name, pid in pids.items() if _alive(pid)}
 
-    def up(self) -> None:
+    def check_not_running(self) -> None:
+        """Raise MeshError if a mesh started from this run directory still runs."""
         if self.running():
             raise MeshError(f"the mesh is already running ({self.state_file}); `tiermesh down` first")
+
+    def up(self, stop_if_unfinished: bool = True) -> None:
+        """Start every component in order, each once the one before serves. A start that
+        fails or is interrupted stops what it started, unless the caller says it will
+        (`tiermesh up` does, to report the stop and to shield it from a second Ctrl-C)."""
+        self.check_not_running()
         (self.run_dir / "logs").mkdir(parents=True, exist_ok=True)
         pids: dict[str, int] = {}
         try:
@@ -182,7 +189,8 @@ class LocalMesh:
                 self.state_file.write_text(json.dumps(pids))
                 self._wait_serving(component, pids[component.name])
         except BaseException:
-            self.down()
+            if stop_if_unfinished:
+                self.down()
             raise
 
     def _spawn(self, component: Component) -> int:
