@@ -84,7 +84,7 @@ async def serve(args: argparse.Namespace) -> None:
         ["tiermesh.v1.Mesh", "tiermesh.tier.v1.TierService"],
     )
     await wait_for_signal()
-    await serving.server.stop(1.0)
+    await serving.stop(1.0)
 
 
 def main() -> None:
