@@ -54,11 +54,11 @@ def router(config: ConfigOption = None) -> None:
 @app.command()
 def silver(config: ConfigOption = None) -> None:
     """Serve the Silver tier (vLLM in-process) in the foreground."""
-    from services.silver.server import serve
+    from services.silver.server import run
 
     settings = _settings(config)
     setup_logging()
-    asyncio.run(serve(settings.silver, settings.security.mesh_tls, settings.tracing))
+    run(settings.silver, settings.security.mesh_tls, settings.tracing)
     skip_exit_collection()
 
 

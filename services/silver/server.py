@@ -19,6 +19,7 @@ from services.silver.tools import ToolBox, ToolError, parse_call
 from tiermesh import tracing
 from tiermesh.chat import Message, from_tier
 from tiermesh.errors import StatusError
+from tiermesh.process_group import end_own_group
 from tiermesh.serving import Serving, start_grpc_server, start_metrics, wait_for_signal
 from tiermesh.tier.v1 import tier_pb2, tier_pb2_grpc
 from tiermesh.tls import TlsSettings
@@ -212,6 +213,22 @@ async def start_silver(
         await serving.set_serving(True)
 
     return Silver(serving, engine, asyncio.create_task(load()))
+
+
+# How long Silver waits, once its engine is shut down, for the rest of its process group
+# to exit before it kills them (tiermesh/process_group.py): vLLM kills its engine's
+# worker as it shuts down, and a killed process takes a moment to exit.
+STRAGGLERS_GRACE_S = 1.5
+
+
+def run(settings: SilverSettings, tls: TlsSettings, tracing_settings: TracingSettings) -> None:
+    """Serve until a stop signal; Silver's exit is its whole stop, its group's included.
+    The group is ended only once `asyncio.run` has returned: that waits for the engine's
+    build thread, and before the build ends its processes are still being started."""
+    try:
+        asyncio.run(serve(settings, tls, tracing_settings))
+    finally:
+        end_own_group(STRAGGLERS_GRACE_S)
 
 
 async def serve(settings: SilverSettings, tls: TlsSettings, tracing_settings: TracingSettings) -> None:

@@ -14,7 +14,7 @@ import yaml
 
 from ops.mesh import group_alive
 from ops.stop_check import TRACEBACK
-from tests.engine.component_log import wait_for_log
+from tests.engine.started_component import group_left_running, wait_for_log
 
 pytestmark = pytest.mark.engine
 
@@ -39,7 +39,7 @@ def test_a_gold_stopped_while_triton_loads_stops_it_and_leaves_nothing(tmp_path:
         wait_for_log(log, LOADING, gold, 120)
         os.kill(gold.pid, signal.SIGTERM)
         assert gold.wait(timeout=20) == 0  # not killed by the signal: it stopped itself
-        assert not group_alive(gold.pid), "Triton and its model stubs are gone with it"
+        assert not group_left_running(gold.pid), "Triton and its model stubs are gone with it"
         regions = [name for name in os.listdir("/dev/shm") if name.startswith(f"pytrtion{gold.pid}-")]
         assert regions == []
         assert TRACEBACK not in log.read_bytes()

@@ -16,7 +16,7 @@ import yaml
 
 from ops.mesh import group_alive
 from ops.stop_check import TRACEBACK
-from tests.engine.component_log import wait_for_log
+from tests.engine.started_component import group_left_running, wait_for_log
 
 pytestmark = pytest.mark.engine
 
@@ -42,7 +42,7 @@ def test_a_silver_stopped_while_its_engine_builds_leaves_nothing(tmp_path: Path)
         # The build runs on to its end (seconds here, more on a loaded machine) before the
         # engine it built is shut down: a generous bound, since what is tested is the exit.
         assert silver.wait(timeout=60) == 0  # not killed by the signal: it stopped itself
-        assert not group_alive(silver.pid), "vLLM's engine process and the tool server are gone"
+        assert not group_left_running(silver.pid), "vLLM's engine process and the tool server are gone"
         assert TRACEBACK not in log.read_bytes(), log.read_text(errors="replace")[-3000:]
     finally:
         if group_alive(silver.pid):

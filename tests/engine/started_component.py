@@ -1,0 +1,32 @@
+"""A component started on its own, as the mesh starts it: the stop-while-starting tests
+signal the real process at the moment its log says it has reached a step of its start,
+then judge its stop as the mesh's `down` does."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from pathlib import Path
+
+from ops.mesh import group_alive
+
+
+def wait_for_log(log: Path, line: bytes, process: subprocess.Popen[bytes], within_s: float) -> None:
+    """Until `line` is in `log`; fails with the log's end if the process exits first."""
+    deadline = time.monotonic() + within_s
+    while line not in log.read_bytes():
+        assert process.poll() is None, log.read_text(errors="replace")[-2000:]
+        assert time.monotonic() < deadline, f"no {line!r} in {log.name} after {within_s} s"
+        time.sleep(0.02)
+
+
+def group_left_running(leader: int, within_s: float = 1.0) -> bool:
+    """Whether the exited `leader`'s group still runs `within_s` after: the second `down`
+    gives a group to follow its leader out (its own children, such as multiprocessing's
+    resource tracker, exit only once they see their parent gone)."""
+    deadline = time.monotonic() + within_s
+    while group_alive(leader):
+        if time.monotonic() > deadline:
+            return True
+        time.sleep(0.02)
+    return False
