@@ -21,6 +21,8 @@ EXITED = ("Z", "X")
 KILLED_STRAGGLERS = "killed processes of its group that outlived its stop"
 # How long a killed straggler may take to exit: it needs the CPU once more to do so.
 KILL_TAKES_S = 2.0
+# How long the children of killed stragglers get to follow them out on their own.
+FOLLOW_S = 0.5
 
 
 def proc_stat(pid: int) -> list[str]:
@@ -49,12 +51,17 @@ def stragglers(group: int) -> list[int]:
     """The processes of `group` still running that are not this one's own children: what
     this process's exit would leave behind. Its own children are its to end (and some
     end only with it: multiprocessing's resource tracker reads until its parent exits)."""
+    return list(_stragglers(group))
+
+
+def _stragglers(group: int) -> dict[int, int]:
+    """`stragglers`, each with its parent."""
     me = os.getpid()
-    return [
-        pid
+    return {
+        pid: int(fields[1])
         for pid, fields in _group(group).items()
         if pid != me and int(fields[1]) != me and fields[0] not in EXITED
-    ]
+    }
 
 
 def end_own_group(grace_s: float, poll_s: float = 0.05) -> list[int]:
@@ -67,27 +74,49 @@ def end_own_group(grace_s: float, poll_s: float = 0.05) -> list[int]:
     as one left behind; waited for here, the component's exit is its whole stop. Nothing
     is done when this process leads no group (started from a shell, a test): the group
     is then its starter's, not its own.
+
+    Only the stragglers whose parent is not one are killed at first. Their children get
+    a moment to follow them out on their own, as the group got after its leader: a
+    stub's resource tracker, which removes the shared memory its parent registered once
+    it sees its parent gone, would leave that memory behind if killed beside it.
     """
     group = os.getpgrp()
     if group != os.getpid():
         return []
     started = time.monotonic()
-    waited_for = stragglers(group)
+    waited_for = _stragglers(group)
     left = waited_for
     while left and time.monotonic() < started + grace_s:
         time.sleep(poll_s)
-        left = stragglers(group)
+        left = _stragglers(group)
     if waited_for and not left:
         took = time.monotonic() - started
         log.info("waited %.2f s for %d processes of its group to exit", took, len(waited_for))
-    if left:
-        named = {pid: command(pid) for pid in left}
-        log.warning("%s by %.1f s: %s", KILLED_STRAGGLERS, grace_s, named)
-    for pid in left:
+    if not left:
+        return []
+    roots = [pid for pid, parent in left.items() if parent not in left]
+    named = {pid: command(pid) for pid in left}
+    killed = _kill(roots, poll_s)
+    followers = _stragglers(group)
+    deadline = time.monotonic() + FOLLOW_S
+    while followers and time.monotonic() < deadline:
+        time.sleep(poll_s)
+        followers = _stragglers(group)
+    killed += _kill(list(followers), poll_s)
+    named = {pid: named.get(pid) or command(pid) for pid in killed}
+    log.warning("%s by %.1f s: %s", KILLED_STRAGGLERS, grace_s, named)
+    return killed
+
+
+def _kill(pids: list[int], poll_s: float) -> list[int]:
+    """SIGKILL `pids` and wait for them to have exited; those that were still there."""
+    killed = []
+    for pid in filter(_running, pids):
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
-    _wait_exited(left, KILL_TAKES_S, poll_s)
-    return left
+            killed.append(pid)
+    _wait_exited(killed, KILL_TAKES_S, poll_s)
+    return killed
 
 
 def _wait_exited(pids: list[int], timeout_s: float, poll_s: float) -> None:

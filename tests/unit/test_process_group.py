@@ -23,9 +23,17 @@ LEADER = textwrap.dedent(
     from tiermesh.process_group import end_own_group, proc_stat, stragglers
     logging.basicConfig(level=logging.WARNING)
     worker_s, grace_s, worker_mib = float(sys.argv[1]), float(sys.argv[2]), int(sys.argv[3])
-    if worker_mib:  # a worker whose exit takes a while: its memory is freed as it exits
-        ready = f"/tmp/tiermesh-straggler-{os.getpid()}"
+    ready = f"/tmp/tiermesh-straggler-{os.getpid()}"
+    region = f"tiermesh-straggler-{os.getpid()}"
+    if worker_mib < 0:  # a worker with shared memory: its resource tracker is its child
+        held = (
+            "from multiprocessing import shared_memory; "
+            f"m = shared_memory.SharedMemory({region!r}, create=True, size=4096); "
+            f"open({ready!r}, 'w').close()"
+        )
+    else:  # a worker whose exit takes a while: its memory is freed as it exits
         held = f"b = b'x' * ({worker_mib} << 20); open({ready!r}, 'w').close()"
+    if worker_mib:
         run = shlex.join([sys.executable, "-c", f"{held}; import time; time.sleep({worker_s})"])
     else:
         run = f"sleep {worker_s}"
@@ -50,11 +58,12 @@ LEADER = textwrap.dedent(
     if worker_mib:
         os.remove(ready)
     left = stragglers(os.getpgrp())
+    region_left = os.path.exists(f"/dev/shm/{region}")
     own_ran_on = own.poll() is None
     own.kill()
     own.wait()
     print(json.dumps({"killed": killed, "worker": worker, "took": took, "left": left,
-                      "states": states, "own_ran_on": own_ran_on}))
+                      "states": states, "own_ran_on": own_ran_on, "region_left": region_left}))
     """
 )
 
@@ -92,6 +101,15 @@ def test_a_killed_straggler_has_exited_when_the_stop_returns() -> None:
     report, _ = lead(child_s=60, grace_s=0.3, child_mib=256)
     assert report["killed"] == [report["worker"]]
     assert set(report["states"]) <= {"Z", "X", "gone"}, report["states"]
+    assert report["left"] == []
+
+
+def test_a_killed_stragglers_resource_tracker_cleans_up_before_it_would_be_killed() -> None:
+    # The worker's multiprocessing resource tracker is the worker's child, a straggler too:
+    # killed beside the worker, it would leave the worker's shared memory in /dev/shm.
+    report, log = lead(child_s=60, grace_s=0.3, child_mib=-1)
+    assert report["killed"] == [report["worker"]], log
+    assert not report["region_left"]
     assert report["left"] == []
 
 
