@@ -6,9 +6,14 @@ from __future__ import annotations
 
 import subprocess
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
+import yaml
+
 from ops.mesh import group_alive
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def wait_for_log(log: Path, line: bytes, process: subprocess.Popen[bytes], within_s: float) -> None:
@@ -30,3 +35,22 @@ def group_left_running(leader: int, within_s: float = 1.0) -> bool:
             return True
         time.sleep(0.02)
     return False
+
+
+def start_alone(
+    argv: list[str], section: str, settings: Mapping[str, object], run_dir: Path
+) -> tuple[subprocess.Popen[bytes], Path]:
+    """Start one component as the mesh does (a session of its own, from the repository),
+    with config/mesh.yaml's `section` updated by `settings` (ports away from a running
+    mesh's); the process, and its log."""
+    config = yaml.safe_load((REPO / "config/mesh.yaml").read_text())
+    config[section].update(settings)
+    path = run_dir / "mesh.yaml"
+    path.write_text(yaml.safe_dump(config))
+    log = run_dir / f"{section}.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [*argv, "--config", str(path)],
+            cwd=REPO, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+    return process, log

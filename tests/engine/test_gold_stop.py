@@ -6,15 +6,13 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 from pathlib import Path
 
 import pytest
-import yaml
 
 from ops.mesh import group_alive
 from ops.stop_check import TRACEBACK
-from tests.engine.started_component import group_left_running, wait_for_log
+from tests.engine.started_component import group_left_running, start_alone, wait_for_log
 
 pytestmark = pytest.mark.engine
 
@@ -25,16 +23,9 @@ LOADING = b"loading: ensemble"
 
 
 def test_a_gold_stopped_while_triton_loads_stops_it_and_leaves_nothing(tmp_path: Path) -> None:
-    config = yaml.safe_load((REPO / "config/mesh.yaml").read_text())
-    config["gold"].update(grpc_port=8401, http_port=8400, metrics_port=8402, instances=1)
-    path = tmp_path / "mesh.yaml"
-    path.write_text(yaml.safe_dump(config))
-    log = tmp_path / "gold.log"
-    with log.open("wb") as out:
-        gold = subprocess.Popen(
-            [str(GOLD_PYTHON), "-m", "services.gold.server", "--config", str(path)],
-            cwd=REPO, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-        )  # fmt: skip
+    argv = [str(GOLD_PYTHON), "-m", "services.gold.server"]
+    ports = {"grpc_port": 8401, "http_port": 8400, "metrics_port": 8402, "instances": 1}
+    gold, log = start_alone(argv, "gold", ports, tmp_path)
     try:
         wait_for_log(log, LOADING, gold, 120)
         os.kill(gold.pid, signal.SIGTERM)

@@ -7,35 +7,24 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-import yaml
 
 from ops.mesh import group_alive
 from ops.stop_check import TRACEBACK
-from tests.engine.started_component import group_left_running, wait_for_log
+from tests.engine.started_component import group_left_running, start_alone, wait_for_log
 
 pytestmark = pytest.mark.engine
 
-REPO = Path(__file__).resolve().parents[2]
 # vLLM's engine process has started and is building the engine (its log line).
 BUILDING = b"Initializing a V1 LLM engine"
 
 
 def test_a_silver_stopped_while_its_engine_builds_leaves_nothing(tmp_path: Path) -> None:
-    config = yaml.safe_load((REPO / "config/mesh.yaml").read_text())
-    config["silver"].update(listen="127.0.0.1:8461", metrics_port=8462)
-    path = tmp_path / "mesh.yaml"
-    path.write_text(yaml.safe_dump(config))
-    log = tmp_path / "silver.log"
-    with log.open("wb") as out:
-        silver = subprocess.Popen(
-            [sys.executable, "-m", "ops.cli", "silver", "--config", str(path)],
-            cwd=REPO, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-        )  # fmt: skip
+    argv = [sys.executable, "-m", "ops.cli", "silver"]
+    silver, log = start_alone(argv, "silver", {"listen": "127.0.0.1:8461", "metrics_port": 8462}, tmp_path)
     try:
         wait_for_log(log, BUILDING, silver, 120)
         os.kill(silver.pid, signal.SIGTERM)
