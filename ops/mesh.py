@@ -26,7 +26,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from ops.observability import RULES, prometheus_config
 from ops.settings import Settings
-from tiermesh.process_group import EXITED, group_members, proc_stat
+from tiermesh.process_group import EXITED, group_members, running
 from tiermesh.tls import TlsSettings, sync_channel
 
 REPO = Path(__file__).resolve().parents[1]
@@ -315,17 +315,10 @@ def _alive(pid: int) -> bool:
         return False
     except PermissionError:
         return True
-    return not _zombie(pid)
-
-
-def _zombie(pid: int) -> bool:
-    """Exited, and waiting for a parent to reap it: another shell's `tiermesh up
-    --detach` has exited, and whoever inherits its children (init, a container's first
-    process) may reap them late; kill(pid, 0) still finds them until then."""
-    try:
-        return proc_stat(pid)[0] in EXITED
-    except (OSError, IndexError):
-        return False
+    # Not a zombie: another shell's `tiermesh up --detach` has exited, and whoever
+    # inherits its children (init, a container's first process) may reap them late;
+    # kill(pid, 0) still finds them until then.
+    return running(pid)
 
 
 def _signal(pid: int, sig: signal.Signals) -> None:

@@ -47,15 +47,11 @@ def _group(pid: int) -> dict[int, list[str]]:
     return members
 
 
-def stragglers(group: int) -> list[int]:
-    """The processes of `group` still running that are not this one's own children: what
-    this process's exit would leave behind. Its own children are its to end (and some
-    end only with it: multiprocessing's resource tracker reads until its parent exits)."""
-    return list(_stragglers(group))
-
-
-def _stragglers(group: int) -> dict[int, int]:
-    """`stragglers`, each with its parent."""
+def stragglers(group: int) -> dict[int, int]:
+    """The processes of `group` still running that are not this one's own children, each
+    with its parent: what this process's exit would leave behind. Its own children are
+    its to end (and some end only with it: multiprocessing's resource tracker reads until
+    its parent exits)."""
     me = os.getpid()
     return {
         pid: int(fields[1])
@@ -84,11 +80,11 @@ def end_own_group(grace_s: float, poll_s: float = 0.05) -> list[int]:
     if group != os.getpid():
         return []
     started = time.monotonic()
-    waited_for = _stragglers(group)
+    waited_for = stragglers(group)
     left = waited_for
     while left and time.monotonic() < started + grace_s:
         time.sleep(poll_s)
-        left = _stragglers(group)
+        left = stragglers(group)
     if waited_for and not left:
         took = time.monotonic() - started
         log.info("waited %.2f s for %d processes of its group to exit", took, len(waited_for))
@@ -97,11 +93,11 @@ def end_own_group(grace_s: float, poll_s: float = 0.05) -> list[int]:
     roots = [pid for pid, parent in left.items() if parent not in left]
     named = {pid: command(pid) for pid in left}
     killed = _kill(roots, poll_s)
-    followers = _stragglers(group)
+    followers = stragglers(group)
     deadline = time.monotonic() + FOLLOW_S
     while followers and time.monotonic() < deadline:
         time.sleep(poll_s)
-        followers = _stragglers(group)
+        followers = stragglers(group)
     killed += _kill(list(followers), poll_s)
     named = {pid: named.get(pid) or command(pid) for pid in killed}
     log.warning("%s by %.1f s: %s", KILLED_STRAGGLERS, grace_s, named)
@@ -111,7 +107,7 @@ def end_own_group(grace_s: float, poll_s: float = 0.05) -> list[int]:
 def _kill(pids: list[int], poll_s: float) -> list[int]:
     """SIGKILL `pids` and wait for them to have exited; those that were still there."""
     killed = []
-    for pid in filter(_running, pids):
+    for pid in filter(running, pids):
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
             killed.append(pid)
@@ -125,11 +121,12 @@ def _wait_exited(pids: list[int], timeout_s: float, poll_s: float) -> None:
     exit; until then /proc shows it running, and a check right after the stop would
     find it left behind."""
     deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline and any(_running(pid) for pid in pids):
+    while time.monotonic() < deadline and any(running(pid) for pid in pids):
         time.sleep(poll_s)
 
 
-def _running(pid: int) -> bool:
+def running(pid: int) -> bool:
+    """Whether `pid` is there and has not exited (a zombie awaiting its reaping has)."""
     try:
         return proc_stat(pid)[0] not in EXITED
     except (OSError, IndexError):

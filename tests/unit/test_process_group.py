@@ -57,7 +57,7 @@ LEADER = textwrap.dedent(
             states.append("gone")
     if worker_mib:
         os.remove(ready)
-    left = stragglers(os.getpgrp())
+    left = list(stragglers(os.getpgrp()))
     region_left = os.path.exists(f"/dev/shm/{region}")
     own_ran_on = own.poll() is None
     own.kill()
