@@ -143,6 +143,7 @@ fuzz-smoke: setup
 
 bench: setup model bench-tools
 	$(BIN)/python -m bench.silver
+	$(BIN)/python -m bench.silver_tools
 	$(BIN)/python -m bench.gold
 	$(BIN)/python -m bench.gold_prefixes
 	$(BIN)/python -m bench.deadlines --calls 6

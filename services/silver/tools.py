@@ -1,9 +1,13 @@
-"""Tools for Silver, from MCP servers: what they offer, a regex that only admits a
-valid call, and calls bounded by a timeout.
+"""Tools for Silver, from MCP servers: what they offer, how the model chooses one, and
+calls bounded by a timeout.
 
-The model chooses by guided decoding (vLLM structured outputs with a regex): with
-this small model a JSON-schema guide wandered into whitespace until max_tokens,
-while a regex built from the tools' schemas gives a valid call in one pass.
+The model chooses by guided decoding (vLLM structured outputs), in two steps: a tool's
+name among the tools (or "none"), then, only if the tool needs arguments the call does
+not already know, those arguments by a regex built from its schema. Guided decoding
+still spends a model step on every token it forces, and a whole JSON call cost ~25 of
+them (~1.6 s on this CPU, most of a dialogue's deadline); a name costs a few. With this
+small model a JSON-schema guide wandered into whitespace until max_tokens, which is why
+the arguments' guide is a regex.
 """
 
 from __future__ import annotations
@@ -13,15 +17,22 @@ import contextlib
 import json
 import logging
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from services.silver.settings import McpServer
 
 log = logging.getLogger(__name__)
-# JSON values the regex can describe, by schema type.
-_VALUE = {"string": r'"[^"\\]{0,64}"', "integer": r"-?[0-9]{1,9}", "number": r"-?[0-9]{1,9}(\.[0-9]{1,6})?",
-          "boolean": r"(true|false)"}  # fmt: skip
+# JSON values the regex can describe, by schema type, and the most characters each admits.
+_VALUE = {"string": (r'"[^"\\]{0,64}"', 66), "integer": (r"-?[0-9]{1,9}", 10),
+          "number": (r"-?[0-9]{1,9}(\.[0-9]{1,6})?", 17), "boolean": (r"(true|false)", 5)}  # fmt: skip
+# Arguments the call itself knows, filled in for the model: a tool's string argument of
+# this name gets the call's value. The game-state tools key the world by NPC, and the
+# model is never shown its NPC's id: asked to write one, it wrote on until it ran out of
+# tokens, and no tool was called (docs/history.md).
+BOUND_ARGUMENTS = ("npc_id",)
+NONE = "none"
 
 
 class ToolError(Exception):
@@ -36,15 +47,42 @@ class Tool:
     session: Any  # mcp.ClientSession
 
 
-def call_pattern(tool: Tool) -> str | None:
-    """A regex for `{"tool": name, "arguments": {...}}`, or None if the schema needs
-    more than flat required arguments of simple types."""
-    parts = []
+@dataclass(frozen=True)
+class Guide:
+    """A regex of the valid arguments, and the length of the longest text it admits: a
+    token is at least one character, so a choice given that many tokens is never cut
+    short inside its JSON."""
+
+    regex: str
+    longest: int
+
+
+def simple(tool: Tool) -> bool:
+    """Whether the regex can describe the tool's arguments: flat, required, simple types."""
+    return all(kind in _VALUE for _, kind in tool.required)
+
+
+def known_arguments(tool: Tool, bound: Mapping[str, str]) -> dict[str, Any] | None:
+    """The tool's whole arguments when the call knows every one of them, else None."""
+    known = {a: bound.get(a) for a, kind in tool.required if kind == "string" and a in BOUND_ARGUMENTS}
+    if len(known) < len(tool.required) or not all(known.values()):
+        return None
+    return known
+
+
+def arguments_guide(tool: Tool, bound: Mapping[str, str]) -> Guide:
+    """A regex for the tool's arguments object, with the ones the call knows filled in."""
+    parts: list[tuple[str, int]] = []
     for argument, kind in tool.required:
-        if kind not in _VALUE:
-            return None
-        parts.append(f'"{re.escape(argument)}": {_VALUE[kind]}')
-    return r'\{"tool": "' + re.escape(tool.name) + r'", "arguments": \{' + ", ".join(parts) + r"\}\}"
+        value = bound.get(argument) if argument in BOUND_ARGUMENTS and kind == "string" else None
+        if value:
+            text = json.dumps(value)
+            parts.append((f'"{re.escape(argument)}": {re.escape(text)}', len(argument) + 4 + len(text)))
+        else:
+            value_regex, longest = _VALUE[kind]
+            parts.append((f'"{re.escape(argument)}": {value_regex}', len(argument) + 4 + longest))
+    regex = r"\{" + ", ".join(p for p, _ in parts) + r"\}"
+    return Guide(regex, 2 + 2 * max(0, len(parts) - 1) + sum(n for _, n in parts))
 
 
 class ToolBox:
@@ -91,18 +129,17 @@ class ToolBox:
         await session.initialize()
         return session
 
-    def guide(self, allow_none: bool) -> str | None:
-        """The regex of every valid choice (a call, or `{"tool": "none"}`)."""
-        patterns = [p for tool in self.tools.values() if (p := call_pattern(tool))]
-        if allow_none:
-            patterns.append(r'\{"tool": "none"\}')
-        return "(" + "|".join(patterns) + ")" if patterns else None
+    def choices(self, allow_none: bool) -> tuple[str, ...]:
+        """The names the model may answer with: the tools it can call, and "none"."""
+        names = tuple(name for name, tool in self.tools.items() if simple(tool) and name != NONE)
+        return (*names, NONE) if allow_none else names
 
     def menu(self) -> str:
-        lines = [
-            f"- {t.name}({', '.join(a for a, _ in t.required)}): {t.description}" for t in self.tools.values()
-        ]
-        return "\n".join(lines)
+        return "\n".join(
+            f"- {t.name}({', '.join(a for a, _ in t.required)}): {t.description}"
+            for t in self.tools.values()
+            if simple(t)
+        )
 
     async def call(self, name: str, arguments: dict[str, Any], timeout_s: float) -> str:
         tool = self.tools.get(name)
@@ -125,11 +162,9 @@ class ToolBox:
         await self._stack.aclose()
 
 
-def parse_call(text: str) -> tuple[str, dict[str, Any]]:
-    """(tool name, arguments) from the model's guided output; ValueError if invalid."""
-    data = json.loads(text)
-    name = data.get("tool")
-    arguments = data.get("arguments", {})
-    if not isinstance(name, str) or not isinstance(arguments, dict):
-        raise ValueError(f"not a tool call: {text[:100]!r}")
-    return name, arguments
+def parse_arguments(text: str) -> dict[str, Any]:
+    """A tool's arguments from the model's guided output; ValueError if invalid."""
+    arguments = json.loads(text)
+    if not isinstance(arguments, dict):
+        raise ValueError(f"not a tool's arguments: {text[:100]!r}")
+    return arguments

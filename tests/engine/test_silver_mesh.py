@@ -251,10 +251,11 @@ async def test_cli_generate_streams_a_reply(mesh: Mesh) -> None:
     assert "tier=silver" in result.stderr
 
 
-async def test_silver_calls_a_game_state_tool_before_answering(mesh_stub: MeshAsyncStub) -> None:
+@pytest.mark.parametrize("npc_id", ["merchant-1", "innkeeper-1"])
+async def test_silver_calls_a_game_state_tool_before_answering(mesh_stub: MeshAsyncStub, npc_id: str) -> None:
     req = ask(
         "What do you have for sale today?",
-        npc_id="merchant-1",
+        npc_id=npc_id,
         max_tokens=24,
         tool_choice=mesh_pb2.TOOL_CHOICE_REQUIRED,
     )
@@ -263,7 +264,8 @@ async def test_silver_calls_a_game_state_tool_before_answering(mesh_stub: MeshAs
     assert len(events) == 2, events  # the call, then its result
     call, result = events
     assert call.name in {"get_inventory", "get_quest_log", "world_time"}
-    assert json.loads(call.arguments) is not None
+    # The game-state tools that take an NPC are asked about this call's own.
+    assert json.loads(call.arguments) == ({} if call.name == "world_time" else {"npc_id": npc_id})
     assert (result.name, result.error) == (call.name, False)
     assert result.result  # real game state from the MCP server
     answer = "".join(r.text for r in responses)
@@ -271,7 +273,7 @@ async def test_silver_calls_a_game_state_tool_before_answering(mesh_stub: MeshAs
     assert [r.index for r in responses] == list(range(len(responses)))
     # The answer was generated from a prompt carrying the tool's result: longer than
     # the same request's prompt without tools by at least the result (≈ 4 chars/token).
-    plain = await reply(mesh_stub, ask("What do you have for sale today?", npc_id="merchant-1", max_tokens=1))
+    plain = await reply(mesh_stub, ask("What do you have for sale today?", npc_id=npc_id, max_tokens=1))
     grown = responses[-1].usage.prompt_tokens - plain[-1].usage.prompt_tokens
     assert grown >= len(result.result) // 6, (grown, result.result)
 

@@ -12,7 +12,15 @@ from collections.abc import AsyncIterator
 import pytest
 
 from services.silver.settings import McpServer
-from services.silver.tools import ToolBox, ToolError, parse_call
+from services.silver.tools import (
+    NONE,
+    Tool,
+    ToolBox,
+    ToolError,
+    arguments_guide,
+    known_arguments,
+    parse_arguments,
+)
 
 GAME_STATE = McpServer(name="game-state", command=[sys.executable, "-m", "services.gamestate.server"])
 
@@ -39,23 +47,43 @@ async def _test_tools_are_listed_with_their_arguments(toolbox: ToolBox) -> None:
     assert "get_inventory(npc_id)" in toolbox.menu()
 
 
-async def test_the_guide_admits_valid_calls_only() -> None:
+async def test_the_model_chooses_among_the_callable_tools() -> None:
     async with game_state() as toolbox:
-        await _test_the_guide_admits_valid_calls_only(toolbox)
+        await _test_the_model_chooses_among_the_callable_tools(toolbox)
 
 
-async def _test_the_guide_admits_valid_calls_only(toolbox: ToolBox) -> None:
-    guide = toolbox.guide(allow_none=True)
-    assert guide is not None
-    valid = ['{"tool": "get_inventory", "arguments": {"npc_id": "merchant-1"}}',
-             '{"tool": "world_time", "arguments": {}}', '{"tool": "none"}']  # fmt: skip
-    invalid = ['{"tool": "drop_table", "arguments": {}}', '{"tool": "get_inventory", "arguments": {}}',
-               '{"tool": "get_inventory"}']  # fmt: skip
-    assert all(re.fullmatch(guide, text) for text in valid)
-    assert not any(re.fullmatch(guide, text) for text in invalid)
-    required = toolbox.guide(allow_none=False)
-    assert required is not None
-    assert not re.fullmatch(required, '{"tool": "none"}')
+async def _test_the_model_chooses_among_the_callable_tools(toolbox: ToolBox) -> None:
+    assert toolbox.choices(allow_none=True) == ("get_inventory", "get_quest_log", "world_time", NONE)
+    assert toolbox.choices(allow_none=False) == ("get_inventory", "get_quest_log", "world_time")
+    # A tool whose arguments the regex cannot describe is neither offered nor listed.
+    toolbox.tools["search"] = Tool("search", "Finds things.", [("filter", "object")], session=None)
+    assert "search" not in toolbox.choices(allow_none=True)
+    assert "search" not in toolbox.menu()
+
+
+def test_the_call_s_npc_is_filled_in_and_the_model_writes_only_the_rest() -> None:
+    inventory = Tool("get_inventory", "", [("npc_id", "string")], session=None)
+    clock = Tool("world_time", "", [], session=None)
+    assert known_arguments(inventory, {"npc_id": "merchant-1"}) == {"npc_id": "merchant-1"}
+    assert known_arguments(clock, {"npc_id": "merchant-1"}) == {}
+    assert known_arguments(inventory, {"npc_id": ""}) is None  # no NPC: the model writes it
+    # Bound and free arguments together: the model is held to the call's own NPC.
+    counted = Tool("count_items", "", [("npc_id", "string"), ("at_least", "integer")], session=None)
+    assert known_arguments(counted, {"npc_id": "inn.keeper:1"}) is None
+    guide = arguments_guide(counted, {"npc_id": "inn.keeper:1"})
+    longest = '{"npc_id": "inn.keeper:1", "at_least": -123456789}'
+    assert re.fullmatch(guide.regex, longest)
+    assert re.fullmatch(guide.regex, '{"npc_id": "inn.keeper:1", "at_least": 3}')
+    assert not re.fullmatch(guide.regex, '{"npc_id": "innXkeeper:1", "at_least": 3}')
+    assert not re.fullmatch(guide.regex, '{"npc_id": "the innkeeper", "at_least": 3}')
+    assert not re.fullmatch(guide.regex, '{"npc_id": "inn.keeper:1"}')
+    # Its longest text fits in as many tokens (a token is at least a character).
+    assert guide.longest == len(longest)
+    free = arguments_guide(inventory, {})
+    longest = '{"npc_id": "' + "x" * 64 + '"}'
+    assert re.fullmatch(free.regex, longest)
+    assert not re.fullmatch(free.regex, longest.replace("x" * 64, "x" * 65))
+    assert free.longest == len(longest)
 
 
 async def test_calls_return_the_game_state() -> None:
@@ -64,8 +92,8 @@ async def test_calls_return_the_game_state() -> None:
 
 
 async def _test_calls_return_the_game_state(toolbox: ToolBox) -> None:
-    name, arguments = parse_call('{"tool": "get_inventory", "arguments": {"npc_id": "merchant-1"}}')
-    assert "healing potion" in await toolbox.call(name, arguments, timeout_s=2.0)
+    arguments = parse_arguments('{"npc_id": "merchant-1"}')
+    assert "healing potion" in await toolbox.call("get_inventory", arguments, timeout_s=2.0)
 
 
 async def test_bad_calls_are_tool_errors_not_crashes() -> None:
@@ -79,14 +107,17 @@ async def _test_bad_calls_are_tool_errors_not_crashes(toolbox: ToolBox) -> None:
     with pytest.raises(ToolError):
         await toolbox.call("get_inventory", {"npc_id": 42}, timeout_s=1.0)  # invalid data
     with pytest.raises(json.JSONDecodeError):
-        parse_call('{"tool": "get_inv')  # a model that emits an invalid call
+        parse_arguments('{"npc_id": "merch')  # a model that emits invalid arguments
+    with pytest.raises(ValueError, match="not a tool's arguments"):
+        parse_arguments('["merchant-1"]')
 
 
 async def test_an_mcp_server_that_cannot_start_means_no_tools() -> None:
     broken = ToolBox([McpServer(name="gone", command=["/nonexistent/mcp-server"])], timeout_s=1.0)
     await broken.start()
     assert broken.tools == {}
-    assert broken.guide(allow_none=True) == r'(\{"tool": "none"\})'
+    assert broken.choices(allow_none=True) == (NONE,)
+    assert broken.choices(allow_none=False) == ()
     await broken.close()
 
 
