@@ -58,7 +58,9 @@ class ChoosingEngine(SilverEngine):
 
 @dataclass
 class Context:
-    """TEST DOUBLE: the two things Silver's handler asks of grpc's servicer context."""
+    """TEST DOUBLE: the two things Silver's handler asks of grpc's servicer context. The
+    tests that are not about the deadline leave a generous one, so a loaded machine's
+    slow MCP round trip is not taken for a late tool."""
 
     remaining_s: float | None = None
 
@@ -121,7 +123,7 @@ async def test_the_model_names_the_tool_and_the_call_s_npc_is_its_argument() -> 
     try:
         engine = ChoosingEngine(chooses="get_inventory")
         before = choices("call")
-        responses = await answer(engine, tools, request("innkeeper-1"), Context(remaining_s=2.0))
+        responses = await answer(engine, tools, request("innkeeper-1"), Context(remaining_s=20.0))
     finally:
         await tools.close()
     call, result = (r.tool for r in responses[:2])
@@ -144,7 +146,7 @@ async def test_arguments_the_call_does_not_know_are_written_after_the_name() -> 
         "count_items", "", [("npc_id", "string"), ("at_least", "integer")], session
     )
     engine = ChoosingEngine(chooses="count_items", writes='{"npc_id": "merchant-1", "at_least": 3}')
-    responses = await answer(engine, tools, request("merchant-1"), Context(remaining_s=2.0))
+    responses = await answer(engine, tools, request("merchant-1"), Context(remaining_s=20.0))
     assert session.calls == [("count_items", {"npc_id": "merchant-1", "at_least": 3})]
     assert responses[1].tool.result == "3 of them"
     _, (written_after, written) = engine.calls[:2]
@@ -179,7 +181,7 @@ async def test_choosing_none_answers_at_once() -> None:
     try:
         engine = ChoosingEngine(chooses="none")
         responses = await answer(
-            engine, tools, request("guard-1", mesh_pb2.TOOL_CHOICE_AUTO), Context(remaining_s=2.0)
+            engine, tools, request("guard-1", mesh_pb2.TOOL_CHOICE_AUTO), Context(remaining_s=20.0)
         )
     finally:
         await tools.close()
