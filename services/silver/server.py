@@ -169,10 +169,12 @@ class SilverServicer(tier_pb2_grpc.TierServiceServicer):
             except TimeoutError:
                 log.warning("no tool chosen within %.2f s", budget)
                 TOOL_CHOICES.labels("late").inc()
+                yield mesh_pb2.ToolEvent(result=f"no tool chosen within {budget:.2f} s", error=True)
                 return
             except (StatusError, ValueError, KeyError) as e:
                 log.warning("no usable tool call: %s", e)
                 TOOL_CHOICES.labels("invalid").inc()
+                yield mesh_pb2.ToolEvent(result="no usable tool call", error=True)
                 return
             TOOL_CHOICES.labels("none" if chosen is None else "call").inc()
             if chosen is None:
