@@ -356,14 +356,21 @@ def generate(
     temperature: Annotated[float | None, typer.Option()] = None,
     seed: Annotated[int | None, typer.Option()] = None,
     persona: Annotated[str, typer.Option(help="system text overriding the persona")] = "",
+    tools: Annotated[
+        str, typer.Option(help="default | none | auto | required: may the NPC look at the game world first")
+    ] = "default",
+    fresh: Annotated[bool, typer.Option(help="bypass the router's caches")] = False,
     address: Annotated[str, typer.Option(help="router address")] = "127.0.0.1:50051",
 ) -> None:
-    """Stream one reply from the router to the terminal."""
+    """Stream one reply from the router to the terminal (tool events on stderr)."""
     from ops import client
     from tiermesh.v1 import mesh_pb2, mesh_pb2_grpc
 
     if task not in client.TASKS:
         err.print(f"[red]unknown task {task!r}[/]: one of {', '.join(client.TASKS)}")
+        raise typer.Exit(2)
+    if tools not in client.TOOL_CHOICES:
+        err.print(f"[red]unknown tool choice {tools!r}[/]: one of {', '.join(client.TOOL_CHOICES)}")
         raise typer.Exit(2)
     sampling = mesh_pb2.SamplingOptions(temperature=temperature, seed=seed)
     request = mesh_pb2.GenerateRequest(
@@ -373,6 +380,8 @@ def generate(
         max_tokens=max_tokens,
         sampling=sampling,
         persona=persona,
+        tool_choice=client.TOOL_CHOICES[tools],
+        bypass_cache=fresh,
     )
 
     async def run() -> client.Reply:
@@ -382,6 +391,7 @@ def generate(
                 request,
                 timeout,
                 on_text=lambda text: print(text, end="", flush=True),
+                on_tool=lambda event: err.print(f"[dim]tool: {client.tool_line(event)}[/]", markup=True),
             )
 
     try:

@@ -16,6 +16,21 @@ TASKS = {
     "dialogue": mesh_pb2.TASK_DIALOGUE,
     "longform": mesh_pb2.TASK_LONGFORM,
 }
+TOOL_CHOICES = {
+    "default": mesh_pb2.TOOL_CHOICE_UNSPECIFIED,
+    "none": mesh_pb2.TOOL_CHOICE_NONE,
+    "auto": mesh_pb2.TOOL_CHOICE_AUTO,
+    "required": mesh_pb2.TOOL_CHOICE_REQUIRED,
+}
+
+
+def tool_line(event: mesh_pb2.ToolEvent) -> str:
+    """A tool event as one line: the call, its result, its error, or no tool chosen."""
+    if not event.name:
+        return f"no tool: {event.result}"
+    if event.error:
+        return f"{event.name} failed: {event.result}"
+    return f"{event.name} → {event.result}" if event.result else f"{event.name}({event.arguments})"
 
 
 @dataclass
@@ -51,11 +66,15 @@ async def collect(
     request: mesh_pb2.GenerateRequest,
     deadline_s: float | None,
     on_text: Callable[[str], None] | None = None,
+    on_tool: Callable[[mesh_pb2.ToolEvent], None] | None = None,
 ) -> Reply:
-    """The whole reply; `on_text` sees each delta as it arrives."""
+    """The whole reply; `on_text` sees each delta as it arrives, `on_tool` each tool
+    event (the NPC looking at the game world before it answers)."""
     reply = Reply()
     parts: list[str] = []
     async for response, elapsed in stream(stub, request, deadline_s):
+        if on_tool is not None and response.HasField("tool"):
+            on_tool(response.tool)
         if on_text is not None:
             on_text(response.text)
         if reply.messages == 0:
