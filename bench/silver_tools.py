@@ -35,6 +35,7 @@ class Sample:
     npc_id: str
     tool_s: float | None  # the tool call's event; None: no tool was called
     text_s: float | None  # the answer's first text
+    unchosen: bool  # Silver said no tool could be chosen (in time)
     tier: str
     tool: str
     arguments: str
@@ -52,18 +53,20 @@ async def one(stub: mesh_pb2_grpc.MeshAsyncStub, npc_id: str, choice: int, deadl
     )
     started = time.perf_counter()
     tool_s = text_s = None
-    tier, tool, arguments = "", "", ""
+    tier, tool, arguments, unchosen = "", "", "", False
     try:
         async for response in stub.Generate(request, timeout=deadline_s):
             now = time.perf_counter() - started
-            if response.HasField("tool"):
+            if response.HasField("tool") and not response.tool.name:
+                unchosen = True
+            elif response.HasField("tool"):
                 if tool_s is None:
                     tool_s, tool, arguments = now, response.tool.name, response.tool.arguments
             elif response.text and text_s is None:
                 text_s, tier = now, mesh_pb2.Tier.Name(response.tier)
     except grpc.aio.AioRpcError as e:
         tier = e.code().name
-    return Sample(npc_id, tool_s, text_s, tier, tool, arguments)
+    return Sample(npc_id, tool_s, text_s, unchosen, tier, tool, arguments)
 
 
 async def measure(settings: Settings, rounds: int, deadline_s: float) -> dict[str, list[Sample]]:
@@ -90,8 +93,9 @@ def report(samples: dict[str, list[Sample]], rounds: int, deadline_s: float, nam
         answered = ", ".join(f"{t} {sum(s.tier == t for s in runs)}" for t in tiers)
         called = sum(s.tool_s is not None for s in runs)
         own = sum(s.tool_s is not None and s.npc_id in s.arguments for s in runs)
+        unchosen = sum(s.unchosen for s in runs)
         rows.append(
-            (choice, f"{called}/{len(runs)}", f"{own}/{called}" if called else "—",
+            (choice, f"{called}/{len(runs)}", f"{own}/{called}" if called else "—", str(unchosen),
              ms([s.tool_s for s in runs]), ms([s.text_s for s in runs]), answered)
         )  # fmt: skip
     data = {

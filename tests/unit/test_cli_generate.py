@@ -7,10 +7,17 @@ from collections.abc import Iterator
 from concurrent import futures
 
 import grpc
-from typer.testing import CliRunner
+from typer.testing import CliRunner, Result
 
 from ops.cli import app
 from tiermesh.v1 import mesh_pb2, mesh_pb2_grpc
+
+
+def invoke(args: list[str]) -> Result:
+    """The command in a thread of its own: its `asyncio.run` would otherwise leave this
+    thread's event loop unset for the tests after it."""
+    with futures.ThreadPoolExecutor(1) as thread:
+        return thread.submit(CliRunner().invoke, app, args).result()
 
 
 class LookingRouter(mesh_pb2_grpc.MeshServicer):
@@ -44,8 +51,7 @@ def test_generate_asks_for_tools_and_shows_what_the_npc_looked_at() -> None:
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
     try:
-        result = CliRunner().invoke(
-            app,
+        result = invoke(
             ["generate", "What do you sell?", "--npc", "merchant-1", "--tools", "required", "--fresh",
              "--address", f"127.0.0.1:{port}", "--timeout", "10"],
         )  # fmt: skip
@@ -61,7 +67,7 @@ def test_generate_asks_for_tools_and_shows_what_the_npc_looked_at() -> None:
 
 
 def test_a_tool_choice_it_does_not_know_is_refused_before_any_call() -> None:
-    result = CliRunner().invoke(app, ["generate", "hi", "--tools", "sometimes", "--address", "127.0.0.1:1"])
+    result = invoke(["generate", "hi", "--tools", "sometimes", "--address", "127.0.0.1:1"])
     assert result.exit_code == 2
     assert "unknown tool choice 'sometimes'" in result.stderr
 

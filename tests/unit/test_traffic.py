@@ -27,7 +27,9 @@ from tiermesh.v1 import mesh_pb2
 
 
 def waiter(tenant: str, band: int, cost: float = 100, since: float = 1000.0) -> Waiter:
-    granted: asyncio.Future[None] = asyncio.get_event_loop_policy().get_event_loop().create_future()
+    """In a test's running loop: the policy's loop is not one to count on (a test before
+    may have run `asyncio.run`, which leaves the main thread without one)."""
+    granted: asyncio.Future[None] = asyncio.get_running_loop().create_future()
     return Waiter(tenant, band, cost, since, since + 60, granted)
 
 
@@ -409,7 +411,7 @@ async def test_another_tenants_backlog_neither_sheds_nor_crowds_out_a_tenant() -
     assert [c.client_id for c in inner.calls][:3] == ["a", "a", "b"]  # B at its first turn
 
 
-def test_a_tenants_place_in_the_queue_counts_other_tenants_by_turns() -> None:
+async def test_a_tenants_place_in_the_queue_counts_other_tenants_by_turns() -> None:
     queue = fair_queue(FakeClock(), weights={"b": 2.0})
     for _ in range(10):
         queue.push(waiter("a", 1))
