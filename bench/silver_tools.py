@@ -113,6 +113,7 @@ def report(samples: dict[str, list[Sample]], rounds: int, deadline_s: float, nam
                 "tool_choice",
                 "tool called",
                 "about the call's NPC",
+                "no tool chosen in time",
                 "tool event ms",
                 "first text ms",
                 "answered by",
