@@ -363,6 +363,8 @@ def generate(
     address: Annotated[str, typer.Option(help="router address")] = "127.0.0.1:50051",
 ) -> None:
     """Stream one reply from the router to the terminal (tool events on stderr)."""
+    from rich.markup import escape
+
     from ops import client
     from tiermesh.v1 import mesh_pb2, mesh_pb2_grpc
 
@@ -391,7 +393,8 @@ def generate(
                 request,
                 timeout,
                 on_text=lambda text: print(text, end="", flush=True),
-                on_tool=lambda event: err.print(f"[dim]tool: {client.tool_line(event)}[/]", markup=True),
+                # A tool's result is the game's text: escaped, not read as markup.
+                on_tool=lambda event: err.print(f"[dim]tool: {escape(client.tool_line(event))}[/]"),
             )
 
     try:

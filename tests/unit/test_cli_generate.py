@@ -33,7 +33,7 @@ class LookingRouter(mesh_pb2_grpc.MeshServicer):
         self.requests.append(request)
         call = mesh_pb2.ToolEvent(name="get_inventory", arguments='{"npc_id": "merchant-1"}')
         yield mesh_pb2.GenerateResponse(tier=mesh_pb2.TIER_SILVER, tool=call)
-        call.result = "rope (2 silver)"
+        call.result = "rope [2 silver] [/]"  # the game's text, not terminal markup
         yield mesh_pb2.GenerateResponse(index=1, tier=mesh_pb2.TIER_SILVER, tool=call)
         done = mesh_pb2.GenerateResponse(
             text="Rope, friend.",
@@ -63,7 +63,7 @@ def test_generate_asks_for_tools_and_shows_what_the_npc_looked_at() -> None:
     assert request.bypass_cache
     assert result.stdout.strip() == "Rope, friend."
     assert 'tool: get_inventory({"npc_id": "merchant-1"})' in result.stderr
-    assert "tool: get_inventory → rope (2 silver)" in result.stderr
+    assert "tool: get_inventory → rope [2 silver] [/]" in result.stderr
 
 
 def test_a_tool_choice_it_does_not_know_is_refused_before_any_call() -> None:
