@@ -81,10 +81,7 @@ def end_own_group(grace_s: float, poll_s: float = 0.05) -> list[int]:
         return []
     started = time.monotonic()
     waited_for = stragglers(group)
-    left = waited_for
-    while left and time.monotonic() < started + grace_s:
-        time.sleep(poll_s)
-        left = stragglers(group)
+    left = _stragglers_after(group, waited_for, grace_s, poll_s)
     if waited_for and not left:
         took = time.monotonic() - started
         log.info("waited %.2f s for %d processes of its group to exit", took, len(waited_for))
@@ -93,15 +90,21 @@ def end_own_group(grace_s: float, poll_s: float = 0.05) -> list[int]:
     roots = [pid for pid, parent in left.items() if parent not in left]
     named = {pid: command(pid) for pid in left}
     killed = _kill(roots, poll_s)
-    followers = stragglers(group)
-    deadline = time.monotonic() + FOLLOW_S
-    while followers and time.monotonic() < deadline:
-        time.sleep(poll_s)
-        followers = stragglers(group)
+    followers = _stragglers_after(group, stragglers(group), FOLLOW_S, poll_s)
     killed += _kill(list(followers), poll_s)
     named = {pid: named.get(pid) or command(pid) for pid in killed}
     log.warning("%s by %.1f s: %s", KILLED_STRAGGLERS, grace_s, named)
     return killed
+
+
+def _stragglers_after(group: int, now: dict[int, int], wait_s: float, poll_s: float) -> dict[int, int]:
+    """The stragglers still there once `now` (the group's at this moment) have had up to
+    `wait_s` to exit."""
+    deadline = time.monotonic() + wait_s
+    while now and time.monotonic() < deadline:
+        time.sleep(poll_s)
+        now = stragglers(group)
+    return now
 
 
 def _kill(pids: list[int], poll_s: float) -> list[int]:
