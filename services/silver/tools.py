@@ -62,10 +62,15 @@ def simple(tool: Tool) -> bool:
     return all(kind in _VALUE for _, kind in tool.required)
 
 
+def _bound_value(argument: str, kind: str, bound: Mapping[str, str]) -> str | None:
+    """The call's own value for a tool's argument, if it is one the call fills in."""
+    return (bound.get(argument) or None) if kind == "string" and argument in BOUND_ARGUMENTS else None
+
+
 def known_arguments(tool: Tool, bound: Mapping[str, str]) -> dict[str, Any] | None:
     """The tool's whole arguments when the call knows every one of them, else None."""
-    known = {a: bound.get(a) for a, kind in tool.required if kind == "string" and a in BOUND_ARGUMENTS}
-    if len(known) < len(tool.required) or not all(known.values()):
+    known = {a: _bound_value(a, kind, bound) for a, kind in tool.required}
+    if not all(known.values()):
         return None
     return known
 
@@ -74,8 +79,7 @@ def arguments_guide(tool: Tool, bound: Mapping[str, str]) -> Guide:
     """A regex for the tool's arguments object, with the ones the call knows filled in."""
     parts: list[tuple[str, int]] = []
     for argument, kind in tool.required:
-        value = bound.get(argument) if argument in BOUND_ARGUMENTS and kind == "string" else None
-        if value:
+        if value := _bound_value(argument, kind, bound):
             text = json.dumps(value)
             parts.append((f'"{re.escape(argument)}": {re.escape(text)}', len(argument) + 4 + len(text)))
         else:
