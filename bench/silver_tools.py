@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import time
 from dataclasses import dataclass
 
 import grpc
 
 from bench.report import median, table, write
 from bench.silver import mesh_running
+from ops.client import stream
 from ops.settings import Settings, load_settings
 from tiermesh.v1 import mesh_pb2, mesh_pb2_grpc
 
@@ -51,12 +51,10 @@ async def one(stub: mesh_pb2_grpc.MeshAsyncStub, npc_id: str, choice: int, deadl
         tool_choice=choice,  # type: ignore[arg-type]
         sampling=mesh_pb2.SamplingOptions(temperature=0.0),
     )
-    started = time.perf_counter()
     tool_s = text_s = None
     tier, tool, arguments, unchosen = "", "", "", False
     try:
-        async for response in stub.Generate(request, timeout=deadline_s):
-            now = time.perf_counter() - started
+        async for response, now in stream(stub, request, deadline_s):
             if response.HasField("tool") and not response.tool.name:
                 unchosen = True
             elif response.HasField("tool"):
