@@ -19,6 +19,20 @@ TierContext = grpc.aio.ServicerContext[tier_pb2.GenerateRequest, tier_pb2.Genera
 
 
 @dataclass
+class HandlerContext:
+    """The two things a tier's handler asks of grpc's servicer context, for calling the
+    handler directly; `remaining_s`: the call's time left (None: no deadline)."""
+
+    remaining_s: float | None = None
+
+    def invocation_metadata(self) -> tuple[object, ...]:
+        return ()
+
+    def time_remaining(self) -> float | None:
+        return self.remaining_s
+
+
+@dataclass
 class Seen:
     request: tier_pb2.GenerateRequest
     time_remaining: float | None

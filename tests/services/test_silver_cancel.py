@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncGenerator, Sequence
-from typing import Any
 
 import pytest
 
 from services.silver.engine import Delta, Sampling, SilverEngine
 from services.silver.server import REQUESTS, RUNNING, SilverServicer
 from services.silver.settings import SilverSettings
+from tests.doubles import HandlerContext
 from tiermesh.chat import Message
 from tiermesh.tier.v1 import tier_pb2
 
@@ -38,16 +38,6 @@ class EndlessEngine(SilverEngine):
             self.closed.set()
 
 
-class Context:
-    """TEST DOUBLE: the two things Silver's handler asks of grpc's servicer context."""
-
-    def invocation_metadata(self) -> tuple[Any, ...]:
-        return ()
-
-    def time_remaining(self) -> float | None:
-        return None
-
-
 def cancelled() -> float:
     return float(REQUESTS.labels("cancelled")._value.get())
 
@@ -63,7 +53,7 @@ async def test_closed_at_a_yield_is_cancelled_and_closes_the_engine_stream() -> 
         max_tokens=8,
     )
     before, running = cancelled(), RUNNING._value.get()
-    handler = servicer.Generate(request, Context())  # type: ignore[arg-type]
+    handler = servicer.Generate(request, HandlerContext())  # type: ignore[arg-type]
     first = await anext(handler)
     assert first.text == "word "
     await handler.aclose()

@@ -18,12 +18,16 @@ from services.silver.engine import Delta, Sampling, SilverEngine
 from services.silver.server import TOOL_CHOICES, SilverServicer
 from services.silver.settings import McpServer, SilverSettings
 from services.silver.tools import Tool, ToolBox
+from tests.doubles import HandlerContext
 from tiermesh.chat import Message
 from tiermesh.tier.v1 import tier_pb2
 from tiermesh.v1 import mesh_pb2
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
+# The time left in the tests that are not about the deadline: generous, so a loaded
+# machine's slow MCP round trip is not taken for a late tool.
+UNHURRIED_S = 20.0
 GAME_STATE = McpServer(name="game-state", command=[sys.executable, "-m", "services.gamestate.server"])
 
 
@@ -54,21 +58,6 @@ class ChoosingEngine(SilverEngine):
             yield Delta(
                 text=word, prompt_tokens=9, completion_tokens=n, finish_reason="stop" if n == 2 else None
             )
-
-
-@dataclass
-class Context:
-    """TEST DOUBLE: the two things Silver's handler asks of grpc's servicer context. The
-    tests that are not about the deadline leave a generous one, so a loaded machine's
-    slow MCP round trip is not taken for a late tool."""
-
-    remaining_s: float | None = None
-
-    def invocation_metadata(self) -> tuple[Any, ...]:
-        return ()
-
-    def time_remaining(self) -> float | None:
-        return self.remaining_s
 
 
 @dataclass
@@ -107,7 +96,7 @@ def request(npc_id: str, choice: int = mesh_pb2.TOOL_CHOICE_REQUIRED) -> tier_pb
 
 
 async def answer(
-    engine: ChoosingEngine, tools: ToolBox, req: tier_pb2.GenerateRequest, context: Context
+    engine: ChoosingEngine, tools: ToolBox, req: tier_pb2.GenerateRequest, context: HandlerContext
 ) -> list[tier_pb2.GenerateResponse]:
     servicer = SilverServicer(engine, SilverSettings(), tools)
     return [r async for r in servicer.Generate(req, context)]  # type: ignore[arg-type]
@@ -123,7 +112,9 @@ async def test_the_model_names_the_tool_and_the_call_s_npc_is_its_argument() -> 
     try:
         engine = ChoosingEngine(chooses="get_inventory")
         before = choices("call")
-        responses = await answer(engine, tools, request("innkeeper-1"), Context(remaining_s=20.0))
+        responses = await answer(
+            engine, tools, request("innkeeper-1"), HandlerContext(remaining_s=UNHURRIED_S)
+        )
     finally:
         await tools.close()
     call, result = (r.tool for r in responses[:2])
@@ -146,7 +137,7 @@ async def test_arguments_the_call_does_not_know_are_written_after_the_name() -> 
         "count_items", "", [("npc_id", "string"), ("at_least", "integer")], session
     )
     engine = ChoosingEngine(chooses="count_items", writes='{"npc_id": "merchant-1", "at_least": 3}')
-    responses = await answer(engine, tools, request("merchant-1"), Context(remaining_s=20.0))
+    responses = await answer(engine, tools, request("merchant-1"), HandlerContext(remaining_s=UNHURRIED_S))
     assert session.calls == [("count_items", {"npc_id": "merchant-1", "at_least": 3})]
     assert responses[1].tool.result == "3 of them"
     _, (written_after, written) = engine.calls[:2]
@@ -164,7 +155,7 @@ async def test_a_choice_not_made_in_its_share_of_the_deadline_is_answered_withou
         before = choices("late")
         started = time.monotonic()
         # Half of the 0.4 s left goes to the choice; the model would take 30 s.
-        responses = await answer(engine, tools, request("guard-1"), Context(remaining_s=0.4))
+        responses = await answer(engine, tools, request("guard-1"), HandlerContext(remaining_s=0.4))
         took = time.monotonic() - started
     finally:
         await tools.close()
@@ -184,7 +175,10 @@ async def test_choosing_none_answers_at_once() -> None:
     try:
         engine = ChoosingEngine(chooses="none")
         responses = await answer(
-            engine, tools, request("guard-1", mesh_pb2.TOOL_CHOICE_AUTO), Context(remaining_s=20.0)
+            engine,
+            tools,
+            request("guard-1", mesh_pb2.TOOL_CHOICE_AUTO),
+            HandlerContext(remaining_s=UNHURRIED_S),
         )
     finally:
         await tools.close()
