@@ -30,6 +30,9 @@ from tiermesh.process_group import EXITED, group_members, running
 from tiermesh.tls import TlsSettings, sync_channel
 
 REPO = Path(__file__).resolve().parents[1]
+# How long, once a component's leader has exited, `down` gives the rest of its process
+# group to follow before counting it as left behind.
+FOLLOW_LEADER_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -239,10 +242,10 @@ class LocalMesh:
         while time.monotonic() < began + timeout:
             exited |= {n: time.monotonic() - began for n in order if n not in exited and not _alive(pids[n])}
             if len(exited) == len(order):
-                # The leaders are out; their workers get a second to follow before they
+                # The leaders are out; their workers get a moment to follow before they
                 # count as left behind.
                 last = began + max(exited.values())
-                if not any(group_alive(pids[n]) for n in order) or time.monotonic() > last + 1.0:
+                if not any(group_alive(pids[n]) for n in order) or time.monotonic() > last + FOLLOW_LEADER_S:
                     break
             time.sleep(0.05)
         stopped = [

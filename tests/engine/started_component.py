@@ -11,7 +11,7 @@ from pathlib import Path
 
 import yaml
 
-from ops.mesh import group_alive
+from ops.mesh import FOLLOW_LEADER_S, group_alive
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -25,10 +25,10 @@ def wait_for_log(log: Path, line: bytes, process: subprocess.Popen[bytes], withi
         time.sleep(0.02)
 
 
-def group_left_running(leader: int, within_s: float = 1.0) -> bool:
-    """Whether the exited `leader`'s group still runs `within_s` after: the second `down`
-    gives a group to follow its leader out (its own children, such as multiprocessing's
-    resource tracker, exit only once they see their parent gone)."""
+def group_left_running(leader: int, within_s: float = FOLLOW_LEADER_S) -> bool:
+    """Whether the exited `leader`'s group still runs `within_s` after: by default the
+    time `down` gives a group to follow its leader out (its own children, such as
+    multiprocessing's resource tracker, exit only once they see their parent gone)."""
     deadline = time.monotonic() + within_s
     while group_alive(leader):
         if time.monotonic() > deadline:
